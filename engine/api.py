@@ -1,0 +1,143 @@
+"""The HTTP API: CodePipeline's JSON 1.1 protocol, plus two small REST extras.
+
+``POST /`` with ``X-Amz-Target: CodePipeline_20150709.<Operation>`` is what boto3 and the AWS
+CLI send, so pointing them at Conveyor (``endpoint_url=``) is all a user changes. Errors are
+HTTP 400 ``{"__type": <CodePipeline error name>, "message": ...}``, mapped from the engine's
+error tree by type (``ConveyorError.aws_code``), never by message text.
+
+Authentication is out of scope for now: SigV4 ``Authorization`` headers are accepted and
+ignored, so any access key works. Put the API behind a proxy that authenticates if it must
+not be open.
+
+REST extras: ``GET /health`` and ``GET /events?after=<id>`` (the EventBridge-shaped event
+stream, for dashboards and tests that want to watch without polling every execution).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from engine.api_model import TARGET_PREFIX, check_input, known_operations
+from engine.api_ops import OPERATIONS
+from engine.errors import ConveyorError, ServiceUnavailableError
+from engine.service import Service
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/x-amz-json-1.1"
+MAX_EVENTS_PER_READ = 1000
+
+
+class ProtocolError(Exception):
+    """A request that never reached an operation: bad target, bad JSON, bad fields."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(
+        content=json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        media_type=CONTENT_TYPE,
+    )
+
+
+def _error(code: str, message: str, status: int = 400) -> Response:
+    return _json({"__type": code, "message": message}, status)
+
+
+def _operation(target: str | None) -> str:
+    prefix = f"{TARGET_PREFIX}."
+    if not target or not target.startswith(prefix):
+        raise ProtocolError(
+            "UnknownOperationException", f"missing or foreign X-Amz-Target {target!r}"
+        )
+    name = target[len(prefix) :]
+    if name not in OPERATIONS:
+        why = "is not supported by Conveyor" if name in known_operations() else "does not exist"
+        raise ProtocolError("UnknownOperationException", f"operation {name} {why}")
+    return name
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}  # boto3 sends "{}", but an empty body means the same
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(
+            "SerializationException", f"request body is not valid JSON: {exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ProtocolError("SerializationException", "request body must be a JSON object")
+    return data
+
+
+def _call(service: Service, operation: str, body: dict[str, Any]) -> Response:
+    """Run one operation (in a worker thread: the service blocks on Redis)."""
+    problems = check_input(operation, body)
+    if problems:
+        count = f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} detected"
+        return _error("ValidationException", f"{count}: " + "; ".join(problems))
+    try:
+        return _json(OPERATIONS[operation](service, body))
+    except ServiceUnavailableError as exc:
+        return _error(exc.aws_code, exc.message, 503)
+    except ConveyorError as exc:
+        return _error(exc.aws_code, exc.message)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("%s: Redis unavailable: %s", operation, exc)
+        return _error("ServiceUnavailableException", f"Redis is unreachable: {exc}", 503)
+    except Exception:
+        log.exception("%s failed", operation)
+        return _error(
+            "InternalFailure", f"{operation} failed unexpectedly; see the server log", 500
+        )
+
+
+def create_app(service: Service) -> FastAPI:
+    """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``)."""
+    app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/")
+    async def codepipeline(request: Request) -> Response:
+        try:
+            operation = _operation(request.headers.get("x-amz-target"))
+            body = _body(await request.body())
+        except ProtocolError as exc:
+            return _error(exc.code, exc.message)
+        return await run_in_threadpool(_call, service, operation, body)
+
+    @app.get("/health")
+    def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/events")
+    def events(
+        after: str = "0", count: int = Query(default=100, ge=1, le=MAX_EVENTS_PER_READ)
+    ) -> JSONResponse:
+        """Events after stream id ``after``; pass the last ``id`` back to read on."""
+        try:
+            rows = service.store.read_events(after, count)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return JSONResponse({"error": f"Redis is unreachable: {exc}"}, status_code=503)
+        except redis.ResponseError as exc:
+            return JSONResponse({"error": f"bad 'after' id: {exc}"}, status_code=400)
+        return JSONResponse(
+            {
+                "events": [{"id": rid, "event": event} for rid, event in rows],
+                "last": rows[-1][0] if rows else after,
+            }
+        )
+
+    return app

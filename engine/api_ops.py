@@ -1,0 +1,156 @@
+"""CodePipeline operations as functions of (service, request body) -> response body.
+
+Each handler is a thin adapter over :class:`engine.service.Service`: unpack the
+already-checked request, call the service, render with :mod:`engine.api_shapes`. No HTTP
+here, so the protocol layer and these mappings can be read (and changed) separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from engine import api_shapes as shapes
+from engine.errors import ValidationError
+from engine.service import Service
+
+Body = dict[str, Any]
+Handler = Callable[[Service, Body], Body]
+T = TypeVar("T")
+
+DEFAULT_PAGE = 100
+# How far back ListPipelineExecutions/ListActionExecutions look: Service keeps newest first.
+MAX_EXECUTIONS_SCANNED = 1000
+
+
+def _page(items: Sequence[T], body: Body, default: int = DEFAULT_PAGE) -> tuple[list[T], Body]:
+    """Offset pagination: ``nextToken`` is the index of the next item, opaque to clients."""
+    token = body.get("nextToken")
+    try:
+        start = int(token) if token else 0
+    except ValueError:
+        raise ValidationError(f"nextToken {token!r} is not valid") from None
+    size = int(body.get("maxResults") or default)
+    if size < 1:
+        raise ValidationError("maxResults must be at least 1")
+    chunk = list(items[start : start + size])
+    more = {"nextToken": str(start + size)} if start + size < len(items) else {}
+    return chunk, more
+
+
+# ---------------------------------------------------------------------------- pipelines
+
+
+def create_pipeline(svc: Service, body: Body) -> Body:
+    # Tags are accepted for compatibility and echoed; Conveyor has no tagging yet.
+    rec = svc.create_pipeline(body["pipeline"])
+    return {"pipeline": shapes.declaration(rec), "tags": body.get("tags", [])}
+
+
+def update_pipeline(svc: Service, body: Body) -> Body:
+    return {"pipeline": shapes.declaration(svc.update_pipeline(body["pipeline"]))}
+
+
+def get_pipeline(svc: Service, body: Body) -> Body:
+    rec = svc.get_pipeline(body["name"], body.get("version"))
+    return {"pipeline": shapes.declaration(rec), "metadata": shapes.metadata(rec)}
+
+
+def list_pipelines(svc: Service, body: Body) -> Body:
+    rows, more = _page(svc.list_pipelines(), body)
+    return {"pipelines": [shapes.pipeline_summary(r) for r in rows], **more}
+
+
+def delete_pipeline(svc: Service, body: Body) -> Body:
+    svc.delete_pipeline(body["name"])
+    return {}
+
+
+# ---------------------------------------------------------------------------- executions
+
+
+def start_pipeline_execution(svc: Service, body: Body) -> Body:
+    # clientRequestToken is accepted but not yet used for idempotency (see README gaps).
+    if body.get("sourceRevisions"):
+        raise ValidationError("sourceRevisions overrides are not supported by Conveyor yet")
+    variables: dict[str, str] = {}
+    for v in body.get("variables", []):
+        if v["name"] in variables:
+            raise ValidationError(f"variables: {v['name']} is given more than once")
+        variables[v["name"]] = v["value"]
+    state = svc.start_execution(body["name"], variables)
+    return {"pipelineExecutionId": state.execution_id}
+
+
+def stop_pipeline_execution(svc: Service, body: Body) -> Body:
+    state = svc.stop_execution(
+        body["pipelineName"],
+        body["pipelineExecutionId"],
+        abandon=bool(body.get("abandon", False)),
+        reason=body.get("reason"),
+    )
+    return {"pipelineExecutionId": state.execution_id}
+
+
+def get_pipeline_execution(svc: Service, body: Body) -> Body:
+    state = svc.get_execution(body["pipelineName"], body["pipelineExecutionId"])
+    return {"pipelineExecution": shapes.execution(state)}
+
+
+def list_pipeline_executions(svc: Service, body: Body) -> Body:
+    states = svc.list_executions(body["pipelineName"], limit=MAX_EXECUTIONS_SCANNED)
+    stage = (body.get("filter") or {}).get("succeededInStage", {}).get("stageName")
+    if stage:
+        states = [s for s in states if (st := s.stage(stage)) and st.status == "Succeeded"]
+    rows, more = _page(states, body)
+    return {"pipelineExecutionSummaries": [shapes.execution_summary(s) for s in rows], **more}
+
+
+def get_pipeline_state(svc: Service, body: Body) -> Body:
+    rec, views = svc.pipeline_state(body["name"])
+    return shapes.pipeline_state(rec, views)
+
+
+def list_action_executions(svc: Service, body: Body) -> Body:
+    f = body.get("filter") or {}
+    execution_id = f.get("pipelineExecutionId") or (f.get("latestInPipelineExecution") or {}).get(
+        "pipelineExecutionId"
+    )
+    pairs = svc.action_executions(body["pipelineName"], execution_id, limit=MAX_EXECUTIONS_SCANNED)
+    rows, more = _page(pairs, body)
+    return {
+        "actionExecutionDetails": [shapes.action_execution_detail(s, a) for s, a in rows],
+        **more,
+    }
+
+
+# ---------------------------------------------------------------------------- approvals
+
+
+def put_approval_result(svc: Service, body: Body) -> Body:
+    result = body["result"]
+    approved_at = svc.put_approval_result(
+        body["pipelineName"],
+        body["stageName"],
+        body["actionName"],
+        body["token"],
+        approved=result["status"] == "Approved",
+        summary=result.get("summary", ""),
+    )
+    return {"approvedAt": approved_at}
+
+
+OPERATIONS: dict[str, Handler] = {
+    "CreatePipeline": create_pipeline,
+    "UpdatePipeline": update_pipeline,
+    "GetPipeline": get_pipeline,
+    "ListPipelines": list_pipelines,
+    "DeletePipeline": delete_pipeline,
+    "StartPipelineExecution": start_pipeline_execution,
+    "StopPipelineExecution": stop_pipeline_execution,
+    "GetPipelineExecution": get_pipeline_execution,
+    "ListPipelineExecutions": list_pipeline_executions,
+    "GetPipelineState": get_pipeline_state,
+    "ListActionExecutions": list_action_executions,
+    "PutApprovalResult": put_approval_result,
+}

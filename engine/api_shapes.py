@@ -1,0 +1,249 @@
+"""Conveyor's records rendered as CodePipeline's response shapes.
+
+Pure functions from engine records to the camelCase dicts botocore's ``codepipeline`` model
+describes, so boto3 and the AWS CLI parse our answers with no Conveyor-specific code.
+Timestamps stay epoch seconds (numbers): that is how the JSON 1.1 protocol carries them.
+Optional members are left out rather than sent as ``null``, as AWS does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.definition import ActionDeclaration, PipelineDeclaration
+from engine.execution import ActionState, ArtifactLocation, ExecutionState, StageState
+from engine.service import PipelineRecord, StageView
+
+ARN_PREFIX = "arn:conveyor:codepipeline:local:000000000000:"
+
+
+def pipeline_arn(name: str) -> str:
+    """The same ARN form the event stream puts in ``resources``."""
+    return f"{ARN_PREFIX}{name}"
+
+
+def _prune(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+# ---------------------------------------------------------------------------- pipelines
+
+
+def declaration(rec: PipelineRecord) -> dict[str, Any]:
+    return {**rec.declaration.to_aws(), "version": rec.version}
+
+
+def metadata(rec: PipelineRecord) -> dict[str, Any]:
+    return {
+        "pipelineArn": pipeline_arn(rec.declaration.name),
+        "created": rec.created,
+        "updated": rec.updated,
+    }
+
+
+def pipeline_summary(rec: PipelineRecord) -> dict[str, Any]:
+    d = rec.declaration
+    return {
+        "name": d.name,
+        "version": rec.version,
+        "pipelineType": d.pipeline_type,
+        "executionMode": d.execution_mode,
+        "created": rec.created,
+        "updated": rec.updated,
+    }
+
+
+# ---------------------------------------------------------------------------- executions
+
+
+def _trigger(s: ExecutionState) -> dict[str, Any]:
+    return _prune({"triggerType": s.trigger_type, "triggerDetail": s.trigger_detail})
+
+
+def _source_revisions(s: ExecutionState) -> list[dict[str, Any]]:
+    keys = ("actionName", "revisionId", "revisionSummary", "revisionUrl")
+    return [{k: r[k] for k in keys if r.get(k) is not None} for r in s.source_revisions]
+
+
+def _artifact_revisions(s: ExecutionState) -> list[dict[str, Any]]:
+    """CodePipeline names a revision after the artifact its source action produced."""
+    out = []
+    for rev in s.source_revisions:
+        decl = _find_action(s.definition, str(rev.get("actionName", "")))
+        name = decl.output_artifacts[0].name if decl and decl.output_artifacts else None
+        out.append(
+            _prune(
+                {
+                    "name": name or rev.get("actionName"),
+                    "revisionId": rev.get("revisionId"),
+                    "revisionSummary": rev.get("revisionSummary") or None,
+                    "revisionUrl": rev.get("revisionUrl"),
+                }
+            )
+        )
+    return out
+
+
+def execution(s: ExecutionState) -> dict[str, Any]:
+    return _prune(
+        {
+            "pipelineName": s.pipeline_name,
+            "pipelineVersion": s.pipeline_version,
+            "pipelineExecutionId": s.execution_id,
+            "status": s.status.value,
+            "statusSummary": s.status_summary,
+            "artifactRevisions": _artifact_revisions(s),
+            "variables": [{"name": k, "resolvedValue": v} for k, v in s.variables.items()],
+            "trigger": _trigger(s),
+            "executionMode": s.definition.execution_mode,
+            "executionType": "STANDARD",
+        }
+    )
+
+
+def execution_summary(s: ExecutionState) -> dict[str, Any]:
+    return _prune(
+        {
+            "pipelineExecutionId": s.execution_id,
+            "status": s.status.value,
+            "statusSummary": s.status_summary,
+            "startTime": s.start_time,
+            "lastUpdateTime": s.last_update_time,
+            "sourceRevisions": _source_revisions(s),
+            "trigger": _trigger(s),
+            "stopTrigger": {"reason": s.stop_reason or ""} if s.stop_mode else None,
+            "executionMode": s.definition.execution_mode,
+            "executionType": "STANDARD",
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- actions
+
+
+def _find_action(
+    d: PipelineDeclaration, name: str, stage: str | None = None
+) -> ActionDeclaration | None:
+    stages = [d.stage(stage)] if stage else d.stages
+    return next((a for st in stages if st for a in st.actions if a.name == name), None)
+
+
+def _s3_url(loc: ArtifactLocation | None) -> str | None:
+    return f"s3://{loc.bucket}/{loc.key}" if loc else None
+
+
+def _external_url(a: ActionState) -> str | None:
+    """A provider's own URL wins; else the build log in the artifact bucket."""
+    if a.result is None:
+        return None
+    return a.result.external_execution_url or _s3_url(a.result.log_location)
+
+
+def _summary(a: ActionState) -> str | None:
+    if a.approval_summary:
+        return a.approval_summary
+    if a.result is None:
+        return None
+    return a.result.summary or a.result.error_message
+
+
+def _error_details(a: ActionState) -> dict[str, Any] | None:
+    r = a.result
+    if r is None or r.succeeded:
+        return None
+    return {"code": r.error_code or "JobFailed", "message": r.error_message or "action failed"}
+
+
+def latest_action_execution(a: ActionState) -> dict[str, Any]:
+    """``ActionExecution`` of GetPipelineState; the token only while an approval waits."""
+    waiting = a.token is not None and a.status is not None and not a.status.terminal
+    return _prune(
+        {
+            "actionExecutionId": a.action_execution_id,
+            "status": a.status.value if a.status else None,
+            "summary": _summary(a),
+            "lastStatusChange": a.last_update_time,
+            "token": a.token if waiting else None,
+            "lastUpdatedBy": a.approved_by,
+            "externalExecutionId": a.result.external_execution_id if a.result else None,
+            "externalExecutionUrl": _external_url(a),
+            "errorDetails": _error_details(a),
+        }
+    )
+
+
+def _stage_state(view: StageView, decl_actions: list[ActionDeclaration]) -> dict[str, Any]:
+    out: dict[str, Any] = {"stageName": view.name, "inboundTransitionState": {"enabled": True}}
+    st: StageState | None = view.execution.stage(view.name) if view.execution else None
+    if view.execution is not None and st is not None and st.status is not None:
+        latest = {"pipelineExecutionId": view.execution.execution_id, "status": st.status.value}
+        out["latestExecution"] = {**latest, "type": "STANDARD"}
+    actions = []
+    for ad in decl_actions:
+        row: dict[str, Any] = {"actionName": ad.name}
+        act = st.action(ad.name) if st else None
+        if act is not None and act.status is not None:
+            row["latestExecution"] = latest_action_execution(act)
+        actions.append(row)
+    out["actionStates"] = actions
+    return out
+
+
+def pipeline_state(rec: PipelineRecord, views: list[StageView]) -> dict[str, Any]:
+    stages = {s.name: s for s in rec.declaration.stages}
+    return {
+        "pipelineName": rec.declaration.name,
+        "pipelineVersion": rec.version,
+        "stageStates": [_stage_state(v, stages[v.name].actions) for v in views],
+        "created": rec.created,
+        "updated": rec.updated,
+    }
+
+
+def _artifact(loc: ArtifactLocation) -> dict[str, Any]:
+    return {"name": loc.name, "s3location": {"bucket": loc.bucket, "key": loc.key}}
+
+
+def action_execution_detail(s: ExecutionState, a: ActionState) -> dict[str, Any]:
+    decl = _find_action(s.definition, a.name, a.stage)
+    inp: dict[str, Any] = {}
+    if decl is not None:
+        inp = _prune(
+            {
+                "actionTypeId": decl.action_type_id.model_dump(mode="json"),
+                "configuration": decl.configuration,
+                "roleArn": decl.role_arn,
+                "region": decl.region,
+                "namespace": decl.namespace,
+            }
+        )
+    inp["resolvedConfiguration"] = a.resolved_configuration
+    inp["inputArtifacts"] = [_artifact(x) for x in a.input_artifacts]
+    detail = _prune(
+        {
+            "pipelineExecutionId": s.execution_id,
+            "actionExecutionId": a.action_execution_id,
+            "pipelineVersion": s.pipeline_version,
+            "stageName": a.stage,
+            "actionName": a.name,
+            "startTime": a.start_time,
+            "lastUpdateTime": a.last_update_time,
+            "updatedBy": a.approved_by,
+            "status": a.status.value if a.status else None,
+            "input": inp,
+        }
+    )
+    if a.result is not None:
+        detail["output"] = {
+            "outputArtifacts": [_artifact(x) for x in a.result.output_artifacts],
+            "executionResult": _prune(
+                {
+                    "externalExecutionId": a.result.external_execution_id,
+                    "externalExecutionSummary": _summary(a),
+                    "externalExecutionUrl": _external_url(a),
+                    "errorDetails": _error_details(a),
+                }
+            ),
+            "outputVariables": a.result.output_variables,
+        }
+    return detail

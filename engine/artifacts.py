@@ -1,0 +1,289 @@
+"""The artifact store: zip files in an S3-compatible bucket, through the ``minio`` SDK.
+
+Everything goes through temp files on disk: a directory is zipped to a file, hashed in
+1 MiB chunks and uploaded in multipart parts; a download lands in a file, is hashed, then
+extracted member by member. Memory use is bounded by the multipart part size, never by
+the artifact's size. The SHA-256 recorded at upload travels in the :class:`ArtifactRef`
+(and in the object's metadata) and is checked before anything is extracted, so a
+tampered or truncated object never reaches an action.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import ENABLED
+from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.versioningconfig import VersioningConfig
+from pydantic import BaseModel, ConfigDict
+
+from engine.errors import ArtifactError
+from engine.settings import Settings
+from providers.ziputil import UnsafeArchiveError, extract_zip, sha256_file, zip_dir
+
+# The SDK reads each multipart part into memory: peak extra memory of an upload is about
+# (PARALLEL_UPLOADS + 2) x PART_SIZE (~64 MiB, measured), whatever the artifact's size.
+# 16 MiB parts keep request counts low and allow objects up to 160 GB (10,000 parts).
+PART_SIZE = 16 * 1024 * 1024
+PARALLEL_UPLOADS = 2
+SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
+
+_MISSING_CODES = frozenset(
+    {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "ResourceNotFound"}
+)
+_RETRYABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "XMinioServerNotInitialized",
+    }
+)
+
+
+class ArtifactRef(BaseModel):
+    """Where one stored artifact (or attachment) is, and how to know it is intact."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+    def s3_location(self) -> dict[str, str]:
+        """The ``s3Location`` shape CodePipeline uses in job data and execution details."""
+        return {"bucket": self.bucket, "key": self.key}
+
+
+def artifact_key(pipeline: str, artifact: str, action_execution_id: str, attempt: int) -> str:
+    """The object key of one output artifact of one attempt.
+
+    Shaped like CodePipeline's ``<pipeline[:20]>/<artifact[:20]>/<random>``: the name
+    prefixes keep a bucket browsable per pipeline and artifact, truncated as CodePipeline
+    truncates them. The last part is deterministic instead of random so a redelivered task
+    overwrites its own attempt's object rather than leaving a duplicate, while a retry
+    (a new attempt) never clobbers an object an earlier attempt's consumers may be reading.
+    """
+    return f"{pipeline[:20]}/{artifact[:20]}/{action_execution_id}-{attempt}.zip"
+
+
+def s3_url(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def _version(value: str | None) -> str | None:
+    """S3 reports "null" for objects in unversioned buckets; some servers then reject
+    ``versionId=null`` on GET, so "null" is stored as no version (address by key)."""
+    return None if value in (None, "", "null") else value
+
+
+def _parse_endpoint(url: str) -> tuple[str, bool]:
+    """``http://host:port`` -> (``host:port``, secure). MinIO takes no scheme or path."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"S3 endpoint must look like http(s)://host[:port], got {url!r}")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"S3 endpoint must not have a path, got {url!r}")
+    return parts.netloc, parts.scheme == "https"
+
+
+class ArtifactStore:
+    """Artifact and attachment storage in S3-compatible buckets."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        endpoint_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str | None = None,
+        temp_dir: Path | None = None,
+    ) -> None:
+        """Explicit arguments win over ``settings`` (which defaults to the environment)."""
+        settings = settings or Settings()
+        self.endpoint_url = endpoint_url or settings.s3_endpoint_url
+        self.region = region or settings.s3_region
+        self.max_bytes = settings.max_artifact_bytes
+        self.max_files = settings.max_artifact_files
+        self.temp_dir = temp_dir or (Path(settings.workdir) if settings.workdir else None)
+        host, secure = _parse_endpoint(self.endpoint_url)
+        # Fewer, quicker retries than minio's default: the engine has its own retry policy
+        # for actions, and an unreachable store should surface in seconds.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=10, read=300),
+            maxsize=10,
+            retries=urllib3.Retry(
+                total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        self.client = Minio(
+            host,
+            access_key=access_key or settings.s3_access_key_id,
+            secret_key=secret_key or settings.s3_secret_access_key,
+            secure=secure,
+            region=self.region,
+            http_client=http,
+        )
+
+    # -- error mapping -------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, doing: str, bucket: str, key: str | None = None) -> Iterator[None]:
+        """Turn SDK and network errors into ArtifactError naming the object and endpoint."""
+        where = s3_url(bucket, key) if key is not None else f"s3://{bucket}"
+        try:
+            yield
+        except S3Error as exc:
+            retryable = exc.code in _RETRYABLE_CODES
+            if exc.code in _MISSING_CODES:
+                msg = f"{doing} {where}: not found ({exc.code})"
+            else:
+                msg = f"{doing} {where}: {exc.code}: {exc.message}"
+            raise ArtifactError(msg, retryable=retryable) from exc
+        except (ServerError, InvalidResponseError) as exc:
+            raise ArtifactError(
+                f"{doing} {where}: S3 endpoint {self.endpoint_url} failed: {exc}", retryable=True
+            ) from exc
+        except ValueError as exc:  # the SDK's own checks: invalid bucket or object names
+            raise ArtifactError(f"{doing} {where}: {exc}") from exc
+        except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            raise ArtifactError(
+                f"{doing} {where}: cannot reach S3 endpoint {self.endpoint_url}: {exc}",
+                retryable=True,
+            ) from exc
+
+    @contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="conveyor-artifact-", dir=self.temp_dir) as d:
+            yield Path(d)
+
+    # -- buckets -------------------------------------------------------------------
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` unless it exists; safe to call from many workers at once."""
+        with self._errors("creating bucket", bucket):
+            if self.client.bucket_exists(bucket):
+                return
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as exc:
+                # Another worker won the race between our check and our create.
+                if exc.code != "BucketAlreadyOwnedByYou":
+                    raise
+
+    def enable_versioning(self, bucket: str) -> None:
+        """Turn on versioning, so every attempt's object stays addressable by version id."""
+        with self._errors("enabling versioning on", bucket):
+            self.client.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+
+    def object_url(self, bucket: str, key: str) -> str:
+        """``s3://bucket/key``: how logs and execution details name an object."""
+        return s3_url(bucket, key)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        with self._errors("checking", bucket, key):
+            try:
+                self.client.stat_object(bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_CODES or exc.response.status == 404:
+                    return False
+                raise
+        return True
+
+    # -- upload --------------------------------------------------------------------
+
+    def upload_dir(self, directory: Path, bucket: str, key: str) -> ArtifactRef:
+        """Zip ``directory`` into a temp file and upload it as one artifact."""
+        with self._scratch() as scratch:
+            archive = scratch / "artifact.zip"
+            try:
+                zip_dir(directory, archive)
+            except UnsafeArchiveError as exc:
+                raise ArtifactError(f"cannot package {directory}: {exc}") from exc
+            return self.upload_file(archive, bucket, key, content_type="application/zip")
+
+    def upload_file(
+        self,
+        path: Path,
+        bucket: str,
+        key: str,
+        content_type: str = "application/octet-stream",
+    ) -> ArtifactRef:
+        """Upload one file as-is (build logs, reports), recording its SHA-256."""
+        digest = sha256_file(path)
+        size = path.stat().st_size
+        with self._errors("uploading", bucket, key):
+            result = self.client.fput_object(
+                bucket,
+                key,
+                str(path),
+                content_type=content_type,
+                metadata={SHA256_METADATA: digest},
+                part_size=PART_SIZE,
+                num_parallel_uploads=PARALLEL_UPLOADS,
+            )
+        return ArtifactRef(
+            bucket=bucket,
+            key=key,
+            version_id=_version(result.version_id),
+            etag=result.etag,
+            sha256=digest,
+            size=size,
+        )
+
+    # -- download ------------------------------------------------------------------
+
+    def download_file(
+        self, bucket: str, key: str, dest: Path, version_id: str | None = None
+    ) -> ArtifactRef:
+        """Fetch one object to ``dest`` (no checks); returns what was fetched."""
+        with self._errors("downloading", bucket, key):
+            stat: Any = self.client.fget_object(
+                bucket, key, str(dest), version_id=_version(version_id)
+            )
+        # A case-insensitive header dict: S3 servers differ in how they spell the header.
+        recorded = (stat.metadata or {}).get(f"x-amz-meta-{SHA256_METADATA}")
+        return ArtifactRef(
+            bucket=bucket,
+            key=key,
+            version_id=_version(stat.version_id) or version_id,
+            etag=stat.etag,
+            sha256=recorded,
+            size=stat.size,
+        )
+
+    def download_to_dir(self, ref: ArtifactRef, directory: Path) -> None:
+        """Fetch, verify and safely extract one artifact into ``directory``.
+
+        The expected digest is the one in ``ref`` (recorded by the uploader and kept by the
+        engine), falling back to the object's metadata for refs made without one. The
+        metadata alone proves little, since whoever can rewrite the object can rewrite it.
+        """
+        where = s3_url(ref.bucket, ref.key)
+        with self._scratch() as scratch:
+            archive = scratch / "artifact.zip"
+            fetched = self.download_file(ref.bucket, ref.key, archive, ref.version_id)
+            expected = ref.sha256 or fetched.sha256
+            if expected is not None:
+                actual = sha256_file(archive)
+                if actual != expected:
+                    raise ArtifactError(
+                        f"artifact {where} is corrupt or was modified: "
+                        f"SHA-256 {actual} does not match the recorded {expected}"
+                    )
+            try:
+                extract_zip(archive, directory, max_bytes=self.max_bytes, max_files=self.max_files)
+            except UnsafeArchiveError as exc:
+                raise ArtifactError(f"refusing to extract artifact {where}: {exc}") from exc

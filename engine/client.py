@@ -1,0 +1,288 @@
+"""A small typed Python client for Conveyor's API, built on boto3's ``codepipeline`` client.
+
+Everything goes through boto3 so this client exercises exactly what users' own boto3 code
+and the AWS CLI do; the convenience methods only add what CodePipeline lacks (loading a
+definition from JSON/YAML/CloudFormation files, looking up an approval token, waiting).
+Errors are botocore ``ClientError`` with the CodePipeline error code; :func:`describe_error`
+turns one into a line a person can read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+)
+
+from engine.definition import parse_document
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8484"
+ENDPOINT_ENV = "CONVEYOR_API_URL"
+# Auth is not enforced by the server, but botocore refuses to send unsigned requests.
+DUMMY_KEY = "conveyor"
+TERMINAL = frozenset({"Succeeded", "Failed", "Stopped", "Superseded", "Cancelled"})
+
+Definition = dict[str, Any] | str | Path
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """A manual approval waiting for an answer: everything PutApprovalResult needs."""
+
+    pipeline: str
+    stage: str
+    action: str
+    token: str
+    execution_id: str | None
+    action_execution_id: str | None
+    since: float | None
+    custom_data: str | None = None
+    external_entity_link: str | None = None
+
+
+def default_endpoint() -> str:
+    return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+
+
+def load_definition(definition: Definition) -> dict[str, Any]:
+    """A dict is used as is; a path is parsed as JSON, YAML or a CloudFormation template."""
+    if isinstance(definition, dict):
+        return definition
+    path = Path(definition)
+    return parse_document(path.read_text(), source=str(path))
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The CodePipeline error name of a ClientError (``PipelineNotFoundException``...)."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        return str(code) if code else None
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """``<AWS code>: <message>`` for API errors; a plain line for transport errors."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'Error')}: {err.get('Message') or str(exc)}"
+    if isinstance(exc, BotoCoreError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ConveyorClient:
+    def __init__(
+        self,
+        endpoint_url: str | None = None,
+        *,
+        region_name: str = "us-east-1",
+        timeout: float = 30.0,
+        client: Any = None,
+    ) -> None:
+        self.endpoint_url = endpoint_url or default_endpoint()
+        self.cp: Any = client or boto3.client(
+            "codepipeline",
+            endpoint_url=self.endpoint_url,
+            region_name=region_name,
+            aws_access_key_id=DUMMY_KEY,
+            aws_secret_access_key=DUMMY_KEY,
+            config=Config(
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+
+    # ------------------------------------------------------------------ pipelines
+
+    def create_pipeline(self, definition: Definition) -> dict[str, Any]:
+        out: dict[str, Any] = self.cp.create_pipeline(pipeline=load_definition(definition))
+        return dict(out["pipeline"])
+
+    def update_pipeline(self, definition: Definition) -> dict[str, Any]:
+        out: dict[str, Any] = self.cp.update_pipeline(pipeline=load_definition(definition))
+        return dict(out["pipeline"])
+
+    def get_pipeline(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The GetPipeline response: ``{"pipeline": ..., "metadata": ...}``."""
+        kwargs: dict[str, Any] = {"name": name}
+        if version is not None:
+            kwargs["version"] = version
+        return self._strip(self.cp.get_pipeline(**kwargs))
+
+    def list_pipelines(self) -> list[dict[str, Any]]:
+        return self._all("list_pipelines", "pipelines")
+
+    def delete_pipeline(self, name: str) -> None:
+        self.cp.delete_pipeline(name=name)
+
+    # ------------------------------------------------------------------ executions
+
+    def start_execution(self, name: str, variables: dict[str, str] | None = None) -> str:
+        pairs = [{"name": k, "value": v} for k, v in (variables or {}).items()]
+        out = self.cp.start_pipeline_execution(name=name, variables=pairs)
+        return str(out["pipelineExecutionId"])
+
+    def get_execution(self, name: str, execution_id: str) -> dict[str, Any]:
+        out = self.cp.get_pipeline_execution(pipelineName=name, pipelineExecutionId=execution_id)
+        return dict(out["pipelineExecution"])
+
+    def list_executions(self, name: str, max_results: int | None = None) -> list[dict[str, Any]]:
+        if max_results is not None:
+            out = self.cp.list_pipeline_executions(pipelineName=name, maxResults=max_results)
+            return list(out["pipelineExecutionSummaries"])
+        return self._all(
+            "list_pipeline_executions", "pipelineExecutionSummaries", pipelineName=name
+        )
+
+    def stop_execution(
+        self, name: str, execution_id: str, *, abandon: bool = False, reason: str | None = None
+    ) -> str:
+        kwargs: dict[str, Any] = {"abandon": abandon}
+        if reason:
+            kwargs["reason"] = reason
+        out = self.cp.stop_pipeline_execution(
+            pipelineName=name, pipelineExecutionId=execution_id, **kwargs
+        )
+        return str(out["pipelineExecutionId"])
+
+    def pipeline_state(self, name: str) -> dict[str, Any]:
+        return self._strip(self.cp.get_pipeline_state(name=name))
+
+    def list_action_executions(
+        self, name: str, execution_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"pipelineName": name}
+        if execution_id:
+            kwargs["filter"] = {"pipelineExecutionId": execution_id}
+        return self._all("list_action_executions", "actionExecutionDetails", **kwargs)
+
+    def wait(
+        self,
+        name: str,
+        execution_id: str,
+        timeout: float = 600.0,
+        poll: float = 1.0,
+        *,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> str:
+        """Poll until the execution is terminal (or ``until(execution)`` holds); its status.
+
+        Raises TimeoutError if neither happens within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            execution = self.get_execution(name, execution_id)
+            status = str(execution["status"])
+            if status in TERMINAL or (until is not None and until(execution)):
+                return status
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"execution {execution_id} of {name} still {status} after {timeout:g}s"
+                )
+            time.sleep(poll)
+
+    # ------------------------------------------------------------------ approvals
+
+    def pending_approvals(self, name: str | None = None) -> list[PendingApproval]:
+        """Approvals waiting for an answer, in ``name`` or in every pipeline."""
+        names = [name] if name else [p["name"] for p in self.list_pipelines()]
+        out: list[PendingApproval] = []
+        for n in names:
+            state = self.pipeline_state(n)
+            decl = self.get_pipeline(n)["pipeline"]
+            for stage in state.get("stageStates", []):
+                for action in stage.get("actionStates", []):
+                    latest = action.get("latestExecution") or {}
+                    if latest.get("status") != "InProgress" or not latest.get("token"):
+                        continue
+                    config = _action_config(decl, stage["stageName"], action["actionName"])
+                    out.append(
+                        PendingApproval(
+                            pipeline=n,
+                            stage=stage["stageName"],
+                            action=action["actionName"],
+                            token=latest["token"],
+                            execution_id=(stage.get("latestExecution") or {}).get(
+                                "pipelineExecutionId"
+                            ),
+                            action_execution_id=latest.get("actionExecutionId"),
+                            since=_epoch(latest.get("lastStatusChange")),
+                            custom_data=config.get("CustomData"),
+                            external_entity_link=config.get("ExternalEntityLink"),
+                        )
+                    )
+        return out
+
+    def approve(
+        self, name: str, stage: str, action: str, *, token: str | None = None, summary: str = ""
+    ) -> float:
+        return self._answer(name, stage, action, "Approved", token, summary)
+
+    def reject(
+        self, name: str, stage: str, action: str, *, token: str | None = None, summary: str = ""
+    ) -> float:
+        return self._answer(name, stage, action, "Rejected", token, summary)
+
+    def find_token(self, name: str, stage: str, action: str) -> str:
+        """The token of the approval waiting at ``stage.action``; ValueError if none waits."""
+        for p in self.pending_approvals(name):
+            if p.stage == stage and p.action == action:
+                return p.token
+        raise ValueError(f"no approval is waiting at {name}/{stage}/{action}")
+
+    def _answer(
+        self, name: str, stage: str, action: str, status: str, token: str | None, summary: str
+    ) -> float:
+        out = self.cp.put_approval_result(
+            pipelineName=name,
+            stageName=stage,
+            actionName=action,
+            result={"summary": summary, "status": status},
+            token=token or self.find_token(name, stage, action),
+        )
+        return _epoch(out.get("approvedAt")) or time.time()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _all(self, method: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """Every page of a list operation."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            out = getattr(self.cp, method)(**kwargs, **({"nextToken": token} if token else {}))
+            items.extend(out.get(key, []))
+            token = out.get("nextToken")
+            if not token:
+                return items
+
+    @staticmethod
+    def _strip(out: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in out.items() if k != "ResponseMetadata"}
+
+
+def _action_config(decl: dict[str, Any], stage: str, action: str) -> dict[str, str]:
+    for st in decl.get("stages", []):
+        if st.get("name") == stage:
+            for a in st.get("actions", []):
+                if a.get("name") == action:
+                    return dict(a.get("configuration") or {})
+    return {}
+
+
+def _epoch(value: Any) -> float | None:
+    """boto3 turns timestamps into datetimes; callers here want epoch seconds."""
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)

@@ -1,0 +1,116 @@
+"""One error tree for all of Conveyor.
+
+Each class names the CodePipeline error it becomes at the API edge (``aws_code``), so the
+HTTP layer maps errors by type, never by message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConveyorError(Exception):
+    """Base of every error Conveyor raises on purpose."""
+
+    aws_code = "ValidationException"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a definition, at a path like ``stages[1].actions[0].name``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class DefinitionError(ConveyorError):
+    """A pipeline definition is invalid; carries every problem found, not just the first."""
+
+    aws_code = "InvalidStructureException"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+class ValidationError(ConveyorError):
+    aws_code = "ValidationException"
+
+
+class NotFoundError(ConveyorError):
+    aws_code = "ResourceNotFoundException"
+
+
+class PipelineNotFoundError(NotFoundError):
+    aws_code = "PipelineNotFoundException"
+
+
+class PipelineNameInUseError(ConveyorError):
+    aws_code = "PipelineNameInUseException"
+
+
+class PipelineVersionNotFoundError(NotFoundError):
+    aws_code = "PipelineVersionNotFoundException"
+
+
+class ExecutionError(ConveyorError):
+    aws_code = "ValidationException"
+
+
+class ExecutionNotFoundError(NotFoundError):
+    aws_code = "PipelineExecutionNotFoundException"
+
+
+class StageNotFoundError(NotFoundError):
+    aws_code = "StageNotFoundException"
+
+
+class ActionNotFoundError(NotFoundError):
+    aws_code = "ActionNotFoundException"
+
+
+class InvalidApprovalTokenError(ExecutionError):
+    aws_code = "InvalidApprovalTokenException"
+
+
+class ApprovalAlreadyCompletedError(ExecutionError):
+    aws_code = "ApprovalAlreadyCompletedException"
+
+
+class ExecutionNotStoppableError(ExecutionError):
+    aws_code = "PipelineExecutionNotStoppableException"
+
+
+class DuplicatedStopRequestError(ExecutionError):
+    aws_code = "DuplicatedStopRequestException"
+
+
+class ConflictError(ExecutionError):
+    """A compare-and-set lost too many races in a row; the caller may try again."""
+
+    aws_code = "ConcurrentModificationException"
+
+
+class ProviderError(ConveyorError):
+    """An action failed. ``retryable`` says whether running it again could help."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ArtifactError(ProviderError):
+    """An artifact could not be stored, fetched, verified or safely extracted."""
+
+
+class ServiceUnavailableError(ConveyorError):
+    """Redis or S3 could not be reached; nothing was changed."""
+
+    aws_code = "ServiceUnavailableException"

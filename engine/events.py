@@ -1,0 +1,61 @@
+"""State changes as the EventBridge events CodePipeline emits."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.execution import ExecutionState
+from engine.scheduler import Emit
+
+DETAIL_TYPES = {
+    "pipeline": "CodePipeline Pipeline Execution State Change",
+    "stage": "CodePipeline Stage Execution State Change",
+    "action": "CodePipeline Action Execution State Change",
+}
+
+
+def build(state: ExecutionState, emit: Emit, now: float) -> dict[str, Any]:
+    """The event envelope: ``source: aws.codepipeline``, ``detail.state`` in CAPITALS."""
+    detail: dict[str, Any] = {
+        "pipeline": state.pipeline_name,
+        "execution-id": state.execution_id,
+        "version": state.pipeline_version,
+        "state": emit.state,
+    }
+    if emit.level == "pipeline":
+        detail["execution-trigger"] = {"trigger-type": state.trigger_type}
+    if emit.stage:
+        detail["stage"] = emit.stage
+    if emit.action and emit.stage:
+        detail["action"] = emit.action
+        act = state.action(emit.stage, emit.action)
+        decl = state.definition.stage(emit.stage)
+        ad = next((a for a in decl.actions if a.name == emit.action), None) if decl else None
+        if ad is not None:
+            detail["type"] = {
+                "owner": ad.action_type_id.owner,
+                "provider": ad.action_type_id.provider,
+                "category": ad.action_type_id.category.value,
+                "version": ad.action_type_id.version,
+            }
+        if act is not None:
+            detail["action-execution-id"] = act.action_execution_id
+            if act.result and act.result.error_message:
+                detail["execution-result"] = {
+                    "external-execution-summary": act.result.error_message,
+                    "external-execution-state": emit.state,
+                }
+    detail.update(emit.detail)
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": DETAIL_TYPES[emit.level],
+        "source": "aws.codepipeline",
+        "account": "000000000000",
+        "time": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": "local",
+        "resources": [f"arn:conveyor:codepipeline:local:000000000000:{state.pipeline_name}"],
+        "detail": detail,
+    }

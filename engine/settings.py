@@ -1,0 +1,47 @@
+"""Configuration from the environment (prefix ``CONVEYOR_``) with sane local defaults."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; defaults to redis_url"
+    )
+    s3_endpoint_url: str = "http://127.0.0.1:9000"
+    s3_access_key_id: str = "conveyor"
+    s3_secret_access_key: str = "conveyor-secret"
+    s3_region: str = "us-east-1"
+    default_artifact_bucket: str = "conveyor-artifacts"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8484
+
+    # Leases: a worker renews every lease_seconds/3; the sweep re-dispatches after expiry.
+    lease_seconds: float = 15.0
+    sweep_interval_seconds: float = 3.0
+    # An outbox entry older than this is carried out again by the sweep.
+    outbox_grace_seconds: float = 10.0
+    # Broker redelivery of unacked tasks; far above the longest action (leases recover sooner).
+    visibility_timeout_seconds: int = 12 * 3600
+
+    # Artifact hardening
+    max_artifact_bytes: int = 5 * 1024**3
+    max_artifact_files: int = 100_000
+    workdir: str | None = None
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,260 @@
+"""Redis persistence: pipelines, executions, results, leases, the outbox and the event stream.
+
+Every transition is read -> ``decide`` -> compare-and-set write of the new state *together
+with its effects* (a transactional outbox) in one MULTI, then the effects are carried out.
+A crash between the commit and the dispatch loses nothing: the sweep carries out outbox
+entries that stayed pending past a grace period. Event emission needs no outbox: the XADD is
+part of the same MULTI as the state it describes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from pydantic import TypeAdapter
+
+from engine import events, keys
+from engine.errors import ConflictError, ExecutionNotFoundError, ServiceUnavailableError
+from engine.execution import ActionResult, ExecutionState
+from engine.scheduler import Dispatch, Effect, Event, decide
+
+_EFFECT = TypeAdapter(Effect)
+MAX_CAS_RETRIES = 50
+EVENT_STREAM_MAXLEN = 100_000
+
+Dispatcher = Callable[[Dispatch], None]
+
+
+class Store:
+    def __init__(self, client: redis.Redis, dispatcher: Dispatcher | None = None) -> None:
+        self.r = client
+        self.dispatcher = dispatcher
+
+    @classmethod
+    def from_url(cls, url: str, dispatcher: Dispatcher | None = None) -> Store:
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5,
+            retry_on_timeout=True, health_check_interval=30,
+        )
+        return cls(client, dispatcher)
+
+    # ------------------------------------------------------------------ pipelines
+
+    def put_pipeline(self, name: str, definition: dict[str, Any], *, create: bool) -> int:
+        """Store a new version; returns it. ``create`` demands the name be new, else existing."""
+        key = keys.pipeline(name)
+        with self.r.pipeline() as p:
+            for _ in range(MAX_CAS_RETRIES):
+                try:
+                    p.watch(key)
+                    current = p.hget(key, "current")
+                    if create and current is not None:
+                        return -1
+                    if not create and current is None:
+                        return 0
+                    version = int(current or 0) + 1
+                    definition = {**definition, "version": version}
+                    now = time.time()
+                    p.multi()
+                    p.hset(key, mapping={
+                        "current": version,
+                        f"v{version}": json.dumps(definition),
+                        "updated": now,
+                        **({"created": now} if create else {}),
+                    })
+                    p.sadd(keys.PIPELINES, name)
+                    p.execute()
+                    return version
+                except redis.WatchError:
+                    continue
+        raise ConflictError(f"pipeline {name} is being changed concurrently; try again")
+
+    def get_pipeline(self, name: str, version: int | None = None) -> tuple[dict[str, Any], dict[str, float]] | None:
+        h = self.r.hgetall(keys.pipeline(name))
+        if not h:
+            return None
+        v = version or int(h["current"])
+        raw = h.get(f"v{v}")
+        if raw is None:
+            return None
+        meta = {"created": float(h.get("created", 0)), "updated": float(h.get("updated", 0))}
+        return json.loads(raw), meta
+
+    def list_pipelines(self) -> list[str]:
+        return sorted(self.r.smembers(keys.PIPELINES))
+
+    def delete_pipeline(self, name: str) -> None:
+        with self.r.pipeline() as p:
+            p.delete(keys.pipeline(name))
+            p.srem(keys.PIPELINES, name)
+            p.execute()
+
+    # ------------------------------------------------------------------ executions
+
+    def create_execution(self, state: ExecutionState, start: Event) -> ExecutionState:
+        """Write a fresh execution and apply its first event in the same transaction."""
+        new, effects = decide(state, start)
+        new.seq = 1
+        with self.r.pipeline() as p:
+            p.set(keys.execution(new.execution_id), new.model_dump_json())
+            p.zadd(keys.pipeline_executions(new.pipeline_name), {new.execution_id: new.start_time})
+            if not new.status.terminal:
+                p.sadd(keys.ACTIVE_EXECUTIONS, new.execution_id)
+            ids = self._stage_effects(p, new, effects)
+            p.execute()
+        self._carry_out(ids, effects)
+        return new
+
+    def load(self, execution_id: str) -> ExecutionState:
+        raw = self._get(keys.execution(execution_id))
+        if raw is None:
+            raise ExecutionNotFoundError(f"execution {execution_id} not found")
+        return ExecutionState.model_validate_json(raw)
+
+    def try_load(self, execution_id: str) -> ExecutionState | None:
+        raw = self._get(keys.execution(execution_id))
+        return None if raw is None else ExecutionState.model_validate_json(raw)
+
+    def execution_ids(self, pipeline: str, limit: int = 100) -> list[str]:
+        return list(self.r.zrevrange(keys.pipeline_executions(pipeline), 0, limit - 1))
+
+    def active_execution_ids(self) -> list[str]:
+        return list(self.r.smembers(keys.ACTIVE_EXECUTIONS))
+
+    def apply(self, execution_id: str, event: Event) -> ExecutionState:
+        """read -> decide -> compare-and-set; then carry out the committed effects."""
+        key = keys.execution(execution_id)
+        with self.r.pipeline() as p:
+            for _ in range(MAX_CAS_RETRIES):
+                try:
+                    p.watch(key)
+                    raw = p.get(key)
+                    if raw is None:
+                        raise ExecutionNotFoundError(f"execution {execution_id} not found")
+                    state = ExecutionState.model_validate_json(raw)
+                    new, effects = decide(state, event)
+                    if new is state:
+                        p.unwatch()
+                        return state
+                    new.seq = state.seq + 1
+                    p.multi()
+                    p.set(key, new.model_dump_json())
+                    if new.status.terminal:
+                        p.srem(keys.ACTIVE_EXECUTIONS, execution_id)
+                    ids = self._stage_effects(p, new, effects)
+                    p.execute()
+                    break
+                except redis.WatchError:
+                    continue
+                except redis.ConnectionError as exc:
+                    raise ServiceUnavailableError(f"Redis is unreachable: {exc}") from exc
+            else:
+                raise ConflictError(f"execution {execution_id} changed too often; try again")
+        self._carry_out(ids, effects)
+        return new
+
+    def _stage_effects(self, p: Any, state: ExecutionState, effects: list[Effect]) -> list[str | None]:
+        ids: list[str | None] = []
+        now = time.time()
+        for i, eff in enumerate(effects):
+            if isinstance(eff, Dispatch):
+                eid = f"{state.execution_id}:{state.seq}:{i}"
+                p.hset(keys.OUTBOX, eid, eff.model_dump_json())
+                p.zadd(keys.OUTBOX_DUE, {eid: now})
+                ids.append(eid)
+            else:
+                p.xadd(keys.EVENTS, {"event": json.dumps(events.build(state, eff, now))},
+                       maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+                ids.append(None)
+        return ids
+
+    def _carry_out(self, ids: list[str | None], effects: list[Effect]) -> None:
+        if self.dispatcher is None:
+            return  # the sweep of a process that has one will carry them out
+        for eid, eff in zip(ids, effects, strict=True):
+            if eid is not None and isinstance(eff, Dispatch):
+                self.dispatcher(eff)
+                self._done(eid)
+
+    def _done(self, eid: str) -> None:
+        with self.r.pipeline() as p:
+            p.hdel(keys.OUTBOX, eid)
+            p.zrem(keys.OUTBOX_DUE, eid)
+            p.execute()
+
+    def pending_outbox(self, older_than: float) -> Iterator[tuple[str, Dispatch]]:
+        for eid in self.r.zrangebyscore(keys.OUTBOX_DUE, 0, older_than):
+            raw = self.r.hget(keys.OUTBOX, eid)
+            if raw is None:
+                self.r.zrem(keys.OUTBOX_DUE, eid)
+                continue
+            eff = _EFFECT.validate_json(raw)
+            assert isinstance(eff, Dispatch)
+            yield eid, eff
+
+    def redo_outbox(self, eid: str, eff: Dispatch) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher(eff)
+            self._done(eid)
+
+    # ------------------------------------------------------------------ results and leases
+
+    def record_result(self, execution_id: str, aeid: str, attempt: int, result: ActionResult) -> None:
+        self.r.set(keys.result(execution_id, aeid, attempt), result.model_dump_json(), ex=30 * 86400)
+
+    def get_result(self, execution_id: str, aeid: str, attempt: int) -> ActionResult | None:
+        raw = self._get(keys.result(execution_id, aeid, attempt))
+        return None if raw is None else ActionResult.model_validate_json(raw)
+
+    @staticmethod
+    def lease_member(execution_id: str, stage: str, action: str, aeid: str, attempt: int) -> str:
+        return json.dumps([execution_id, stage, action, aeid, attempt])
+
+    def claim_lease(self, member: str, holder: str, ttl: float) -> bool:
+        execution_id, _, _, aeid, attempt = json.loads(member)
+        key = keys.lease(execution_id, aeid, attempt)
+        if not self.r.set(key, holder, nx=True, px=int(ttl * 1000)):
+            return bool(self.r.get(key) == holder)
+        self.r.zadd(keys.LEASES, {member: time.time() + ttl})
+        return True
+
+    def renew_lease(self, member: str, holder: str, ttl: float) -> bool:
+        execution_id, _, _, aeid, attempt = json.loads(member)
+        key = keys.lease(execution_id, aeid, attempt)
+        if self.r.get(key) != holder:
+            return False
+        with self.r.pipeline() as p:
+            p.pexpire(key, int(ttl * 1000))
+            p.zadd(keys.LEASES, {member: time.time() + ttl}, xx=True)
+            p.execute()
+        return True
+
+    def release_lease(self, member: str) -> None:
+        execution_id, _, _, aeid, attempt = json.loads(member)
+        with self.r.pipeline() as p:
+            p.zrem(keys.LEASES, member)
+            p.delete(keys.lease(execution_id, aeid, attempt))
+            p.execute()
+
+    def expired_leases(self, now: float) -> list[tuple[str, str, str, str, str, int]]:
+        out = []
+        for member in self.r.zrangebyscore(keys.LEASES, 0, now):
+            eid, stage, action, aeid, attempt = json.loads(member)
+            out.append((member, eid, stage, action, aeid, int(attempt)))
+        return out
+
+    # ------------------------------------------------------------------ events
+
+    def read_events(self, last_id: str = "0", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+        rows = self.r.xrange(keys.EVENTS, min=f"({last_id}" if last_id != "0" else "-", count=count)
+        return [(rid, json.loads(fields["event"])) for rid, fields in rows]
+
+    def _get(self, key: str) -> str | None:
+        try:
+            return self.r.get(key)  # type: ignore[return-value]
+        except redis.ConnectionError as exc:
+            raise ServiceUnavailableError(f"Redis is unreachable: {exc}") from exc

@@ -1,0 +1,57 @@
+"""The periodic sweep: the engine's only clock.
+
+Carries out outbox entries a crash left behind, turns expired leases into either the result
+the worker recorded or a re-dispatch, and fires timers (approval and action timeouts). Every
+step is idempotent, so two sweeps racing do no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from engine import keys
+from engine.errors import ExecutionNotFoundError
+from engine.scheduler import ActionCompleted, LeaseExpired, TimerFired
+from engine.store import Store
+
+log = logging.getLogger("conveyor.sweep")
+
+
+@dataclass
+class SweepReport:
+    redispatched: int = 0
+    leases_expired: int = 0
+    results_recovered: int = 0
+    timers_checked: int = 0
+
+
+def sweep(store: Store, now: float, *, outbox_grace: float) -> SweepReport:
+    report = SweepReport()
+    for eid, eff in store.pending_outbox(now - outbox_grace):
+        store.redo_outbox(eid, eff)
+        report.redispatched += 1
+    for member, execution_id, stage, action, aeid, attempt in store.expired_leases(now):
+        result = store.get_result(execution_id, aeid, attempt)
+        event: ActionCompleted | LeaseExpired
+        if result is not None:
+            # The worker finished but its callback never arrived (or is still queued).
+            event = ActionCompleted(now=now, stage=stage, action=action, attempt=attempt,
+                                    result=result)
+            report.results_recovered += 1
+        else:
+            event = LeaseExpired(now=now, stage=stage, action=action, attempt=attempt)
+            report.leases_expired += 1
+            log.warning("lease of %s/%s.%s attempt %d expired", execution_id, stage, action, attempt)
+        try:
+            store.apply(execution_id, event)
+        except ExecutionNotFoundError:
+            pass
+        store.release_lease(member)
+    for execution_id in store.active_execution_ids():
+        try:
+            store.apply(execution_id, TimerFired(now=now))
+        except ExecutionNotFoundError:
+            store.r.srem(keys.ACTIVE_EXECUTIONS, execution_id)
+        report.timers_checked += 1
+    return report

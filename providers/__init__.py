@@ -1,0 +1,26 @@
+"""Action providers: the built-ins, listed explicitly, and the default registry."""
+
+from __future__ import annotations
+
+from providers.base import Provider
+from providers.codebuild import CodeBuild, CodeBuildTest
+from providers.manual_approval import ManualApproval
+from providers.registry import Registry
+from providers.s3_deploy import S3Deploy
+from providers.s3_source import S3Source
+
+BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
+    S3Source,
+    CodeBuild,
+    CodeBuildTest,
+    S3Deploy,
+    ManualApproval,
+)
+
+
+def default_registry(*, entry_points: bool = True) -> Registry:
+    """The built-ins plus, unless told otherwise, third-party providers from entry points."""
+    registry = Registry(BUILTIN_PROVIDERS)
+    if entry_points:
+        registry.load_entry_points()
+    return registry

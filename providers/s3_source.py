@@ -1,0 +1,127 @@
+"""Source/AWS/S3/1: an object in a bucket becomes the pipeline's source artifact.
+
+Like CodePipeline's S3 source, the object is usually a zip whose contents are the source;
+its version id (or, in an unversioned bucket, its ETag) is the revision. The object is
+read once with ``head_object`` and then fetched by that exact version, so a concurrent
+upload cannot give the execution a revision id that does not match its files.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import PurePosixPath
+from typing import Any
+
+from pydantic import field_validator
+
+from providers._s3 import BotoCoreError, ClientError, is_missing, s3_client, to_failure
+from providers.base import (
+    ActionFailed,
+    ActionTypeId,
+    Category,
+    Job,
+    Provider,
+    ProviderConfig,
+    Result,
+)
+from providers.ziputil import UnsafeArchiveError, extract_zip
+
+# CodePipeline puts an optional human summary of the revision in this user metadata key.
+REVISION_SUMMARY_METADATA = "codepipeline-artifact-revision-summary"
+
+
+def bool_string(value: Any) -> Any:
+    """CodePipeline configuration values are strings; YAML authors write booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower()
+    return value
+
+
+class S3SourceConfig(ProviderConfig):
+    S3Bucket: str
+    S3ObjectKey: str
+    PollForSourceChanges: str | None = None
+
+    @field_validator("PollForSourceChanges", mode="before")
+    @classmethod
+    def _poll(cls, value: Any) -> Any:
+        value = bool_string(value)
+        if value is not None and value not in ("true", "false"):
+            raise ValueError('must be "true" or "false"')
+        return value
+
+
+class S3Source(Provider):
+    action_type = ActionTypeId(category=Category.SOURCE, owner="AWS", provider="S3", version="1")
+    Config = S3SourceConfig
+    min_outputs = 1
+    max_outputs = 1
+
+    def run(self, job: Job) -> Result:
+        config: S3SourceConfig = job.configuration
+        bucket, key = config.S3Bucket, config.S3ObjectKey
+        where = f"s3://{bucket}/{key}"
+        (output,) = job.outputs.values()
+        client = s3_client(job.s3)
+        head = self._head(client, bucket, key, job.s3.endpoint_url)
+        version = head.get("VersionId")
+        if version == "null":  # an object written before versioning was turned on
+            version = None
+        etag = str(head.get("ETag", "")).strip('"') or None
+        job.log.write(f"Fetching {where} (version {version or '-'}, ETag {etag or '-'})\n")
+
+        name = PurePosixPath(key).name or "source"
+        download = job.workdir / f"s3-source-{name}"
+        extra = {"VersionId": version} if version else {}
+        try:
+            client.download_file(bucket, key, str(download), ExtraArgs=extra)
+        except (ClientError, BotoCoreError) as exc:
+            raise to_failure(exc, f"downloading {where}", job.s3.endpoint_url) from exc
+
+        if key.lower().endswith(".zip"):
+            if not zipfile.is_zipfile(download):
+                raise ActionFailed(f"{where} has a .zip key but is not a zip archive")
+            try:
+                stats = extract_zip(download, output)
+            except UnsafeArchiveError as exc:
+                raise ActionFailed(f"refusing to extract {where}: {exc}") from exc
+            download.unlink()
+            job.log.write(f"Extracted {stats.files} entries ({stats.bytes} bytes)\n")
+        else:
+            download.replace(output / name)
+            job.log.write(f"Placed {name} as-is (not a .zip)\n")
+
+        variables = {"ETag": etag, "VersionId": version, "BucketName": bucket, "ObjectKey": key}
+        summary = (head.get("Metadata") or {}).get(REVISION_SUMMARY_METADATA)
+        return Result(
+            summary=f"Fetched {where}",
+            revision_id=version or etag,
+            revision_summary=summary,
+            external_execution_id=version or etag,
+            output_variables={k: v for k, v in variables.items() if v},
+        )
+
+    @staticmethod
+    def _head(client: Any, bucket: str, key: str, endpoint: str) -> dict[str, Any]:
+        where = f"s3://{bucket}/{key}"
+        try:
+            head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
+            return head
+        except ClientError as exc:
+            if not is_missing(exc):
+                raise to_failure(exc, f"reading {where}", endpoint) from exc
+        except BotoCoreError as exc:
+            raise to_failure(exc, f"reading {where}", endpoint) from exc
+        # HEAD has no error body, so ask the bucket to tell a missing bucket from a missing key.
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if is_missing(exc):
+                raise ActionFailed(
+                    f"source bucket s3://{bucket} does not exist (reading {where})"
+                ) from exc
+        except BotoCoreError:
+            pass
+        raise ActionFailed(f"source object {where} does not exist")

@@ -1,0 +1,172 @@
+"""Zipping and hardened unzipping of artifact directories, pure stdlib.
+
+Artifacts travel as zip files, like CodePipeline's. Both directions stream through files
+on disk so an artifact is never held whole in memory. Extraction treats every archive as
+hostile: it comes from a bucket that other actions (and people) can write to. It lives
+here rather than in ``engine.artifacts`` because providers (the S3 source, the S3 deploy)
+need the same code and providers may not import the engine; the engine imports it from
+here and converts :class:`UnsafeArchiveError` into its own ``ArtifactError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+CHUNK_SIZE = 1024 * 1024
+# The same defaults as engine.settings.Settings, for callers (providers) that cannot see it.
+DEFAULT_MAX_BYTES = 5 * 1024**3
+DEFAULT_MAX_FILES = 100_000
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive is corrupt, too big, or tries to write outside its destination."""
+
+
+@dataclass(frozen=True)
+class ExtractStats:
+    files: int
+    bytes: int
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def zip_dir(directory: Path, dest: Path) -> int:
+    """Zip the contents of ``directory`` (not the directory itself) into ``dest``.
+
+    Returns the number of entries. Files are streamed from disk by ``ZipFile.write``.
+    Symlinked files are stored as the file they point to, but only if that file is inside
+    ``directory``: following a link to ``/etc/passwd`` would leak the worker's host into
+    an artifact. Symlinked directories are skipped (their targets are walked anyway, and
+    following them could loop).
+    """
+    root = directory.resolve()
+    count = 0
+    # strict_timestamps=False: files dated before 1980 (e.g. from reproducible builds with
+    # SOURCE_DATE_EPOCH=0) get clamped instead of failing the whole artifact.
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            dirnames.sort()
+            rel_dir = here.relative_to(root).as_posix()
+            if rel_dir != "." and not filenames and not dirnames:
+                zf.writestr(zipfile.ZipInfo(rel_dir + "/"), b"")  # keep empty directories
+                count += 1
+            for name in sorted(filenames):
+                path = here / name
+                if path.is_symlink():
+                    target = path.resolve()
+                    if not target.is_relative_to(root):
+                        raise UnsafeArchiveError(
+                            f"{path.relative_to(root)}: symlink points outside the directory"
+                        )
+                    if not target.is_file():
+                        continue
+                elif not path.is_file():
+                    continue  # sockets, fifos: nothing to archive
+                zf.write(path, path.relative_to(root).as_posix())
+                count += 1
+    return count
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def safe_member_path(root: Path, name: str) -> Path:
+    """Where an entry called ``name`` lands under ``root``, or UnsafeArchiveError."""
+    normalized = name.replace("\\", "/")  # archives made on Windows use backslashes
+    if "\0" in normalized or not normalized.strip("/"):
+        raise UnsafeArchiveError(f"{name!r}: invalid entry name")
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        raise UnsafeArchiveError(f"{name!r}: absolute path")
+    parts = PurePosixPath(normalized).parts
+    if ".." in parts:
+        raise UnsafeArchiveError(f"{name!r}: path traversal ('..')")
+    target = root.joinpath(*parts)
+    # resolve() follows symlinks already present in the destination, so a pre-existing
+    # link cannot be used as a way out either.
+    if not target.resolve().is_relative_to(root):
+        raise UnsafeArchiveError(f"{name!r}: resolves outside the destination")
+    return target
+
+
+def _check_headers(infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int) -> None:
+    if len(infos) > max_files:
+        raise UnsafeArchiveError(f"archive has {len(infos)} entries; the limit is {max_files}")
+    declared = sum(i.file_size for i in infos if not i.is_dir())
+    if declared > max_bytes:
+        raise UnsafeArchiveError(f"archive expands to {declared} bytes; the limit is {max_bytes}")
+    for info in infos:
+        if _is_symlink(info):
+            raise UnsafeArchiveError(f"{info.filename!r}: symlink entries are not allowed")
+
+
+def _copy_limited(
+    src: IO[bytes], dst: IO[bytes], info: zipfile.ZipInfo, budget: int, max_bytes: int
+) -> int:
+    """Copy one member, failing as soon as it outgrows its header or the total budget."""
+    written = 0
+    while chunk := src.read(CHUNK_SIZE):
+        written += len(chunk)
+        if written > info.file_size:
+            raise UnsafeArchiveError(f"{info.filename!r}: larger than its header says")
+        if written > budget:
+            raise UnsafeArchiveError(f"archive expands beyond the limit of {max_bytes} bytes")
+        dst.write(chunk)
+    return written
+
+
+def extract_zip(
+    archive: Path,
+    dest: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> ExtractStats:
+    """Extract ``archive`` into ``dest`` (created if needed), refusing anything unsafe.
+
+    Every name is checked before a byte is written, so a hostile archive leaves nothing
+    behind but possibly the partial member that tripped a size limit. Sizes are checked
+    twice: from the headers (cheap, catches honest bombs) and while streaming (catches
+    headers that lie). Permission bits are kept, minus setuid/setgid/sticky, so build
+    scripts stay executable.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            _check_headers(infos, max_bytes, max_files)
+            targets = [(info, safe_member_path(root, info.filename)) for info in infos]
+            total = 0
+            for info, target in targets:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # Re-check after mkdir: an earlier member cannot be a symlink (rejected
+                # above), but be certain nothing on disk redirects this write.
+                if not target.parent.resolve().is_relative_to(root):
+                    raise UnsafeArchiveError(f"{info.filename!r}: resolves outside the destination")
+                with zf.open(info) as src, target.open("wb") as dst:
+                    total += _copy_limited(src, dst, info, max_bytes - total, max_bytes)
+                mode = (info.external_attr >> 16) & 0o777
+                if info.create_system == 3 and mode:
+                    target.chmod(mode | 0o600)  # always keep it readable/writable by us
+            return ExtractStats(files=len(infos), bytes=total)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise UnsafeArchiveError(f"corrupt or unsupported archive: {exc}") from exc

@@ -1,0 +1,406 @@
+"""``conveyor pipelines|executions|approvals``: the API's client side of the CLI.
+
+Every command goes through :class:`engine.client.ConveyorClient` (boto3 underneath), so the
+CLI exercises the same HTTP API as users' own scripts and never reads Redis directly. The
+endpoint comes from ``--endpoint`` (on the root command or any of these groups) or
+``$CONVEYOR_API_URL``. Failures print ``error: <AWS code>: <message>`` and exit 1: a person
+at a terminal wants the reason, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from engine.client import ENDPOINT_ENV, TERMINAL, ConveyorClient, describe_error
+from engine.errors import ConveyorError
+
+ENDPOINT_META = "conveyor.endpoint"
+STATUS_STYLE = {
+    "InProgress": "bold cyan",
+    "Stopping": "yellow",
+    "Succeeded": "green",
+    "Failed": "bold red",
+    "Stopped": "yellow",
+    "Abandoned": "yellow",
+    "Superseded": "dim",
+    "Cancelled": "dim",
+}
+
+
+# ---------------------------------------------------------------------------- plumbing
+
+
+class _Command(click.Command):
+    """Turns the errors a user can cause into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:  # a definition file that does not parse or validate
+            _fail(f"{exc.aws_code}: {exc.message}")
+        except (ClientError, BotoCoreError) as exc:
+            _fail(describe_error(exc))
+        except (OSError, ValueError, TimeoutError) as exc:
+            _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _remember_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Keep the endpoint in ``ctx.meta`` (shared by nested contexts); an explicit flag on an
+    inner group wins over the root's, the environment never overrides a flag."""
+    if not value:
+        return
+    from_env = ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.ENVIRONMENT
+    if from_env and ENDPOINT_META in ctx.meta:
+        return
+    ctx.meta[ENDPOINT_META] = value
+
+
+def _endpoint_option() -> click.Option:
+    return click.Option(
+        ["--endpoint"],
+        envvar=ENDPOINT_ENV,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_endpoint,
+        help=f"Conveyor API URL [env: {ENDPOINT_ENV}; default http://127.0.0.1:8484]",
+    )
+
+
+def _client() -> ConveyorClient:
+    ctx = click.get_current_context()
+    return ConveyorClient(ctx.meta.get(ENDPOINT_META))
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+def _group(name: str, help_text: str) -> click.Group:
+    group = _Group(name, help=help_text)
+    group.params.append(_endpoint_option())
+    return group
+
+
+def _console() -> Console:
+    return Console(highlight=False)  # resolves sys.stdout late, so CliRunner captures it
+
+
+def _dumps(data: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        raise TypeError(f"cannot serialize {type(o).__name__}")
+
+    return json.dumps(data, indent=2, default=default)
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else str(value)
+
+
+def _table(*columns: str, title: str | None = None, keep: int = 1) -> Table:
+    """A table whose first ``keep`` columns (names, ids) never wrap, even on a narrow pipe."""
+    table = Table(title=title)
+    for i, name in enumerate(columns):
+        table.add_column(name, no_wrap=i < keep)
+    return table
+
+
+def _status(status: str | None) -> Text:
+    return Text(status or "-", style=STATUS_STYLE.get(status or "", "dim"))
+
+
+# ---------------------------------------------------------------------------- pipelines
+
+pipelines = _group("pipelines", "Create, inspect and delete pipelines.")
+
+
+@pipelines.command("create")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def pipelines_create(file: str) -> None:
+    """Create a pipeline from a CodePipeline JSON/YAML file or a CloudFormation template."""
+    decl = _client().create_pipeline(file)
+    click.echo(f"created pipeline {decl['name']} (version {decl.get('version', 1)})")
+
+
+@pipelines.command("update")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def pipelines_update(file: str) -> None:
+    """Replace a pipeline's definition; running executions keep the version they started with."""
+    decl = _client().update_pipeline(file)
+    click.echo(f"updated pipeline {decl['name']} (version {decl.get('version')})")
+
+
+@pipelines.command("get")
+@click.argument("name")
+@click.option("--version", type=int, help="A past version (default: the current one).")
+def pipelines_get(name: str, version: int | None) -> None:
+    """Print the definition as ``aws codepipeline get-pipeline`` does (re-usable by update)."""
+    click.echo(_dumps(_client().get_pipeline(name, version)))
+
+
+@pipelines.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def pipelines_list(as_json: bool) -> None:
+    """List pipelines."""
+    rows = _client().list_pipelines()
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    table = _table("name", "version", "type", "mode", "updated")
+    for p in rows:
+        table.add_row(
+            p["name"],
+            str(p.get("version", "")),
+            p.get("pipelineType", ""),
+            p.get("executionMode", ""),
+            _when(p.get("updated")),
+        )
+    _console().print(table)
+
+
+@pipelines.command("delete")
+@click.argument("name")
+def pipelines_delete(name: str) -> None:
+    """Delete a pipeline (its past executions stay readable until they expire)."""
+    _client().delete_pipeline(name)
+    click.echo(f"deleted pipeline {name}")
+
+
+# ---------------------------------------------------------------------------- executions
+
+executions = _group("executions", "Start, stop and watch pipeline executions.")
+
+
+def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--variable")
+        out[key] = value
+    return out
+
+
+@executions.command("start")
+@click.argument("name")
+@click.option(
+    "--variable",
+    "-v",
+    "variables",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A pipeline variable; repeatable.",
+)
+@click.option("--watch", is_flag=True, help="Show live progress until the execution finishes.")
+def executions_start(name: str, variables: tuple[str, ...], watch: bool) -> None:
+    """Start an execution of NAME; prints its id."""
+    client = _client()
+    execution_id = client.start_execution(name, _variables(variables))
+    click.echo(execution_id)
+    if watch:
+        _watch(client, name, execution_id, interval=1.0, timeout=None, until_approval=False)
+
+
+@executions.command("get")
+@click.argument("name")
+@click.argument("execution_id")
+def executions_get(name: str, execution_id: str) -> None:
+    """Print one execution as GetPipelineExecution returns it."""
+    click.echo(_dumps(_client().get_execution(name, execution_id)))
+
+
+@executions.command("list")
+@click.argument("name")
+@click.option("--max", "max_results", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def executions_list(name: str, max_results: int, as_json: bool) -> None:
+    """List NAME's executions, newest first."""
+    rows = _client().list_executions(name, max_results=max_results)
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    table = _table("execution id", "status", "started", "updated", "trigger", keep=2)
+    for e in rows:
+        table.add_row(
+            e["pipelineExecutionId"],
+            _status(e.get("status")),
+            _when(e.get("startTime")),
+            _when(e.get("lastUpdateTime")),
+            (e.get("trigger") or {}).get("triggerType", ""),
+        )
+    _console().print(table)
+
+
+@executions.command("stop")
+@click.argument("name")
+@click.argument("execution_id")
+@click.option("--abandon", is_flag=True, help="Do not wait for running actions to finish.")
+@click.option("--reason", help="Why; recorded in the execution's stop trigger.")
+def executions_stop(name: str, execution_id: str, abandon: bool, reason: str | None) -> None:
+    """Stop an execution (it becomes Stopping, then Stopped)."""
+    _client().stop_execution(name, execution_id, abandon=abandon, reason=reason)
+    click.echo(f"stopping {execution_id}" + (" (abandoning running actions)" if abandon else ""))
+
+
+@executions.command("watch")
+@click.argument("name")
+@click.argument("execution_id")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds per refresh.")
+@click.option("--timeout", type=float, help="Give up (exit 1) after this many seconds.")
+@click.option(
+    "--until-approval", is_flag=True, help="Exit 0 once the execution waits at an approval."
+)
+def executions_watch(
+    name: str, execution_id: str, interval: float, timeout: float | None, until_approval: bool
+) -> None:
+    """Live progress of one execution; exits 0 if it succeeds, 1 otherwise."""
+    _watch(
+        _client(),
+        name,
+        execution_id,
+        interval=interval,
+        timeout=timeout,
+        until_approval=until_approval,
+    )
+
+
+def _progress(
+    client: ConveyorClient, name: str, execution_id: str
+) -> tuple[dict[str, Any], Table, list[tuple[str, str]]]:
+    """The execution, a table of its stages/actions, and the approvals it waits at."""
+    execution = client.get_execution(name, execution_id)
+    decl = client.get_pipeline(name, execution.get("pipelineVersion"))["pipeline"]
+    details = {
+        (d["stageName"], d["actionName"]): d
+        for d in client.list_action_executions(name, execution_id)
+    }
+    table = _table("stage", "action", "status", "summary", title=f"{name} · {execution_id}", keep=3)
+    waiting: list[tuple[str, str]] = []
+    for stage in decl.get("stages", []):
+        for i, action in enumerate(stage.get("actions", [])):
+            d = details.get((stage["name"], action["name"]), {})
+            status = d.get("status")
+            result = (d.get("output") or {}).get("executionResult") or {}
+            summary = (
+                result.get("externalExecutionSummary") or result.get("externalExecutionUrl") or ""
+            )
+            table.add_row(stage["name"] if i == 0 else "", action["name"], _status(status), summary)
+            if status == "InProgress" and action["actionTypeId"]["category"] == "Approval":
+                waiting.append((stage["name"], action["name"]))
+    return execution, table, waiting
+
+
+def _watch(
+    client: ConveyorClient,
+    name: str,
+    execution_id: str,
+    *,
+    interval: float,
+    timeout: float | None,
+    until_approval: bool,
+) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    console = _console()
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            execution, table, waiting = _progress(client, name, execution_id)
+            status = execution["status"]
+            footer = [Text.assemble("execution: ", _status(status))]
+            if execution.get("statusSummary"):
+                footer.append(Text(execution["statusSummary"]))
+            for stage, action in waiting:
+                footer.append(
+                    Text(
+                        f"waiting for approval: conveyor approvals approve {name} {stage} {action} "
+                        '--summary "..."  (or reject)',
+                        style="bold yellow",
+                    )
+                )
+            live.update(Group(table, *footer), refresh=True)
+            if status in TERMINAL or (until_approval and waiting):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"execution {execution_id} still {status} after {timeout:g}s")
+            time.sleep(interval)
+    if status not in ("Succeeded",) and not (until_approval and waiting):
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------- approvals
+
+approvals = _group("approvals", "List and answer manual approvals.")
+
+
+@approvals.command("list")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def approvals_list(name: str | None, as_json: bool) -> None:
+    """Approvals waiting for an answer, in NAME or in every pipeline."""
+    rows = _client().pending_approvals(name)
+    if as_json:
+        click.echo(_dumps([r.__dict__ for r in rows]))
+        return
+    table = _table("pipeline", "stage", "action", "execution id", "since", "custom data", keep=4)
+    for r in rows:
+        since = datetime.fromtimestamp(r.since) if r.since is not None else None
+        table.add_row(
+            r.pipeline, r.stage, r.action, r.execution_id or "", _when(since), r.custom_data or ""
+        )
+    _console().print(table)
+
+
+def _answer_options(fn: Any) -> Any:
+    for decorator in reversed(
+        [
+            click.argument("name"),
+            click.argument("stage"),
+            click.argument("action"),
+            click.option("--token", help="The approval token (default: looked up from the state)."),
+            click.option("--summary", default="", help="Why; shown in the execution's history."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+@approvals.command("approve")
+@_answer_options
+def approvals_approve(name: str, stage: str, action: str, token: str | None, summary: str) -> None:
+    """Approve the approval waiting at STAGE/ACTION of NAME; the execution moves on."""
+    _client().approve(name, stage, action, token=token, summary=summary)
+    click.echo(f"approved {name}/{stage}/{action}")
+
+
+@approvals.command("reject")
+@_answer_options
+def approvals_reject(name: str, stage: str, action: str, token: str | None, summary: str) -> None:
+    """Reject the approval waiting at STAGE/ACTION of NAME; the execution fails there."""
+    _client().reject(name, stage, action, token=token, summary=summary)
+    click.echo(f"rejected {name}/{stage}/{action}")
+
+
+def register(cli: click.Group) -> None:
+    """Add the client groups to the root command, with a root-level ``--endpoint`` too."""
+    if not any(p.name == "endpoint" for p in cli.params):
+        cli.params.append(_endpoint_option())
+    for group in (pipelines, executions, approvals):
+        cli.add_command(group)

@@ -1,0 +1,161 @@
+"""One attempt of one action on a worker: inputs down, provider run, outputs up, result recorded.
+
+Idempotent by (execution, action execution, attempt): a stale or finished attempt is a no-op,
+a recorded result is only re-announced, and a lease keeps two workers off the same attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from engine.artifacts import ArtifactRef, artifact_key
+from engine.errors import ConveyorError
+from engine.execution import ActionResult, ActionStatus, ArtifactLocation, ExecutionState
+from engine.store import Store
+from providers.base import ActionFailed, Job, Result, S3Access
+from workers.runtime import Runtime
+
+log = logging.getLogger("conveyor.worker")
+
+
+class Heartbeat(threading.Thread):
+    """Renews an action's lease while its attempt runs; stops when told or when the lease is lost."""
+
+    def __init__(self, store: Store, member: str, holder: str, ttl: float) -> None:
+        super().__init__(daemon=True, name="conveyor-heartbeat")
+        self.store, self.member, self.holder, self.ttl = store, member, holder, ttl
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.ttl / 3):
+            try:
+                if not self.store.renew_lease(self.member, self.holder, self.ttl):
+                    log.warning("lease %s lost; the sweep may re-dispatch this action", self.member)
+            except Exception:  # Redis blips must not kill the build; the next beat retries
+                log.exception("lease renewal failed")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def run_attempt(rt: Runtime, execution_id: str, stage: str, action: str, attempt: int) -> str:
+    """Run one attempt if it is still the current one. Returns what happened, for logs/tests."""
+    store = rt.store
+    state = store.try_load(execution_id)
+    act = state.action(stage, action) if state else None
+    if state is None or act is None:
+        return "unknown"
+    if act.status is not ActionStatus.IN_PROGRESS or act.attempt != attempt:
+        return "stale"
+    aeid = act.action_execution_id
+    if store.get_result(execution_id, aeid, attempt) is not None:
+        rt.send_callback(execution_id, stage, action, attempt)
+        return "already-done"
+    member = store.lease_member(execution_id, stage, action, aeid, attempt)
+    holder = uuid.uuid4().hex
+    ttl = rt.settings.lease_seconds
+    if not store.claim_lease(member, holder, ttl):
+        return "leased-elsewhere"
+    beat = Heartbeat(store, member, holder, ttl)
+    beat.start()
+    try:
+        result = _execute(rt, state, stage, action, attempt)
+    finally:
+        beat.stop()
+    store.record_result(execution_id, aeid, attempt, result)
+    rt.send_callback(execution_id, stage, action, attempt)
+    return "succeeded" if result.succeeded else "failed"
+
+
+def _execute(rt: Runtime, state: ExecutionState, stage: str, action: str, attempt: int) -> ActionResult:
+    act = state.action(stage, action)
+    sdecl = state.definition.stage(stage)
+    assert act is not None and sdecl is not None
+    decl = next(a for a in sdecl.actions if a.name == action)
+    provider_cls = rt.registry.get(decl.action_type_id)
+    if provider_cls is None:
+        return ActionResult(succeeded=False, error_code="UnknownProvider",
+                            error_message=f"no provider for {decl.action_type_id} on this worker")
+    s = rt.settings
+    bucket = state.artifact_bucket
+    with tempfile.TemporaryDirectory(prefix="conveyor-", dir=s.workdir) as tmp_name:
+        tmp = Path(tmp_name)
+        log_path = tmp / "action.log"
+        outputs: list[ArtifactLocation] = []
+        with log_path.open("w", encoding="utf-8") as log_file:
+            try:
+                config = provider_cls.Config.model_validate(act.resolved_configuration)
+                inputs: dict[str, Path] = {}
+                for loc in act.input_artifacts:
+                    inputs[loc.name] = tmp / "in" / loc.name
+                    inputs[loc.name].mkdir(parents=True)
+                    rt.artifacts.download_to_dir(ArtifactRef(**loc.model_dump(exclude={"name"})),
+                                                 inputs[loc.name])
+                out_dirs = {a.name: tmp / "out" / a.name for a in decl.output_artifacts}
+                for d in out_dirs.values():
+                    d.mkdir(parents=True)
+                (tmp / "work").mkdir()
+                job = Job(
+                    pipeline_name=state.pipeline_name,
+                    execution_id=state.execution_id,
+                    stage_name=stage,
+                    action_name=action,
+                    attempt=attempt,
+                    configuration=config,
+                    variables=dict(state.variables),
+                    inputs=inputs,
+                    outputs=out_dirs,
+                    workdir=tmp / "work",
+                    log=log_file,
+                    s3=S3Access(s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key,
+                                s.s3_region),
+                    deadline=act.deadline,
+                )
+                res = provider_cls().run(job)
+                if res.succeeded:
+                    for name, d in out_dirs.items():
+                        key = artifact_key(state.pipeline_name, name, act.action_execution_id, attempt)
+                        ref = rt.artifacts.upload_dir(d, bucket, key)
+                        outputs.append(ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"})))
+            except ActionFailed as exc:
+                res = Result(succeeded=False, error_code="JobFailed", error_message=exc.message)
+            except ConveyorError as exc:
+                res = Result(succeeded=False, error_code=type(exc).__name__, error_message=exc.message)
+            except Exception as exc:  # a provider bug must fail the action, not wedge it
+                log.exception("action %s.%s crashed", stage, action)
+                res = Result(succeeded=False, error_code="InternalError",
+                             error_message=f"{type(exc).__name__}: {exc}")
+        log_loc = None
+        attachments = dict(res.attachments)
+        attachments.setdefault("action-log", log_path)
+        prefix = f"{state.pipeline_name[:20]}/logs/{act.action_execution_id}-{attempt}"
+        for name, path in attachments.items():
+            try:
+                ref = rt.artifacts.upload_file(path, bucket, f"{prefix}/{name}.log")
+            except Exception:
+                log.exception("could not store %s for %s.%s", name, stage, action)
+                continue
+            if log_loc is None or name != "action-log":
+                log_loc = ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"}))
+    return ActionResult(
+        succeeded=res.succeeded and bool(outputs or not decl.output_artifacts),
+        summary=res.summary,
+        error_code=res.error_code,
+        error_message=res.error_message,
+        external_execution_id=res.external_execution_id,
+        external_execution_url=res.external_execution_url,
+        output_artifacts=outputs,
+        output_variables=res.output_variables,
+        revision_id=res.revision_id,
+        revision_summary=res.revision_summary,
+        log_location=log_loc,
+    )
+
+
+def now() -> float:
+    return time.time()
