@@ -140,7 +140,9 @@ def new_execution(
         )
         for s in definition.stages
     ]
-    resolved = {v.name: v.default_value for v in definition.variables if v.default_value is not None}
+    resolved = {
+        v.name: v.default_value for v in definition.variables if v.default_value is not None
+    }
     resolved.update(variables)
     return ExecutionState(
         execution_id=execution_id,
@@ -179,7 +181,9 @@ def decide(state: ExecutionState, event: Event) -> tuple[ExecutionState, list[Ef
                     succeeded=event.approved,
                     summary=event.summary or ("Approved" if event.approved else "Rejected"),
                     error_code=None if event.approved else "Rejected",
-                    error_message=None if event.approved else f"Rejected: {event.summary}".rstrip(": "),
+                    error_message=None
+                    if event.approved
+                    else f"Rejected: {event.summary}".rstrip(": "),
                 )
                 _finish_action(s, act, result, event.now, fx)
         case StopRequested():
@@ -274,7 +278,9 @@ def _start_group(s: ExecutionState, st: StageState, now: float, fx: list[Effect]
         act.attempt = 1
         act.start_time = act.last_update_time = now
         act.resolved_configuration = {k: resolve(v, s) for k, v in ad.configuration.items()}
-        act.input_artifacts = [s.artifacts[a.name] for a in ad.input_artifacts if a.name in s.artifacts]
+        act.input_artifacts = [
+            s.artifacts[a.name] for a in ad.input_artifacts if a.name in s.artifacts
+        ]
         fx.append(Emit(level="action", state="STARTED", stage=st.name, action=act.name))
         if ad.action_type_id.category is Category.APPROVAL:
             # Approvals hold no worker: the execution rests here until an answer or the timer.
@@ -294,7 +300,9 @@ def _finish_action(
     act.result = result
     act.last_update_time = now
     act.deadline = None
-    fx.append(Emit(level="action", state=act.status.value.upper(), stage=act.stage, action=act.name))
+    fx.append(
+        Emit(level="action", state=act.status.value.upper(), stage=act.stage, action=act.name)
+    )
     if result.succeeded:
         for art in result.output_artifacts:
             s.artifacts[art.name] = art
@@ -303,8 +311,11 @@ def _finish_action(
             s.namespaces[ns] = dict(result.output_variables)
         if result.revision_id:
             s.source_revisions.append(
-                {"actionName": act.name, "revisionId": result.revision_id,
-                 "revisionSummary": result.revision_summary or ""}
+                {
+                    "actionName": act.name,
+                    "revisionId": result.revision_id,
+                    "revisionSummary": result.revision_summary or "",
+                }
             )
     _advance(s, act.stage, now, fx)
 
@@ -351,7 +362,11 @@ def _finish_execution(
 
 
 def _stop(s: ExecutionState, event: StopRequested, fx: list[Effect]) -> None:
-    if s.status.terminal or (s.stop_mode == "abandon") or (s.stop_mode == "wait" and not event.abandon):
+    if (
+        s.status.terminal
+        or (s.stop_mode == "abandon")
+        or (s.stop_mode == "wait" and not event.abandon)
+    ):
         return
     s.stop_mode = "abandon" if event.abandon else "wait"
     s.stop_reason = event.reason or s.stop_reason

@@ -124,9 +124,12 @@ class Service:
         declared = {v.name for v in rec.declaration.variables}
         unknown = sorted(set(variables) - declared)
         if unknown:
-            raise ValidationError(f"variables: {', '.join(unknown)} not declared by pipeline {name}")
+            raise ValidationError(
+                f"variables: {', '.join(unknown)} not declared by pipeline {name}"
+            )
         missing = [
-            v.name for v in rec.declaration.variables
+            v.name
+            for v in rec.declaration.variables
             if v.default_value is None and v.name not in variables
         ]
         if missing:
@@ -147,9 +150,7 @@ class Service:
     def get_execution(self, name: str, execution_id: str) -> ExecutionState:
         state = self.store.try_load(execution_id)
         if state is None or state.pipeline_name != name:
-            raise ExecutionNotFoundError(
-                f"execution {execution_id} not found in pipeline {name}"
-            )
+            raise ExecutionNotFoundError(f"execution {execution_id} not found in pipeline {name}")
         return state
 
     def list_executions(self, name: str, limit: int = 100) -> list[ExecutionState]:
@@ -193,7 +194,8 @@ class Service:
         self, name: str, execution_id: str | None = None, limit: int = 100
     ) -> list[tuple[ExecutionState, ActionState]]:
         states = (
-            [self.get_execution(name, execution_id)] if execution_id
+            [self.get_execution(name, execution_id)]
+            if execution_id
             else self.list_executions(name, limit=limit)
         )
         return [
@@ -202,7 +204,9 @@ class Service:
 
     # ------------------------------------------------------------------ approvals
 
-    def pending_approvals(self, name: str | None = None) -> list[tuple[ExecutionState, ActionState]]:
+    def pending_approvals(
+        self, name: str | None = None
+    ) -> list[tuple[ExecutionState, ActionState]]:
         names = [name] if name else self.store.list_pipelines()
         out = []
         for n in names:
@@ -243,8 +247,13 @@ class Service:
                 )
             now = self.clock()
             event = ApprovalAnswered(
-                now=now, stage=stage, action=action, token=token, approved=approved,
-                summary=summary, answered_by=answered_by,
+                now=now,
+                stage=stage,
+                action=action,
+                token=token,
+                approved=approved,
+                summary=summary,
+                answered_by=answered_by,
             )
             after = self.store.apply(state.execution_id, event)
             settled = after.action(stage, action)

@@ -12,9 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = Field(
-        default=None, description="Celery broker; defaults to redis_url"
-    )
+    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url")
     s3_endpoint_url: str = "http://127.0.0.1:9000"
     s3_access_key_id: str = "conveyor"
     s3_secret_access_key: str = "conveyor-secret"

@@ -37,8 +37,12 @@ class Store:
     @classmethod
     def from_url(cls, url: str, dispatcher: Dispatcher | None = None) -> Store:
         client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5,
-            retry_on_timeout=True, health_check_interval=30,
+            url,
+            decode_responses=True,
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            retry_on_timeout=True,
+            health_check_interval=30,
         )
         return cls(client, dispatcher)
 
@@ -50,7 +54,7 @@ class Store:
         with self.r.pipeline() as p:
             for _ in range(MAX_CAS_RETRIES):
                 try:
-                    p.watch(key)
+                    p.watch(key)  # type: ignore[no-untyped-call]
                     current = p.hget(key, "current")
                     if create and current is not None:
                         return -1
@@ -60,12 +64,15 @@ class Store:
                     definition = {**definition, "version": version}
                     now = time.time()
                     p.multi()
-                    p.hset(key, mapping={
-                        "current": version,
-                        f"v{version}": json.dumps(definition),
-                        "updated": now,
-                        **({"created": now} if create else {}),
-                    })
+                    p.hset(
+                        key,
+                        mapping={
+                            "current": version,
+                            f"v{version}": json.dumps(definition),
+                            "updated": now,
+                            **({"created": now} if create else {}),
+                        },
+                    )
                     p.sadd(keys.PIPELINES, name)
                     p.execute()
                     return version
@@ -73,7 +80,9 @@ class Store:
                     continue
         raise ConflictError(f"pipeline {name} is being changed concurrently; try again")
 
-    def get_pipeline(self, name: str, version: int | None = None) -> tuple[dict[str, Any], dict[str, float]] | None:
+    def get_pipeline(
+        self, name: str, version: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, float]] | None:
         h = self.r.hgetall(keys.pipeline(name))
         if not h:
             return None
@@ -85,7 +94,7 @@ class Store:
         return json.loads(raw), meta
 
     def list_pipelines(self) -> list[str]:
-        return sorted(self.r.smembers(keys.PIPELINES))
+        return sorted(str(n) for n in self.r.smembers(keys.PIPELINES))
 
     def delete_pipeline(self, name: str) -> None:
         with self.r.pipeline() as p:
@@ -120,10 +129,10 @@ class Store:
         return None if raw is None else ExecutionState.model_validate_json(raw)
 
     def execution_ids(self, pipeline: str, limit: int = 100) -> list[str]:
-        return list(self.r.zrevrange(keys.pipeline_executions(pipeline), 0, limit - 1))
+        return [str(e) for e in self.r.zrevrange(keys.pipeline_executions(pipeline), 0, limit - 1)]
 
     def active_execution_ids(self) -> list[str]:
-        return list(self.r.smembers(keys.ACTIVE_EXECUTIONS))
+        return [str(e) for e in self.r.smembers(keys.ACTIVE_EXECUTIONS)]
 
     def apply(self, execution_id: str, event: Event) -> ExecutionState:
         """read -> decide -> compare-and-set; then carry out the committed effects."""
@@ -131,7 +140,7 @@ class Store:
         with self.r.pipeline() as p:
             for _ in range(MAX_CAS_RETRIES):
                 try:
-                    p.watch(key)
+                    p.watch(key)  # type: ignore[no-untyped-call]
                     raw = p.get(key)
                     if raw is None:
                         raise ExecutionNotFoundError(f"execution {execution_id} not found")
@@ -157,7 +166,9 @@ class Store:
         self._carry_out(ids, effects)
         return new
 
-    def _stage_effects(self, p: Any, state: ExecutionState, effects: list[Effect]) -> list[str | None]:
+    def _stage_effects(
+        self, p: Any, state: ExecutionState, effects: list[Effect]
+    ) -> list[str | None]:
         ids: list[str | None] = []
         now = time.time()
         for i, eff in enumerate(effects):
@@ -167,8 +178,12 @@ class Store:
                 p.zadd(keys.OUTBOX_DUE, {eid: now})
                 ids.append(eid)
             else:
-                p.xadd(keys.EVENTS, {"event": json.dumps(events.build(state, eff, now))},
-                       maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+                p.xadd(
+                    keys.EVENTS,
+                    {"event": json.dumps(events.build(state, eff, now))},
+                    maxlen=EVENT_STREAM_MAXLEN,
+                    approximate=True,
+                )
                 ids.append(None)
         return ids
 
@@ -187,12 +202,13 @@ class Store:
             p.execute()
 
     def pending_outbox(self, older_than: float) -> Iterator[tuple[str, Dispatch]]:
-        for eid in self.r.zrangebyscore(keys.OUTBOX_DUE, 0, older_than):
+        for member in self.r.zrangebyscore(keys.OUTBOX_DUE, 0, older_than):
+            eid = str(member)
             raw = self.r.hget(keys.OUTBOX, eid)
             if raw is None:
                 self.r.zrem(keys.OUTBOX_DUE, eid)
                 continue
-            eff = _EFFECT.validate_json(raw)
+            eff = _EFFECT.validate_json(str(raw))
             assert isinstance(eff, Dispatch)
             yield eid, eff
 
@@ -203,8 +219,12 @@ class Store:
 
     # ------------------------------------------------------------------ results and leases
 
-    def record_result(self, execution_id: str, aeid: str, attempt: int, result: ActionResult) -> None:
-        self.r.set(keys.result(execution_id, aeid, attempt), result.model_dump_json(), ex=30 * 86400)
+    def record_result(
+        self, execution_id: str, aeid: str, attempt: int, result: ActionResult
+    ) -> None:
+        self.r.set(
+            keys.result(execution_id, aeid, attempt), result.model_dump_json(), ex=30 * 86400
+        )
 
     def get_result(self, execution_id: str, aeid: str, attempt: int) -> ActionResult | None:
         raw = self._get(keys.result(execution_id, aeid, attempt))
@@ -243,15 +263,20 @@ class Store:
     def expired_leases(self, now: float) -> list[tuple[str, str, str, str, str, int]]:
         out = []
         for member in self.r.zrangebyscore(keys.LEASES, 0, now):
+            member = str(member)
             eid, stage, action, aeid, attempt = json.loads(member)
             out.append((member, eid, stage, action, aeid, int(attempt)))
         return out
 
     # ------------------------------------------------------------------ events
 
-    def read_events(self, last_id: str = "0", count: int = 1000) -> list[tuple[str, dict[str, Any]]]:
-        rows = self.r.xrange(keys.EVENTS, min=f"({last_id}" if last_id != "0" else "-", count=count)
-        return [(rid, json.loads(fields["event"])) for rid, fields in rows]
+    def read_events(
+        self, last_id: str = "0", count: int = 1000
+    ) -> list[tuple[str, dict[str, Any]]]:
+        rows: Any = self.r.xrange(
+            keys.EVENTS, min=f"({last_id}" if last_id != "0" else "-", count=count
+        )
+        return [(str(rid), json.loads(fields["event"])) for rid, fields in rows or []]
 
     def _get(self, key: str) -> str | None:
         try:

@@ -258,7 +258,9 @@ class _CodeBuildRunner:
         log.line(f"Entering phase {name}")
         failure = self._run_commands(phase.commands, session, log)
         if phase.finally_commands and not self.state.stopped:
-            failure = self._run_commands(phase.finally_commands, session, log) or failure
+            # finally always runs; the summary still reports the first failure.
+            finally_failure = self._run_commands(phase.finally_commands, session, log)
+            failure = failure or finally_failure
         if self.state.stopped:
             log.line(f"Phase complete: {name} State: STOPPED ({self.state.stopped})")
             self.state.fail(name, f"build {self.state.stopped} in phase {name}")

@@ -3,6 +3,7 @@ beat and the HTTP API as real processes against the session's Redis and S3."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 import zipfile
@@ -25,33 +26,52 @@ class Stack:
 
     def codepipeline(self) -> Any:
         return boto3.client(
-            "codepipeline", endpoint_url=self.api_url, region_name="us-east-1",
-            aws_access_key_id="conveyor", aws_secret_access_key="conveyor",
+            "codepipeline",
+            endpoint_url=self.api_url,
+            region_name="us-east-1",
+            aws_access_key_id="conveyor",
+            aws_secret_access_key="conveyor",
         )
 
     def s3(self) -> Any:
         return boto3.client(
-            "s3", endpoint_url=self.s3_url, region_name=self.env["CONVEYOR_S3_REGION"],
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name=self.env["CONVEYOR_S3_REGION"],
             aws_access_key_id=self.env["CONVEYOR_S3_ACCESS_KEY_ID"],
             aws_secret_access_key=self.env["CONVEYOR_S3_SECRET_ACCESS_KEY"],
         )
 
 
-def start_stack(spawn: Any, settings_env: dict[str, str], *,
-                workers: dict[str, tuple[str, int]] | None = None) -> Stack:
+def start_stack(
+    spawn: Any, settings_env: dict[str, str], *, workers: dict[str, tuple[str, int]] | None = None
+) -> Stack:
     """Start the engine pool, the given provider pools (name -> (pool, concurrency)), beat, api."""
     port = devstack.free_port()
-    stack = Stack(f"http://127.0.0.1:{port}", settings_env["CONVEYOR_S3_ENDPOINT_URL"], settings_env)
+    stack = Stack(
+        f"http://127.0.0.1:{port}", settings_env["CONVEYOR_S3_ENDPOINT_URL"], settings_env
+    )
     pools = {"engine": ("engine", 1), **(workers or {"providers": ("all", 2)})}
     for name, (pool, conc) in pools.items():
-        stack.processes[name] = spawn("worker", "--pool", pool, "--concurrency", str(conc),
-                                      "--hostname", f"{name}@%h", name=name)
+        stack.processes[name] = spawn(
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(conc),
+            "--hostname",
+            f"{name}@%h",
+            name=name,
+        )
     stack.processes["beat"] = spawn("beat", name="beat")
     stack.processes["api"] = spawn("api", "--port", str(port), name="api")
     for name in pools:
         wait_worker_ready(stack.processes[name])
-    wait_for(lambda: devstack.http_answers(stack.api_url + "/health"), 30,
-             message="the API did not answer")
+    wait_for(
+        lambda: devstack.http_answers(stack.api_url + "/health"),
+        30,
+        message="the API did not answer",
+    )
     return stack
 
 
@@ -67,12 +87,25 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def action(name: str, category: str, provider: str, *, run_order: int = 1,
-           config: dict[str, str] | None = None, ins: tuple[str, ...] = (),
-           outs: tuple[str, ...] = (), timeout: int | None = None) -> dict[str, Any]:
+def action(
+    name: str,
+    category: str,
+    provider: str,
+    *,
+    run_order: int = 1,
+    config: dict[str, str] | None = None,
+    ins: tuple[str, ...] = (),
+    outs: tuple[str, ...] = (),
+    timeout: int | None = None,
+) -> dict[str, Any]:
     a: dict[str, Any] = {
         "name": name,
-        "actionTypeId": {"category": category, "owner": "AWS", "provider": provider, "version": "1"},
+        "actionTypeId": {
+            "category": category,
+            "owner": "AWS",
+            "provider": provider,
+            "version": "1",
+        },
         "runOrder": run_order,
         "configuration": config or {},
         "inputArtifacts": [{"name": n} for n in ins],
@@ -84,16 +117,23 @@ def action(name: str, category: str, provider: str, *, run_order: int = 1,
 
 
 def s3_source_stage(bucket: str, key: str = "app.zip") -> dict[str, Any]:
-    return {"name": "Source", "actions": [action(
-        "Fetch", "Source", "S3", config={"S3Bucket": bucket, "S3ObjectKey": key},
-        outs=("SourceOutput",))]}
+    return {
+        "name": "Source",
+        "actions": [
+            action(
+                "Fetch",
+                "Source",
+                "S3",
+                config={"S3Bucket": bucket, "S3ObjectKey": key},
+                outs=("SourceOutput",),
+            )
+        ],
+    }
 
 
 def put_source(s3: Any, bucket: str, files: dict[str, str], key: str = "app.zip") -> None:
-    try:
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=bucket)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     s3.put_object(Bucket=bucket, Key=key, Body=zip_bytes(files))
 
@@ -104,8 +144,9 @@ def wait_status(cp: Any, name: str, execution_id: str, statuses: set[str], timeo
         st: str = s["pipelineExecution"]["status"]
         return st if st in statuses else None
 
-    return wait_for(status, timeout, interval=0.3,
-                    message=f"execution {execution_id} never reached {statuses}")
+    return wait_for(
+        status, timeout, interval=0.3, message=f"execution {execution_id} never reached {statuses}"
+    )
 
 
 def approval_token(cp: Any, name: str, stage: str, action_name: str, timeout: float) -> str:

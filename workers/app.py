@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from engine import keys
 from engine.settings import Settings
@@ -35,7 +35,7 @@ def make_app(settings: Settings, registry: Registry) -> Celery:
     app = Celery("conveyor", broker=settings.broker, set_as_current=False)
     all_queues = [keys.ENGINE_QUEUE, *provider_queues(registry)]
     app.conf.update(
-        task_queues=[Queue(q, routing_key=q) for q in all_queues],
+        task_queues=[Queue(q, routing_key=q) for q in all_queues],  # type: ignore[no-untyped-call]
         task_default_queue=keys.ENGINE_QUEUE,
         task_serializer="json",
         accept_content=["json"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +30,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--pool", type=click.Choice(list(keys.POOLS)), default="all", show_default=True,
-              help="Which queues to consume: the engine, one category, or all.")
+@click.option(
+    "--pool",
+    type=click.Choice(list(keys.POOLS)),
+    default="all",
+    show_default=True,
+    help="Which queues to consume: the engine, one category, or all.",
+)
 @click.option("--concurrency", "-c", type=int, default=None, help="Worker processes.")
 @click.option("--hostname", "-n", default=None, help="Celery node name (default pool@host).")
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -46,8 +50,16 @@ def worker(pool: str, concurrency: int | None, hostname: str | None, loglevel: s
     rt = Runtime(Settings())
     register_tasks(rt.celery, rt)
     queues = pool_queues(pool, rt.registry)
-    argv = ["worker", "-Q", ",".join(queues), "--loglevel", loglevel, "-E",
-            "-n", hostname or f"{pool}@%h"]
+    argv = [
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "--loglevel",
+        loglevel,
+        "-E",
+        "-n",
+        hostname or f"{pool}@%h",
+    ]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     rt.celery.worker_main(argv)
@@ -97,8 +109,12 @@ def api(host: str | None, port: int | None) -> None:
 
     settings = Settings()
     rt = Runtime(settings)
-    uvicorn.run(create_app(rt.service), host=host or settings.api_host,
-                port=port or settings.api_port, log_level="info")
+    uvicorn.run(
+        create_app(rt.service),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
 
 
 @cli.command()
@@ -106,8 +122,10 @@ def api(host: str | None, port: int | None) -> None:
 def flower(port: int) -> None:
     """Run Flower against Conveyor's broker."""
     settings = Settings()
-    os.execv(sys.executable, [sys.executable, "-m", "celery", "-b", settings.broker,
-                              "flower", f"--port={port}"])
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "celery", "-b", settings.broker, "flower", f"--port={port}"],
+    )
 
 
 @cli.command()
@@ -116,24 +134,22 @@ def flower(port: int) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
 def dev(concurrency: int, with_flower: bool, workdir: Path | None) -> None:
     """The whole local stack in one command; Ctrl-C stops it cleanly."""
-    from workers.devstack import run_dev_stack
+    from workers.stack import run_dev_stack
 
-    run_dev_stack(workdir or Path(tempfile.mkdtemp(prefix="conveyor-dev-")),
-                  concurrency=concurrency, with_flower=with_flower, block=True)
+    run_dev_stack(
+        workdir or Path(tempfile.mkdtemp(prefix="conveyor-dev-")),
+        concurrency=concurrency,
+        with_flower=with_flower,
+        block=True,
+    )
 
 
 def main() -> None:
-    try:
-        from workers.cli_client import register
-    except ImportError:  # pragma: no cover - only while the client module is absent
-        pass
-    else:
-        register(cli)
+    from workers.cli_client import register
+
+    register(cli)
     cli()
 
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["cli", "main", "subprocess"]

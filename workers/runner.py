@@ -24,7 +24,7 @@ log = logging.getLogger("conveyor.worker")
 
 
 class Heartbeat(threading.Thread):
-    """Renews an action's lease while its attempt runs; stops when told or when the lease is lost."""
+    """Renews an action's lease while its attempt runs, until told to stop."""
 
     def __init__(self, store: Store, member: str, holder: str, ttl: float) -> None:
         super().__init__(daemon=True, name="conveyor-heartbeat")
@@ -72,15 +72,20 @@ def run_attempt(rt: Runtime, execution_id: str, stage: str, action: str, attempt
     return "succeeded" if result.succeeded else "failed"
 
 
-def _execute(rt: Runtime, state: ExecutionState, stage: str, action: str, attempt: int) -> ActionResult:
+def _execute(
+    rt: Runtime, state: ExecutionState, stage: str, action: str, attempt: int
+) -> ActionResult:
     act = state.action(stage, action)
     sdecl = state.definition.stage(stage)
     assert act is not None and sdecl is not None
     decl = next(a for a in sdecl.actions if a.name == action)
     provider_cls = rt.registry.get(decl.action_type_id)
     if provider_cls is None:
-        return ActionResult(succeeded=False, error_code="UnknownProvider",
-                            error_message=f"no provider for {decl.action_type_id} on this worker")
+        return ActionResult(
+            succeeded=False,
+            error_code="UnknownProvider",
+            error_message=f"no provider for {decl.action_type_id} on this worker",
+        )
     s = rt.settings
     bucket = state.artifact_bucket
     with tempfile.TemporaryDirectory(prefix="conveyor-", dir=s.workdir) as tmp_name:
@@ -94,8 +99,9 @@ def _execute(rt: Runtime, state: ExecutionState, stage: str, action: str, attemp
                 for loc in act.input_artifacts:
                     inputs[loc.name] = tmp / "in" / loc.name
                     inputs[loc.name].mkdir(parents=True)
-                    rt.artifacts.download_to_dir(ArtifactRef(**loc.model_dump(exclude={"name"})),
-                                                 inputs[loc.name])
+                    rt.artifacts.download_to_dir(
+                        ArtifactRef(**loc.model_dump(exclude={"name"})), inputs[loc.name]
+                    )
                 out_dirs = {a.name: tmp / "out" / a.name for a in decl.output_artifacts}
                 for d in out_dirs.values():
                     d.mkdir(parents=True)
@@ -112,24 +118,34 @@ def _execute(rt: Runtime, state: ExecutionState, stage: str, action: str, attemp
                     outputs=out_dirs,
                     workdir=tmp / "work",
                     log=log_file,
-                    s3=S3Access(s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key,
-                                s.s3_region),
+                    s3=S3Access(
+                        s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key, s.s3_region
+                    ),
                     deadline=act.deadline,
                 )
                 res = provider_cls().run(job)
                 if res.succeeded:
                     for name, d in out_dirs.items():
-                        key = artifact_key(state.pipeline_name, name, act.action_execution_id, attempt)
+                        key = artifact_key(
+                            state.pipeline_name, name, act.action_execution_id, attempt
+                        )
                         ref = rt.artifacts.upload_dir(d, bucket, key)
-                        outputs.append(ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"})))
+                        outputs.append(
+                            ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"}))
+                        )
             except ActionFailed as exc:
                 res = Result(succeeded=False, error_code="JobFailed", error_message=exc.message)
             except ConveyorError as exc:
-                res = Result(succeeded=False, error_code=type(exc).__name__, error_message=exc.message)
+                res = Result(
+                    succeeded=False, error_code=type(exc).__name__, error_message=exc.message
+                )
             except Exception as exc:  # a provider bug must fail the action, not wedge it
                 log.exception("action %s.%s crashed", stage, action)
-                res = Result(succeeded=False, error_code="InternalError",
-                             error_message=f"{type(exc).__name__}: {exc}")
+                res = Result(
+                    succeeded=False,
+                    error_code="InternalError",
+                    error_message=f"{type(exc).__name__}: {exc}",
+                )
         log_loc = None
         attachments = dict(res.attachments)
         attachments.setdefault("action-log", log_path)

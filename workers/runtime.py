@@ -48,12 +48,16 @@ class Runtime:
 
     def dispatch(self, d: Dispatch) -> None:
         self.celery.send_task(
-            d.queue, args=[d.execution_id, d.stage, d.action, d.attempt], queue=d.queue,
+            d.queue,
+            args=[d.execution_id, d.stage, d.action, d.attempt],
+            queue=d.queue,
             routing_key=d.queue,
         )
 
     def send_callback(self, execution_id: str, stage: str, action: str, attempt: int) -> None:
         self.celery.send_task(
-            keys.ENGINE_TASK, args=[execution_id, stage, action, attempt],
-            queue=keys.ENGINE_QUEUE, routing_key=keys.ENGINE_QUEUE,
+            keys.ENGINE_TASK,
+            args=[execution_id, stage, action, attempt],
+            queue=keys.ENGINE_QUEUE,
+            routing_key=keys.ENGINE_QUEUE,
         )

@@ -29,8 +29,10 @@ class DevStack:
 def _wait_log(service: Service, text: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if service.log_path and service.log_path.exists() and text in service.log_path.read_text(
-            errors="replace"
+        if (
+            service.log_path
+            and service.log_path.exists()
+            and text in service.log_path.read_text(errors="replace")
         ):
             return
         if not service.running():
@@ -66,16 +68,26 @@ def run_dev_stack(
     say(f"s3         {s3.url}  ({s3.origin})")
 
     def conveyor(name: str, *args: str) -> Service:
-        svc = devstack.start_process(name, [sys.executable, "-m", "workers.cli", *args], env,
-                                     workdir / f"{name}.log")
+        svc = devstack.start_process(
+            name, [sys.executable, "-m", "workers.cli", *args], env, workdir / f"{name}.log"
+        )
         stack.services.append(svc)
         return svc
 
     try:
-        engine = conveyor("engine", "worker", "--pool", "engine", "--concurrency", "1",
-                          "--hostname", "engine@%h")
-        providers = conveyor("providers", "worker", "--pool", "all", "--concurrency",
-                             str(concurrency), "--hostname", "providers@%h")
+        engine = conveyor(
+            "engine", "worker", "--pool", "engine", "--concurrency", "1", "--hostname", "engine@%h"
+        )
+        providers = conveyor(
+            "providers",
+            "worker",
+            "--pool",
+            "all",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            "providers@%h",
+        )
         conveyor("beat", "beat")
         api = conveyor("api", "api", "--port", str(port))
         for svc in (engine, providers):

@@ -43,12 +43,17 @@ def advance(execution_id: str, stage: str, action: str, attempt: int) -> str:
     if result is None:
         return "no-result"
     try:
-        rt.store.apply(execution_id, ActionCompleted(
-            now=time.time(), stage=stage, action=action, attempt=attempt, result=result))
+        rt.store.apply(
+            execution_id,
+            ActionCompleted(
+                now=time.time(), stage=stage, action=action, attempt=attempt, result=result
+            ),
+        )
     except ExecutionNotFoundError:
         return "unknown"
     rt.store.release_lease(
-        rt.store.lease_member(execution_id, stage, action, act.action_execution_id, attempt))
+        rt.store.lease_member(execution_id, stage, action, act.action_execution_id, attempt)
+    )
     return "applied"
 
 
@@ -64,4 +69,3 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     app.task(name=keys.ENGINE_TASK, **opts)(advance)
     for queue in provider_queues(rt.registry):
         app.task(name=queue, **opts)(run_provider_action)
-
