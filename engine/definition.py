@@ -30,9 +30,27 @@ MAX_STAGES = 50
 PIPELINE_RESOURCE_TYPE = "AWS::CodePipeline::Pipeline"
 
 
+# CodePipeline fields Conveyor does not run yet: rejected by name rather than dropped, since
+# silently ignoring e.g. a stage's onFailure would change what the pipeline does.
+NOT_YET_SUPPORTED = frozenset(
+    {
+        "artifactStores",
+        "blockers",
+        "onFailure",
+        "onSuccess",
+        "beforeEntry",
+        "commands",
+        "outputVariables",
+        "disableInboundStageTransitions",
+    }
+)
+# Fields with no effect on how a pipeline runs here; accepted so exported definitions load.
+IGNORED_TOP_LEVEL = frozenset({"tags", "restartExecutionOnUpdate", "metadata"})
+
+
 class _Model(BaseModel):
-    # Unknown keys are tolerated (CodePipeline adds fields over time) but never stored.
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # Unknown keys are errors: a typo such as ``runorder`` must not pass unnoticed.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class ArtifactRefDecl(_Model):
@@ -347,7 +365,8 @@ def _pydantic_problems(exc: PydanticValidationError, prefix: str = "") -> list[P
         if err["type"] == "missing":
             msg = "required"
         elif err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            last = err["loc"][-1] if err["loc"] else ""
+            msg = "not supported by Conveyor yet" if last in NOT_YET_SUPPORTED else "unknown key"
         elif err["type"] == "string_type":
             msg = f"must be a string, got {_kind(err['input'])}"
         elif err["type"] == "value_error":
@@ -378,6 +397,7 @@ def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
     problem of the first phase is reported at once; rules run only on a well-typed
     declaration, so a definition with type errors reports those first.
     """
+    raw = {k: v for k, v in raw.items() if k not in IGNORED_TOP_LEVEL}
     try:
         decl = PipelineDeclaration.model_validate(raw)
     except PydanticValidationError as exc:

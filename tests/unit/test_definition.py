@@ -925,3 +925,17 @@ def test_any_damage_is_a_definition_error_never_a_crash(
     except DefinitionError as err:
         assert err.problems
         assert all(isinstance(p.path, str) and p.message for p in err.problems)
+
+
+def test_unknown_keys_are_errors_not_silently_dropped() -> None:
+    raw = reference()
+    raw["stages"][1]["actions"][0]["runorder"] = 2
+    raw["stages"][2]["onFailure"] = {"result": "ROLLBACK"}
+    problems = problems_of(raw)
+    assert_problem(problems, "stages[1].actions[0].runorder", "unknown key")
+    assert_problem(problems, "stages[2].onFailure", "not supported by Conveyor yet")
+
+
+def test_harmless_top_level_fields_are_accepted() -> None:
+    raw = {**reference(), "tags": [{"key": "team", "value": "x"}], "restartExecutionOnUpdate": True}
+    assert validate(normalize(raw), REGISTRY).name == raw["name"]
