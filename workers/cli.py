@@ -50,6 +50,8 @@ def worker(pool: str, concurrency: int | None, hostname: str | None, loglevel: s
     rt = Runtime(Settings())
     register_tasks(rt.celery, rt)
     queues = pool_queues(pool, rt.registry)
+    if not queues:
+        raise click.UsageError(f"pool {pool!r} has no registered providers to run")
     argv = [
         "worker",
         "-Q",
