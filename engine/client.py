@@ -53,12 +53,21 @@ def default_endpoint() -> str:
     return os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
 
 
+# botocore insists on a roleArn; Conveyor runs actions as its workers, so any value will do.
+PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/conveyor"
+
+
 def load_definition(definition: Definition) -> dict[str, Any]:
-    """A dict is used as is; a path is parsed as JSON, YAML or a CloudFormation template."""
+    """A dict is used as is; a path is parsed as JSON, YAML or a CloudFormation template.
+
+    A missing ``roleArn`` is filled in so definitions written for Conveyor need none.
+    """
     if isinstance(definition, dict):
-        return definition
-    path = Path(definition)
-    return parse_document(path.read_text(), source=str(path))
+        raw = definition
+    else:
+        path = Path(definition)
+        raw = parse_document(path.read_text(), source=str(path))
+    return raw if raw.get("roleArn") else {**raw, "roleArn": PLACEHOLDER_ROLE_ARN}
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -129,7 +138,9 @@ class ConveyorClient:
 
     def start_execution(self, name: str, variables: dict[str, str] | None = None) -> str:
         pairs = [{"name": k, "value": v} for k, v in (variables or {}).items()]
-        out = self.cp.start_pipeline_execution(name=name, variables=pairs)
+        # botocore rejects an empty list: send variables only when there are some.
+        kwargs: dict[str, Any] = {"variables": pairs} if pairs else {}
+        out = self.cp.start_pipeline_execution(name=name, **kwargs)
         return str(out["pipelineExecutionId"])
 
     def get_execution(self, name: str, execution_id: str) -> dict[str, Any]:

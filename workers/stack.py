@@ -55,7 +55,11 @@ def run_dev_stack(
     workdir.mkdir(parents=True, exist_ok=True)
     say = print if echo else (lambda *a, **k: None)
     redis = devstack.resolve_redis(workdir)
-    s3 = devstack.resolve_s3(workdir)
+    try:
+        s3 = devstack.resolve_s3(workdir)
+    except BaseException:
+        redis.stop()  # it may be a redis-server we just started, in its own session
+        raise
     port = api_port or devstack.free_port()
     env = {
         **os.environ,

@@ -68,3 +68,13 @@ def test_client_round_trip(api: ApiServer, tmp_path: Path) -> None:
 def test_endpoint_from_environment(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_API_URL", api.url)
     assert ConveyorClient().list_pipelines() == []
+
+
+def test_example_file_without_role_arn_creates_and_starts_without_variables(
+    api: ApiServer,
+) -> None:
+    client = ConveyorClient(api.url)
+    example = Path(__file__).resolve().parents[2] / "examples" / "reference-pipeline.json"
+    created = client.create_pipeline(example)
+    eid = client.start_execution(created["name"])  # no variables: none are sent
+    assert client.get_execution(created["name"], eid)["status"] == "InProgress"
