@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from engine import api_shapes as shapes
+from engine import rules
 from engine.errors import ValidationError
+from engine.execution import ExecutionState
 from engine.service import Service
 
 Body = dict[str, Any]
@@ -70,7 +72,6 @@ def delete_pipeline(svc: Service, body: Body) -> Body:
 
 
 def start_pipeline_execution(svc: Service, body: Body) -> Body:
-    # clientRequestToken is accepted but not yet used for idempotency (see README gaps).
     if body.get("sourceRevisions"):
         raise ValidationError("sourceRevisions overrides are not supported by Conveyor yet")
     variables: dict[str, str] = {}
@@ -78,7 +79,10 @@ def start_pipeline_execution(svc: Service, body: Body) -> Body:
         if v["name"] in variables:
             raise ValidationError(f"variables: {v['name']} is given more than once")
         variables[v["name"]] = v["value"]
-    state = svc.start_execution(body["name"], variables)
+    # The same clientRequestToken returns the execution it started the first time.
+    state = svc.start_execution(
+        body["name"], variables, client_request_token=body.get("clientRequestToken") or None
+    )
     return {"pipelineExecutionId": state.execution_id}
 
 
@@ -108,18 +112,90 @@ def list_pipeline_executions(svc: Service, body: Body) -> Body:
 
 def get_pipeline_state(svc: Service, body: Body) -> Body:
     rec, views = svc.pipeline_state(body["name"])
-    return shapes.pipeline_state(rec, views)
+    run = svc.run_state(body["name"])
+    waiting: dict[str, list[ExecutionState]] = {
+        stage: [run.executions[eid] for eid in lane.waiting if eid in run.executions]
+        for stage, lane in run.lanes.items()
+    }
+    return shapes.pipeline_state(rec, views, waiting)
+
+
+def _filtered_execution(body: Body) -> str | None:
+    f = body.get("filter") or {}
+    latest = f.get("latestInPipelineExecution") or {}
+    found = f.get("pipelineExecutionId") or latest.get("pipelineExecutionId")
+    return str(found) if found else None
 
 
 def list_action_executions(svc: Service, body: Body) -> Body:
-    f = body.get("filter") or {}
-    execution_id = f.get("pipelineExecutionId") or (f.get("latestInPipelineExecution") or {}).get(
-        "pipelineExecutionId"
-    )
+    execution_id = _filtered_execution(body)
+    svc.get_pipeline(body["pipelineName"])  # PipelineNotFound before ExecutionNotFound
     pairs = svc.action_executions(body["pipelineName"], execution_id, limit=MAX_EXECUTIONS_SCANNED)
     rows, more = _page(pairs, body)
     return {
         "actionExecutionDetails": [shapes.action_execution_detail(s, a) for s, a in rows],
+        **more,
+    }
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def retry_stage_execution(svc: Service, body: Body) -> Body:
+    state = svc.retry_stage(
+        body["pipelineName"], body["stageName"], body["pipelineExecutionId"], body["retryMode"]
+    )
+    return {"pipelineExecutionId": state.execution_id}
+
+
+def disable_stage_transition(svc: Service, body: Body) -> Body:
+    svc.set_transition(
+        body["pipelineName"],
+        body["stageName"],
+        body["transitionType"],
+        enabled=False,
+        reason=body["reason"],
+    )
+    return {}
+
+
+def enable_stage_transition(svc: Service, body: Body) -> Body:
+    svc.set_transition(
+        body["pipelineName"], body["stageName"], body["transitionType"], enabled=True
+    )
+    return {}
+
+
+def rollback_stage(svc: Service, body: Body) -> Body:
+    state = svc.rollback_stage(
+        body["pipelineName"], body["stageName"], body["targetPipelineExecutionId"]
+    )
+    return {"pipelineExecutionId": state.execution_id}
+
+
+def override_stage_condition(svc: Service, body: Body) -> Body:
+    svc.override_condition(
+        body["pipelineName"], body["stageName"], body["pipelineExecutionId"], body["conditionType"]
+    )
+    return {}
+
+
+# ---------------------------------------------------------------------------- rules
+
+
+def list_rule_types(svc: Service, body: Body) -> Body:
+    # Every rule type is owner AWS and runs in any region, so both filters keep them all
+    # (the owner filter's only legal value, AWS, is checked against botocore's enum).
+    return {"ruleTypes": rules.RULE_TYPES}
+
+
+def list_rule_executions(svc: Service, body: Body) -> Body:
+    execution_id = _filtered_execution(body)
+    svc.get_pipeline(body["pipelineName"])
+    pairs = svc.rule_executions(body["pipelineName"], execution_id, limit=MAX_EXECUTIONS_SCANNED)
+    rows, more = _page(pairs, body)
+    return {
+        "ruleExecutionDetails": [shapes.rule_execution_detail(s, r) for s, r in rows],
         **more,
     }
 
@@ -153,4 +229,11 @@ OPERATIONS: dict[str, Handler] = {
     "GetPipelineState": get_pipeline_state,
     "ListActionExecutions": list_action_executions,
     "PutApprovalResult": put_approval_result,
+    "RetryStageExecution": retry_stage_execution,
+    "DisableStageTransition": disable_stage_transition,
+    "EnableStageTransition": enable_stage_transition,
+    "RollbackStage": rollback_stage,
+    "OverrideStageCondition": override_stage_condition,
+    "ListRuleTypes": list_rule_types,
+    "ListRuleExecutions": list_rule_executions,
 }

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.definition import ActionDeclaration, PipelineDeclaration
-from engine.execution import ActionState, ArtifactLocation, ExecutionState, StageState
+from engine.execution import ActionState, ArtifactLocation, ExecutionState, RuleRun, StageState
+from engine.rules import RuleDeclaration
 from engine.service import PipelineRecord, StageView
 
 ARN_PREFIX = "arn:conveyor:codepipeline:local:000000000000:"
@@ -84,6 +85,12 @@ def _artifact_revisions(s: ExecutionState) -> list[dict[str, Any]]:
     return out
 
 
+def _rollback_metadata(s: ExecutionState) -> dict[str, Any] | None:
+    if s.rollback_target is None:
+        return None
+    return {"rollbackTargetPipelineExecutionId": s.rollback_target}
+
+
 def execution(s: ExecutionState) -> dict[str, Any]:
     return _prune(
         {
@@ -95,8 +102,9 @@ def execution(s: ExecutionState) -> dict[str, Any]:
             "artifactRevisions": _artifact_revisions(s),
             "variables": [{"name": k, "resolvedValue": v} for k, v in s.variables.items()],
             "trigger": _trigger(s),
-            "executionMode": s.definition.execution_mode,
-            "executionType": "STANDARD",
+            "executionMode": s.execution_mode,
+            "executionType": s.execution_type,
+            "rollbackMetadata": _rollback_metadata(s),
         }
     )
 
@@ -112,8 +120,9 @@ def execution_summary(s: ExecutionState) -> dict[str, Any]:
             "sourceRevisions": _source_revisions(s),
             "trigger": _trigger(s),
             "stopTrigger": {"reason": s.stop_reason or ""} if s.stop_mode else None,
-            "executionMode": s.definition.execution_mode,
-            "executionType": "STANDARD",
+            "executionMode": s.execution_mode,
+            "executionType": s.execution_type,
+            "rollbackMetadata": _rollback_metadata(s),
         }
     )
 
@@ -172,12 +181,120 @@ def latest_action_execution(a: ActionState) -> dict[str, Any]:
     )
 
 
-def _stage_state(view: StageView, decl_actions: list[ActionDeclaration]) -> dict[str, Any]:
-    out: dict[str, Any] = {"stageName": view.name, "inboundTransitionState": {"enabled": True}}
+def _stage_execution(ex: ExecutionState, status: str) -> dict[str, Any]:
+    """``StageExecution``: which execution, how it stands in this stage, of which type."""
+    return {"pipelineExecutionId": ex.execution_id, "status": status, "type": ex.execution_type}
+
+
+def _transition(view: StageView) -> dict[str, Any]:
+    t = view.transition
+    if t is None:
+        return {"enabled": True}
+    return _prune(
+        {
+            "enabled": t.enabled,
+            "lastChangedBy": t.changed_by,
+            "lastChangedAt": t.changed_at,
+            "disabledReason": None if t.enabled else t.reason,
+        }
+    )
+
+
+# ConditionExecutionStatus of a set of rule runs, worst first.
+_CONDITION_ORDER = ("InProgress", "Failed", "Abandoned")
+
+
+def _condition_status(runs: list[RuleRun], overridden: bool) -> str:
+    if overridden:
+        return "Overridden"
+    statuses = {rr.status for rr in runs}
+    return next((s for s in _CONDITION_ORDER if s in statuses), "Succeeded")
+
+
+def _failure_summary(runs: list[RuleRun]) -> str | None:
+    failed = [
+        f"{rr.rule}: {rr.summary}" if rr.summary else rr.rule
+        for rr in runs
+        if rr.status == "Failed"
+    ]
+    return "; ".join(failed) or None
+
+
+def _rule_state(rr: RuleRun) -> dict[str, Any]:
+    return {
+        "ruleName": rr.rule,
+        "latestExecution": _prune(
+            {
+                "ruleExecutionId": rr.rule_execution_id,
+                "status": rr.status,
+                "summary": rr.summary,
+                "lastStatusChange": rr.last_update_time,
+            }
+        ),
+    }
+
+
+def condition_state(st: StageState, kind: str) -> dict[str, Any] | None:
+    """``StageConditionState`` of one kind (beforeEntry, onSuccess, onFailure) of a stage's
+    latest execution, from its rule runs; None when that kind never ran."""
+    runs = [rr for rr in st.rules if rr.kind == kind]
+    if not runs:
+        return None
+    overridden = kind in st.overridden
+    conditions = []
+    for index in sorted({rr.condition for rr in runs}):
+        mine = [rr for rr in runs if rr.condition == index]
+        conditions.append(
+            {
+                "latestExecution": _prune(
+                    {
+                        "status": _condition_status(mine, overridden),
+                        "summary": _failure_summary(mine),
+                        "lastStatusChange": max(rr.last_update_time for rr in mine),
+                    }
+                ),
+                "ruleStates": [_rule_state(rr) for rr in mine],
+            }
+        )
+    return {
+        "latestExecution": _prune(
+            {"status": _condition_status(runs, overridden), "summary": _failure_summary(runs)}
+        ),
+        "conditionStates": conditions,
+    }
+
+
+_CONDITION_KEYS = {
+    "beforeEntry": "beforeEntryConditionState",
+    "onSuccess": "onSuccessConditionState",
+    "onFailure": "onFailureConditionState",
+}
+
+
+def _retry_metadata(st: StageState) -> dict[str, Any] | None:
+    """``RetryStageMetadata``. A manual retry clears ``auto_retried``, so when it is set the
+    automatic retry came last."""
+    if not st.retries and not st.auto_retried:
+        return None
+    return {
+        "autoStageRetryAttempt": int(st.auto_retried),
+        "manualStageRetryAttempt": st.retries,
+        "latestRetryTrigger": "AutomatedStageRetry" if st.auto_retried else "ManualStageRetry",
+    }
+
+
+def _stage_state(
+    view: StageView, decl_actions: list[ActionDeclaration], waiting: list[ExecutionState]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"stageName": view.name}
+    if view.inbound is not None:
+        out["inboundExecution"] = _stage_execution(view.inbound, "InProgress")
+    if waiting:
+        out["inboundExecutions"] = [_stage_execution(ex, "InProgress") for ex in waiting]
+    out["inboundTransitionState"] = _transition(view)
     st: StageState | None = view.execution.stage(view.name) if view.execution else None
     if view.execution is not None and st is not None and st.status is not None:
-        latest = {"pipelineExecutionId": view.execution.execution_id, "status": st.status.value}
-        out["latestExecution"] = {**latest, "type": "STANDARD"}
+        out["latestExecution"] = _stage_execution(view.execution, st.status.value)
     actions = []
     for ad in decl_actions:
         row: dict[str, Any] = {"actionName": ad.name}
@@ -186,15 +303,32 @@ def _stage_state(view: StageView, decl_actions: list[ActionDeclaration]) -> dict
             row["latestExecution"] = latest_action_execution(act)
         actions.append(row)
     out["actionStates"] = actions
+    if st is not None:
+        for kind, key in _CONDITION_KEYS.items():
+            cs = condition_state(st, kind)
+            if cs is not None:
+                out[key] = cs
+        retry = _retry_metadata(st)
+        if retry is not None:
+            out["retryStageMetadata"] = retry
     return out
 
 
-def pipeline_state(rec: PipelineRecord, views: list[StageView]) -> dict[str, Any]:
+def pipeline_state(
+    rec: PipelineRecord,
+    views: list[StageView],
+    waiting: dict[str, list[ExecutionState]] | None = None,
+) -> dict[str, Any]:
+    """GetPipelineState. ``waiting``: per stage, every execution queued at its inbound
+    transition in admission order (``inboundExecutions``); ``StageView.inbound`` is the next."""
     stages = {s.name: s for s in rec.declaration.stages}
+    waiting = waiting or {}
     return {
         "pipelineName": rec.declaration.name,
         "pipelineVersion": rec.version,
-        "stageStates": [_stage_state(v, stages[v.name].actions) for v in views],
+        "stageStates": [
+            _stage_state(v, stages[v.name].actions, waiting.get(v.name, [])) for v in views
+        ],
         "created": rec.created,
         "updated": rec.updated,
     }
@@ -246,4 +380,72 @@ def action_execution_detail(s: ExecutionState, a: ActionState) -> dict[str, Any]
             ),
             "outputVariables": a.result.output_variables,
         }
+    return detail
+
+
+# ---------------------------------------------------------------------------- rules
+
+
+def _rule_stage(s: ExecutionState, rr: RuleRun) -> str | None:
+    """The stage a rule run belongs to (a RuleRun does not carry its stage's name)."""
+    for st in s.stages:
+        if any(x.rule_execution_id == rr.rule_execution_id for x in st.rules):
+            return st.name
+    return None
+
+
+def _rule_declaration(s: ExecutionState, stage: str, rr: RuleRun) -> RuleDeclaration | None:
+    sdecl = s.definition.stage(stage)
+    if sdecl is None:
+        return None
+    source = {
+        "beforeEntry": sdecl.before_entry,
+        "onSuccess": sdecl.on_success,
+        "onFailure": sdecl.on_failure,
+    }.get(rr.kind)
+    if source is None or rr.condition >= len(source.conditions):
+        return None
+    return next((r for r in source.conditions[rr.condition].rules if r.name == rr.rule), None)
+
+
+def rule_execution_detail(s: ExecutionState, rr: RuleRun) -> dict[str, Any]:
+    """``RuleExecutionDetail`` of ListRuleExecutions."""
+    stage = _rule_stage(s, rr)
+    decl = _rule_declaration(s, stage, rr) if stage else None
+    inp: dict[str, Any] = {}
+    if decl is not None:
+        inp = _prune(
+            {
+                "ruleTypeId": decl.rule_type_id.model_dump(mode="json"),
+                "configuration": decl.configuration,
+                "roleArn": decl.role_arn,
+                "region": decl.region,
+            }
+        )
+        inp["inputArtifacts"] = [
+            _artifact(s.artifacts[a.name]) for a in decl.input_artifacts if a.name in s.artifacts
+        ]
+    else:
+        inp["ruleTypeId"] = {
+            "category": "Rule",
+            "owner": "AWS",
+            "provider": rr.provider,
+            "version": "1",
+        }
+    inp["resolvedConfiguration"] = rr.resolved_configuration
+    detail = _prune(
+        {
+            "pipelineExecutionId": s.execution_id,
+            "ruleExecutionId": rr.rule_execution_id,
+            "pipelineVersion": s.pipeline_version,
+            "stageName": stage,
+            "ruleName": rr.rule,
+            "startTime": rr.start_time,
+            "lastUpdateTime": rr.last_update_time,
+            "status": rr.status,
+            "input": inp,
+        }
+    )
+    if rr.status != "InProgress":
+        detail["output"] = {"executionResult": _prune({"externalExecutionSummary": rr.summary})}
     return detail

@@ -136,10 +136,20 @@ class ConveyorClient:
 
     # ------------------------------------------------------------------ executions
 
-    def start_execution(self, name: str, variables: dict[str, str] | None = None) -> str:
+    def start_execution(
+        self,
+        name: str,
+        variables: dict[str, str] | None = None,
+        *,
+        client_request_token: str | None = None,
+    ) -> str:
+        """Start an execution; its id. Repeating a ``client_request_token`` returns the id of
+        the execution that token started instead of starting another."""
         pairs = [{"name": k, "value": v} for k, v in (variables or {}).items()]
         # botocore rejects an empty list: send variables only when there are some.
         kwargs: dict[str, Any] = {"variables": pairs} if pairs else {}
+        if client_request_token:
+            kwargs["clientRequestToken"] = client_request_token
         out = self.cp.start_pipeline_execution(name=name, **kwargs)
         return str(out["pipelineExecutionId"])
 
@@ -176,6 +186,63 @@ class ConveyorClient:
         if execution_id:
             kwargs["filter"] = {"pipelineExecutionId": execution_id}
         return self._all("list_action_executions", "actionExecutionDetails", **kwargs)
+
+    def retry_stage(
+        self, name: str, stage: str, execution_id: str, mode: str = "FAILED_ACTIONS"
+    ) -> str:
+        """Retry a failed stage of ``execution_id`` (``FAILED_ACTIONS`` or ``ALL_ACTIONS``);
+        the id of the execution resumed (the same one)."""
+        out = self.cp.retry_stage_execution(
+            pipelineName=name, stageName=stage, pipelineExecutionId=execution_id, retryMode=mode
+        )
+        return str(out["pipelineExecutionId"])
+
+    def rollback_stage(self, name: str, stage: str, target_execution_id: str) -> str:
+        """Redeploy ``stage`` as ``target_execution_id`` ran it; the rollback execution's id."""
+        out = self.cp.rollback_stage(
+            pipelineName=name, stageName=stage, targetPipelineExecutionId=target_execution_id
+        )
+        return str(out["pipelineExecutionId"])
+
+    def disable_transition(
+        self, name: str, stage: str, reason: str, transition_type: str = "Inbound"
+    ) -> None:
+        """Hold executions at ``stage``'s inbound (or outbound) transition."""
+        self.cp.disable_stage_transition(
+            pipelineName=name, stageName=stage, transitionType=transition_type, reason=reason
+        )
+
+    def enable_transition(self, name: str, stage: str, transition_type: str = "Inbound") -> None:
+        """Let executions through again; one waiting there moves on."""
+        self.cp.enable_stage_transition(
+            pipelineName=name, stageName=stage, transitionType=transition_type
+        )
+
+    def override_condition(
+        self, name: str, stage: str, execution_id: str, condition_type: str
+    ) -> None:
+        """Stop waiting for ``stage``'s ``BEFORE_ENTRY`` or ``ON_SUCCESS`` condition."""
+        self.cp.override_stage_condition(
+            pipelineName=name,
+            stageName=stage,
+            pipelineExecutionId=execution_id,
+            conditionType=condition_type,
+        )
+
+    def list_rule_types(self) -> list[dict[str, Any]]:
+        return list(self.cp.list_rule_types()["ruleTypes"])
+
+    def list_rule_executions(
+        self, name: str, execution_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"pipelineName": name}
+        if execution_id:
+            kwargs["filter"] = {"pipelineExecutionId": execution_id}
+        return self._all("list_rule_executions", "ruleExecutionDetails", **kwargs)
+
+    def waiting_at(self, name: str, execution_id: str) -> tuple[str, str] | None:
+        """Where ``execution_id`` waits to enter a stage, and why; see :func:`waiting_in`."""
+        return waiting_in(self.pipeline_state(name), execution_id)
 
     def wait(
         self,
@@ -279,6 +346,29 @@ class ConveyorClient:
     @staticmethod
     def _strip(out: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in out.items() if k != "ResponseMetadata"}
+
+
+def waiting_in(state: dict[str, Any], execution_id: str) -> tuple[str, str] | None:
+    """Where ``execution_id`` waits to enter a stage and why, read from a GetPipelineState
+    response (its ``inboundExecutions``): ``(stage, "transition disabled: <reason>")``,
+    ``(stage, "queued behind <n> execution(s)")`` or ``(stage, "stage locked by <id>")``;
+    None if it waits nowhere."""
+    for stage in state.get("stageStates", []):
+        inbound = stage.get("inboundExecutions") or [stage.get("inboundExecution") or {}]
+        ids = [e.get("pipelineExecutionId") for e in inbound]
+        if execution_id not in ids:
+            continue
+        transition = stage.get("inboundTransitionState") or {}
+        ahead = ids.index(execution_id)
+        if not transition.get("enabled", True):
+            why = f"transition disabled: {transition.get('disabledReason') or 'no reason given'}"
+        elif ahead:
+            why = f"queued behind {ahead} execution{'s' if ahead > 1 else ''}"
+        else:
+            holder = (stage.get("latestExecution") or {}).get("pipelineExecutionId")
+            why = f"stage locked by {holder}" if holder else "stage locked"
+        return str(stage["stageName"]), why
+    return None
 
 
 def _action_config(decl: dict[str, Any], stage: str, action: str) -> dict[str, str]:

@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from engine import rules
 from engine.errors import DefinitionError, Problem
+from engine.rules import Conditions, FailureConditions
 from providers.base import ActionTypeId, Category
 from providers.registry import Registry
 
@@ -36,9 +38,6 @@ NOT_YET_SUPPORTED = frozenset(
     {
         "artifactStores",
         "blockers",
-        "onFailure",
-        "onSuccess",
-        "beforeEntry",
         "commands",
         "outputVariables",
         "disableInboundStageTransitions",
@@ -73,6 +72,9 @@ class ActionDeclaration(_Model):
 class StageDeclaration(_Model):
     name: str
     actions: list[ActionDeclaration]
+    before_entry: Conditions | None = Field(default=None, alias="beforeEntry")
+    on_success: Conditions | None = Field(default=None, alias="onSuccess")
+    on_failure: FailureConditions | None = Field(default=None, alias="onFailure")
 
     def groups(self) -> list[list[int]]:
         """Action indexes grouped by runOrder, groups in ascending runOrder."""
@@ -470,6 +472,7 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
             add(f"{sp}.actions", "a stage must contain at least one action")
         if len(stage.actions) > MAX_ACTIONS_PER_STAGE:
             add(f"{sp}.actions", f"at most {MAX_ACTIONS_PER_STAGE} actions per stage")
+        problems.extend(_check_stage_conditions(stage, si, sp))
         action_names: set[str] = set()
         for ai, action in enumerate(stage.actions):
             ap = f"{sp}.actions[{ai}]"
@@ -607,3 +610,22 @@ def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> l
 
 def _range(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo} to {hi}"
+
+
+def _check_stage_conditions(stage: StageDeclaration, si: int, sp: str) -> list[Problem]:
+    problems: list[Problem] = []
+    blocks: list[tuple[rules.ConditionKind, Conditions | FailureConditions | None, str]] = [
+        ("beforeEntry", stage.before_entry, "beforeEntry"),
+        ("onSuccess", stage.on_success, "onSuccess"),
+        ("onFailure", stage.on_failure, "onFailure"),
+    ]
+    for kind, block, key in blocks:
+        if block is None:
+            continue
+        problems.extend(rules.check_conditions(block, kind, f"{sp}.{key}"))
+        results = {c.result for c in block.conditions}
+        if isinstance(block, FailureConditions):
+            results.add(block.result)
+        if si == 0 and "ROLLBACK" in results:
+            problems.append(Problem(f"{sp}.{key}", "the source stage cannot be rolled back"))
+    return problems

@@ -114,3 +114,27 @@ class ServiceUnavailableError(ConveyorError):
     """Redis or S3 could not be reached; nothing was changed."""
 
     aws_code = "ServiceUnavailableException"
+
+
+class NotLatestPipelineExecutionError(ExecutionError):
+    aws_code = "NotLatestPipelineExecutionException"
+
+
+class StageNotRetryableError(ExecutionError):
+    aws_code = "StageNotRetryableException"
+
+
+class ConcurrentExecutionsLimitError(ExecutionError):
+    aws_code = "ConcurrentPipelineExecutionsLimitExceededException"
+
+
+class UnableToRollbackStageError(ExecutionError):
+    aws_code = "UnableToRollbackStageException"
+
+
+class ConditionNotOverridableError(ExecutionError):
+    aws_code = "ConditionNotOverridableException"
+
+
+class LimitExceededError(ConveyorError):
+    aws_code = "LimitExceededException"

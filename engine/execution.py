@@ -31,6 +31,7 @@ class StageStatus(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     CANCELLED = "Cancelled"
+    SKIPPED = "Skipped"
 
 
 class ActionStatus(StrEnum):
@@ -78,7 +79,8 @@ class ActionState(_Record):
     name: str
     action_execution_id: str
     status: ActionStatus | None = None  # None: not started
-    attempt: int = 0
+    attempt: int = 0  # grows across retries, so a stale task never matches
+    lease_losses: int = 0
     # The attempt a worker or the sweep reported as running: a lease was claimed for it.
     token: str | None = None  # approval token
     start_time: float | None = None
@@ -91,11 +93,33 @@ class ActionState(_Record):
     approved_by: str | None = None
 
 
+class RuleRun(_Record):
+    """One evaluation of one rule of a stage condition (ListRuleExecutions)."""
+
+    rule_execution_id: str
+    kind: str  # "beforeEntry" | "onSuccess" | "onFailure"
+    condition: int  # index of the condition within its kind
+    rule: str
+    provider: str
+    status: str  # InProgress | Succeeded | Failed | Abandoned
+    summary: str | None = None
+    start_time: float
+    last_update_time: float
+    attempt: int = 1
+    resolved_configuration: dict[str, str] = Field(default_factory=dict)
+
+
 class StageState(_Record):
     name: str
     status: StageStatus | None = None  # None: not entered
     group: int = 0  # index into StageDeclaration.groups() of the running group
     actions: list[ActionState]
+    rules: list[RuleRun] = Field(default_factory=list)
+    # Set while the stage's conditions of this kind are being evaluated.
+    evaluating: str | None = None
+    overridden: list[str] = Field(default_factory=list)  # condition kinds overridden
+    auto_retried: bool = False
+    retries: int = 0
 
     def action(self, name: str) -> ActionState | None:
         return next((a for a in self.actions if a.name == name), None)
@@ -122,6 +146,12 @@ class ExecutionState(_Record):
     artifacts: dict[str, ArtifactLocation] = Field(default_factory=dict)
     namespaces: dict[str, dict[str, str]] = Field(default_factory=dict)
     source_revisions: list[dict[str, Any]] = Field(default_factory=list)
+    execution_type: str = "STANDARD"  # or "ROLLBACK"
+    rollback_target: str | None = None  # the execution a rollback redeploys
+    only_stage: str | None = None  # a rollback execution runs this stage alone
+    waiting_for: str | None = None  # the stage whose inbound transition it waits at
+    client_request_token: str | None = None
+    execution_mode: str = "SUPERSEDED"
     seq: int = 0  # bumped by every committed transition
 
     def stage(self, name: str) -> StageState | None:

@@ -8,6 +8,8 @@ PREFIX = "conveyor"
 ENGINE_QUEUE = "conveyor.engine"
 ENGINE_TASK = "conveyor.engine.advance"
 SWEEP_TASK = "conveyor.engine.sweep"
+# Stage-condition rules that run commands go to build workers, like a CodeBuild action.
+COMMANDS_RULE_QUEUE = "conveyor.rule.commands"
 
 POOLS: dict[str, tuple[str, ...]] = {
     "engine": ("engine",),
@@ -39,8 +41,13 @@ def pipeline_executions(name: str) -> str:
     return f"{PREFIX}:pipeline:{name}:executions"
 
 
-# Executions
-ACTIVE_EXECUTIONS = f"{PREFIX}:executions:active"  # set of execution ids
+def run(name: str) -> str:
+    """String: the pipeline's run record (stage locks, transitions, active executions)."""
+    return f"{PREFIX}:run:{name}"
+
+
+ACTIVE_RUNS = f"{PREFIX}:runs:active"  # set of pipeline names with active executions
+
 
 
 def execution(execution_id: str) -> str:
@@ -66,3 +73,10 @@ OUTBOX_DUE = f"{PREFIX}:outbox:due"  # sorted set: effect id -> time it was writ
 
 # Events
 EVENTS = f"{PREFIX}:events"  # stream of EventBridge-shaped events
+
+# Source change detection (engine.triggers)
+
+
+def source_revisions(pipeline: str) -> str:
+    """Hash: ``<stage>/<action>`` -> the last revision seen of that source action (JSON)."""
+    return f"{PREFIX}:pipeline:{pipeline}:sources"

@@ -12,18 +12,42 @@ from engine.definition import PipelineDeclaration, normalize, validate
 from engine.errors import (
     ActionNotFoundError,
     ApprovalAlreadyCompletedError,
+    ConcurrentExecutionsLimitError,
+    ConditionNotOverridableError,
     DuplicatedStopRequestError,
     ExecutionNotFoundError,
     ExecutionNotStoppableError,
     InvalidApprovalTokenError,
+    NotLatestPipelineExecutionError,
     PipelineNameInUseError,
     PipelineNotFoundError,
     PipelineVersionNotFoundError,
     StageNotFoundError,
+    StageNotRetryableError,
+    UnableToRollbackStageError,
     ValidationError,
 )
-from engine.execution import ActionState, ActionStatus, ExecutionState
-from engine.scheduler import ApprovalAnswered, Started, StopRequested, new_execution
+from engine.execution import (
+    ActionState,
+    ActionStatus,
+    ExecutionState,
+    ExecutionStatus,
+    RuleRun,
+    StageStatus,
+)
+from engine.scheduler import (
+    MAX_ACTIVE_EXECUTIONS,
+    ApprovalAnswered,
+    ConditionOverridden,
+    PipelineRun,
+    RetryRequested,
+    RollbackRequested,
+    Started,
+    StopRequested,
+    TransitionChanged,
+    TransitionState,
+    new_execution,
+)
 from engine.store import Store
 from providers.base import Category
 from providers.registry import Registry
@@ -39,10 +63,13 @@ class PipelineRecord:
 
 @dataclass
 class StageView:
-    """One stage in GetPipelineState: the latest execution that entered it."""
+    """One stage in GetPipelineState: the latest execution that entered it, the one waiting
+    at its inbound transition, and that transition."""
 
     name: str
     execution: ExecutionState | None
+    inbound: ExecutionState | None = None
+    transition: TransitionState | None = None
 
 
 class Service:
@@ -118,8 +145,14 @@ class Service:
         *,
         trigger_type: str = "StartPipelineExecution",
         trigger_detail: str | None = None,
+        source_revisions: list[dict[str, str]] | None = None,
+        client_request_token: str | None = None,
     ) -> ExecutionState:
         rec = self.get_pipeline(name)
+        if client_request_token:
+            known = self.store.load_run(name).tokens.get(client_request_token)
+            if known is not None:
+                return self.get_execution(name, known)
         variables = variables or {}
         declared = {v.name for v in rec.declaration.variables}
         unknown = sorted(set(variables) - declared)
@@ -144,8 +177,19 @@ class Service:
             variables=variables,
             trigger_type=trigger_type,
             trigger_detail=trigger_detail,
+            source_revisions=source_revisions,
+            client_request_token=client_request_token,
         )
-        return self.store.create_execution(state, Started(now=now))
+        run = self.store.apply(name, Started(now=now, execution=state))
+        started = run.executions.get(state.execution_id) or run.finished.get(state.execution_id)
+        if started is not None:
+            return started
+        if client_request_token and client_request_token in run.tokens:
+            return self.get_execution(name, run.tokens[client_request_token])
+        raise ConcurrentExecutionsLimitError(
+            f"pipeline {name} already has {len(run.executions)} active executions "
+            f"({rec.declaration.execution_mode} allows {MAX_ACTIVE_EXECUTIONS})"
+        )
 
     def get_execution(self, name: str, execution_id: str) -> ExecutionState:
         state = self.store.try_load(execution_id)
@@ -173,22 +217,123 @@ class Service:
         if state.stop_mode == "wait" and not abandon:
             raise DuplicatedStopRequestError(f"execution {execution_id} is already stopping")
         if state.stop_mode == "abandon":
-            raise DuplicatedStopRequestError(f"execution {execution_id} is already being abandoned")
-        return self.store.apply(
-            execution_id, StopRequested(now=self.clock(), abandon=abandon, reason=reason)
-        )
+            raise DuplicatedStopRequestError(
+                f"execution {execution_id} is already being abandoned"
+            )
+        event = StopRequested(now=self.clock(), execution_id=execution_id, abandon=abandon,
+                              reason=reason)
+        self.store.apply(name, event)
+        return self.get_execution(name, execution_id)
+
+    def retry_stage(
+        self, name: str, stage: str, execution_id: str, mode: str
+    ) -> ExecutionState:
+        """RetryStageExecution: rerun a failed stage of the latest execution to reach it."""
+        rec = self.get_pipeline(name)
+        if rec.declaration.stage(stage) is None:
+            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
+        if mode not in ("FAILED_ACTIONS", "ALL_ACTIONS"):
+            raise ValidationError(f"retryMode {mode!r} must be FAILED_ACTIONS or ALL_ACTIONS")
+        state = self.get_execution(name, execution_id)
+        run = self.store.load_run(name)
+        if run.latest.get(stage) != execution_id:
+            raise NotLatestPipelineExecutionError(
+                f"execution {execution_id} is not the latest in stage {stage}"
+            )
+        st = state.stage(stage)
+        if state.status is not ExecutionStatus.FAILED or st is None or st.status is not StageStatus.FAILED:
+            raise StageNotRetryableError(
+                f"stage {stage} of execution {execution_id} has not failed; nothing to retry"
+            )
+        if state.pipeline_version != rec.version:
+            raise StageNotRetryableError(
+                f"pipeline {name} changed since execution {execution_id} (version "
+                f"{state.pipeline_version} -> {rec.version}); start a new execution"
+            )
+        self.store.apply(name, RetryRequested(now=self.clock(), execution=state, stage=stage,
+                                              mode=mode))  # type: ignore[arg-type]
+        return self.get_execution(name, execution_id)
+
+    def set_transition(
+        self, name: str, stage: str, transition_type: str, *, enabled: bool,
+        reason: str | None = None, changed_by: str | None = None,
+    ) -> None:
+        """Enable/DisableStageTransition. An Outbound transition is the next stage's Inbound."""
+        rec = self.get_pipeline(name)
+        names = [s.name for s in rec.declaration.stages]
+        if stage not in names:
+            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
+        if transition_type not in ("Inbound", "Outbound"):
+            raise ValidationError(f"transitionType {transition_type!r} must be Inbound or Outbound")
+        target = stage
+        if transition_type == "Outbound":
+            i = names.index(stage)
+            if i + 1 >= len(names):
+                raise ValidationError(f"stage {stage} is the last stage: it has no outbound transition")
+            target = names[i + 1]
+        if not enabled and not reason:
+            raise ValidationError("reason is required to disable a transition")
+        self.store.apply(name, TransitionChanged(now=self.clock(), stage=target, enabled=enabled,
+                                                 reason=reason, changed_by=changed_by))
+
+    def rollback_stage(self, name: str, stage: str, target_execution_id: str) -> ExecutionState:
+        rec = self.get_pipeline(name)
+        names = [s.name for s in rec.declaration.stages]
+        if stage not in names:
+            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
+        if names.index(stage) == 0:
+            raise UnableToRollbackStageError("the source stage cannot be rolled back")
+        target = self.get_execution(name, target_execution_id)
+        if target.execution_type != "STANDARD":
+            raise UnableToRollbackStageError(
+                f"execution {target_execution_id} is a rollback; roll back to a standard one"
+            )
+        if target.pipeline_version != rec.version:
+            raise UnableToRollbackStageError(
+                f"execution {target_execution_id} ran pipeline version "
+                f"{target.pipeline_version}, not the current {rec.version}"
+            )
+        st = target.stage(stage)
+        if st is None or st.status is not StageStatus.SUCCEEDED:
+            raise UnableToRollbackStageError(
+                f"stage {stage} did not succeed in execution {target_execution_id}"
+            )
+        now = self.clock()
+        run = self.store.apply(name, RollbackRequested(now=now, target=target, stage=stage))
+        for ex in [*run.executions.values(), *run.finished.values()]:
+            if ex.execution_type == "ROLLBACK" and ex.rollback_target == target_execution_id and ex.start_time == now:
+                return ex
+        raise UnableToRollbackStageError(f"stage {stage} could not be rolled back")
+
+    def override_condition(
+        self, name: str, stage: str, execution_id: str, condition_type: str
+    ) -> None:
+        state = self.get_execution(name, execution_id)
+        st = state.stage(stage)
+        if st is None:
+            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
+        kind = {"BEFORE_ENTRY": "beforeEntry", "ON_SUCCESS": "onSuccess"}.get(condition_type)
+        if kind is None or st.evaluating != kind:
+            raise ConditionNotOverridableError(
+                f"no {condition_type} condition of stage {stage} is being evaluated"
+            )
+        self.store.apply(name, ConditionOverridden(now=self.clock(), execution_id=execution_id,
+                                                   stage=stage, condition_type=condition_type))
+
+    def run_state(self, name: str) -> PipelineRun:
+        return self.store.load_run(name)
 
     def pipeline_state(self, name: str) -> tuple[PipelineRecord, list[StageView]]:
         rec = self.get_pipeline(name)
-        views = {s.name: StageView(s.name, None) for s in rec.declaration.stages}
-        for state in self.list_executions(name, limit=50):  # newest first
-            for st in state.stages:
-                view = views.get(st.name)
-                if view is not None and view.execution is None and st.status is not None:
-                    view.execution = state
-            if all(v.execution is not None for v in views.values()):
-                break
-        return rec, list(views.values())
+        run = self.store.load_run(name)
+        views = []
+        for s in rec.declaration.stages:
+            latest = run.latest.get(s.name)
+            ex = self.store.try_load(latest) if latest else None
+            lane = run.lanes.get(s.name)
+            inbound = self.store.try_load(lane.waiting[0]) if lane and lane.waiting else None
+            views.append(StageView(s.name, ex, inbound, run.transition(s.name)))
+        return rec, views
 
     def action_executions(
         self, name: str, execution_id: str | None = None, limit: int = 100
@@ -201,6 +346,16 @@ class Service:
         return [
             (s, a) for s in states for st in s.stages for a in st.actions if a.status is not None
         ]
+
+    def rule_executions(
+        self, name: str, execution_id: str | None = None, limit: int = 100
+    ) -> list[tuple[ExecutionState, RuleRun]]:
+        states = (
+            [self.get_execution(name, execution_id)]
+            if execution_id
+            else self.list_executions(name, limit=limit)
+        )
+        return [(s, rr) for s in states for st in s.stages for rr in st.rules]
 
     # ------------------------------------------------------------------ approvals
 
@@ -248,6 +403,7 @@ class Service:
             now = self.clock()
             event = ApprovalAnswered(
                 now=now,
+                execution_id=state.execution_id,
                 stage=stage,
                 action=action,
                 token=token,
@@ -255,8 +411,8 @@ class Service:
                 summary=summary,
                 answered_by=answered_by,
             )
-            after = self.store.apply(state.execution_id, event)
-            settled = after.action(stage, action)
+            self.store.apply(name, event)
+            settled = self.get_execution(name, state.execution_id).action(stage, action)
             if settled is None or settled.status is ActionStatus.IN_PROGRESS:
                 raise ApprovalAlreadyCompletedError(f"the approval for {stage}.{action} changed")
             return now

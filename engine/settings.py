@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = 3.0
     # An outbox entry older than this is carried out again by the sweep.
     outbox_grace_seconds: float = 10.0
+    # Beat polls S3 source objects (PollForSourceChanges) this often; 0 turns polling off.
+    source_poll_interval_seconds: float = 30.0
     # Broker redelivery of unacked tasks; far above the longest action (leases recover sooner).
     visibility_timeout_seconds: int = 12 * 3600
 

@@ -20,13 +20,13 @@ from pydantic import TypeAdapter
 from engine import events, keys
 from engine.errors import ConflictError, ExecutionNotFoundError, ServiceUnavailableError
 from engine.execution import ActionResult, ExecutionState
-from engine.scheduler import Dispatch, Effect, Event, decide
+from engine.scheduler import Dispatch, Effect, Event, PipelineRun, Revoke, decide
 
 _EFFECT = TypeAdapter(Effect)
 MAX_CAS_RETRIES = 50
 EVENT_STREAM_MAXLEN = 100_000
 
-Dispatcher = Callable[[Dispatch], None]
+Dispatcher = Callable[[Dispatch | Revoke], None]
 
 
 class Store:
@@ -99,24 +99,16 @@ class Store:
     def delete_pipeline(self, name: str) -> None:
         with self.r.pipeline() as p:
             p.delete(keys.pipeline(name))
+            p.delete(keys.run(name))
+            p.srem(keys.ACTIVE_RUNS, name)
             p.srem(keys.PIPELINES, name)
             p.execute()
 
     # ------------------------------------------------------------------ executions
 
-    def create_execution(self, state: ExecutionState, start: Event) -> ExecutionState:
-        """Write a fresh execution and apply its first event in the same transaction."""
-        new, effects = decide(state, start)
-        new.seq = 1
-        with self.r.pipeline() as p:
-            p.set(keys.execution(new.execution_id), new.model_dump_json())
-            p.zadd(keys.pipeline_executions(new.pipeline_name), {new.execution_id: new.start_time})
-            if not new.status.terminal:
-                p.sadd(keys.ACTIVE_EXECUTIONS, new.execution_id)
-            ids = self._stage_effects(p, new, effects)
-            p.execute()
-        self._carry_out(ids, effects)
-        return new
+    def load_run(self, pipeline: str) -> PipelineRun:
+        raw = self._get(keys.run(pipeline))
+        return PipelineRun(name=pipeline) if raw is None else PipelineRun.model_validate_json(raw)
 
     def load(self, execution_id: str) -> ExecutionState:
         raw = self._get(keys.execution(execution_id))
@@ -129,31 +121,40 @@ class Store:
         return None if raw is None else ExecutionState.model_validate_json(raw)
 
     def execution_ids(self, pipeline: str, limit: int = 100) -> list[str]:
-        return [str(e) for e in self.r.zrevrange(keys.pipeline_executions(pipeline), 0, limit - 1)]
+        ids = self.r.zrevrange(keys.pipeline_executions(pipeline), 0, limit - 1)
+        return [str(e) for e in ids]
 
-    def active_execution_ids(self) -> list[str]:
-        return [str(e) for e in self.r.smembers(keys.ACTIVE_EXECUTIONS)]
+    def active_pipelines(self) -> list[str]:
+        return [str(p) for p in self.r.smembers(keys.ACTIVE_RUNS)]
 
-    def apply(self, execution_id: str, event: Event) -> ExecutionState:
-        """read -> decide -> compare-and-set; then carry out the committed effects."""
-        key = keys.execution(execution_id)
+    def apply(self, pipeline: str, event: Event) -> PipelineRun:
+        """read -> decide -> compare-and-set; then carry out the committed effects.
+
+        Returns the new run with ``finished`` holding the executions this event ended.
+        """
+        key = keys.run(pipeline)
         with self.r.pipeline() as p:
             for _ in range(MAX_CAS_RETRIES):
                 try:
                     p.watch(key)  # type: ignore[no-untyped-call]
                     raw = p.get(key)
-                    if raw is None:
-                        raise ExecutionNotFoundError(f"execution {execution_id} not found")
-                    state = ExecutionState.model_validate_json(raw)
-                    new, effects = decide(state, event)
-                    if new is state:
-                        p.unwatch()
-                        return state
-                    new.seq = state.seq + 1
+                    run = (
+                        PipelineRun(name=pipeline)
+                        if raw is None
+                        else PipelineRun.model_validate_json(raw)
+                    )
+                    new, effects = decide(run, event)
+                    if new is run:
+                        p.unwatch()  # type: ignore[no-untyped-call]
+                        return run
+                    new.seq = run.seq + 1
                     p.multi()
-                    p.set(key, new.model_dump_json())
-                    if new.status.terminal:
-                        p.srem(keys.ACTIVE_EXECUTIONS, execution_id)
+                    p.set(key, new.model_dump_json(exclude={"finished"}))
+                    if new.executions:
+                        p.sadd(keys.ACTIVE_RUNS, pipeline)
+                    else:
+                        p.srem(keys.ACTIVE_RUNS, pipeline)
+                    self._write_executions(p, run, new)
                     ids = self._stage_effects(p, new, effects)
                     p.execute()
                     break
@@ -162,28 +163,42 @@ class Store:
                 except redis.ConnectionError as exc:
                     raise ServiceUnavailableError(f"Redis is unreachable: {exc}") from exc
             else:
-                raise ConflictError(f"execution {execution_id} changed too often; try again")
+                raise ConflictError(f"pipeline {pipeline} changed too often; try again")
         self._carry_out(ids, effects)
         return new
 
+    def _write_executions(self, p: Any, old: PipelineRun, new: PipelineRun) -> None:
+        """Every execution this transition changed, to its own key (readers use those)."""
+        for ex in [*new.executions.values(), *new.finished.values()]:
+            before = old.executions.get(ex.execution_id)
+            if before is not None and before == ex:
+                continue
+            ex.seq += 1
+            p.set(keys.execution(ex.execution_id), ex.model_dump_json())
+            if before is None:
+                p.zadd(keys.pipeline_executions(ex.pipeline_name),
+                       {ex.execution_id: ex.start_time}, nx=True)
+
     def _stage_effects(
-        self, p: Any, state: ExecutionState, effects: list[Effect]
+        self, p: Any, run: PipelineRun, effects: list[Effect]
     ) -> list[str | None]:
         ids: list[str | None] = []
         now = time.time()
         for i, eff in enumerate(effects):
-            if isinstance(eff, Dispatch):
-                eid = f"{state.execution_id}:{state.seq}:{i}"
+            if isinstance(eff, Dispatch | Revoke):
+                eid = f"{run.name}:{run.seq}:{i}"
                 p.hset(keys.OUTBOX, eid, eff.model_dump_json())
                 p.zadd(keys.OUTBOX_DUE, {eid: now})
                 ids.append(eid)
             else:
-                p.xadd(
-                    keys.EVENTS,
-                    {"event": json.dumps(events.build(state, eff, now))},
-                    maxlen=EVENT_STREAM_MAXLEN,
-                    approximate=True,
-                )
+                ex = run.executions.get(eff.execution_id) or run.finished.get(eff.execution_id)
+                if ex is not None:
+                    p.xadd(
+                        keys.EVENTS,
+                        {"event": json.dumps(events.build(ex, eff, now))},
+                        maxlen=EVENT_STREAM_MAXLEN,
+                        approximate=True,
+                    )
                 ids.append(None)
         return ids
 
@@ -191,7 +206,7 @@ class Store:
         if self.dispatcher is None:
             return  # the sweep of a process that has one will carry them out
         for eid, eff in zip(ids, effects, strict=True):
-            if eid is not None and isinstance(eff, Dispatch):
+            if eid is not None and isinstance(eff, Dispatch | Revoke):
                 self.dispatcher(eff)
                 self._done(eid)
 
@@ -201,7 +216,7 @@ class Store:
             p.zrem(keys.OUTBOX_DUE, eid)
             p.execute()
 
-    def pending_outbox(self, older_than: float) -> Iterator[tuple[str, Dispatch]]:
+    def pending_outbox(self, older_than: float) -> Iterator[tuple[str, Dispatch | Revoke]]:
         for member in self.r.zrangebyscore(keys.OUTBOX_DUE, 0, older_than):
             eid = str(member)
             raw = self.r.hget(keys.OUTBOX, eid)
@@ -209,10 +224,10 @@ class Store:
                 self.r.zrem(keys.OUTBOX_DUE, eid)
                 continue
             eff = _EFFECT.validate_json(str(raw))
-            assert isinstance(eff, Dispatch)
+            assert isinstance(eff, Dispatch | Revoke)
             yield eid, eff
 
-    def redo_outbox(self, eid: str, eff: Dispatch) -> None:
+    def redo_outbox(self, eid: str, eff: Dispatch | Revoke) -> None:
         if self.dispatcher is not None:
             self.dispatcher(eff)
             self._done(eid)

@@ -7,11 +7,9 @@ step is idempotent, so two sweeps racing do no harm.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
-from engine import keys
 from engine.errors import ExecutionNotFoundError
 from engine.scheduler import ActionCompleted, LeaseExpired, TimerFired
 from engine.store import Store
@@ -33,27 +31,27 @@ def sweep(store: Store, now: float, *, outbox_grace: float) -> SweepReport:
         store.redo_outbox(eid, eff)
         report.redispatched += 1
     for member, execution_id, stage, action, aeid, attempt in store.expired_leases(now):
-        result = store.get_result(execution_id, aeid, attempt)
-        event: ActionCompleted | LeaseExpired
-        if result is not None:
-            # The worker finished but its callback never arrived (or is still queued).
-            event = ActionCompleted(
-                now=now, stage=stage, action=action, attempt=attempt, result=result
-            )
-            report.results_recovered += 1
-        else:
-            event = LeaseExpired(now=now, stage=stage, action=action, attempt=attempt)
-            report.leases_expired += 1
-            log.warning(
-                "lease of %s/%s.%s attempt %d expired", execution_id, stage, action, attempt
-            )
-        with contextlib.suppress(ExecutionNotFoundError):
-            store.apply(execution_id, event)
+        state = store.try_load(execution_id)
+        if state is not None:
+            result = store.get_result(execution_id, aeid, attempt)
+            event: ActionCompleted | LeaseExpired
+            if result is not None:
+                # The worker finished but its callback never arrived (or is still queued).
+                event = ActionCompleted(now=now, execution_id=execution_id, stage=stage,
+                                        action=action, attempt=attempt, result=result)
+                report.results_recovered += 1
+            else:
+                event = LeaseExpired(now=now, execution_id=execution_id, stage=stage,
+                                     action=action, attempt=attempt)
+                report.leases_expired += 1
+                log.warning("lease of %s/%s.%s attempt %d expired",
+                            execution_id, stage, action, attempt)
+            try:
+                store.apply(state.pipeline_name, event)
+            except ExecutionNotFoundError:
+                pass
         store.release_lease(member)
-    for execution_id in store.active_execution_ids():
-        try:
-            store.apply(execution_id, TimerFired(now=now))
-        except ExecutionNotFoundError:
-            store.r.srem(keys.ACTIVE_EXECUTIONS, execution_id)
+    for pipeline in store.active_pipelines():
+        store.apply(pipeline, TimerFired(now=now))
         report.timers_checked += 1
     return report

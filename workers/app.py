@@ -28,12 +28,14 @@ def pool_queues(pool: str, registry: Registry) -> list[str]:
     wanted = set(keys.POOLS[pool])
     queues = [keys.ENGINE_QUEUE] if "engine" in wanted else []
     queues += [q for q, cat in provider_queues(registry).items() if cat in wanted]
+    if "build" in wanted:
+        queues.append(keys.COMMANDS_RULE_QUEUE)
     return queues
 
 
 def make_app(settings: Settings, registry: Registry) -> Celery:
     app = Celery("conveyor", broker=settings.broker, set_as_current=False)
-    all_queues = [keys.ENGINE_QUEUE, *provider_queues(registry)]
+    all_queues = [keys.ENGINE_QUEUE, *provider_queues(registry), keys.COMMANDS_RULE_QUEUE]
     app.conf.update(
         task_queues=[Queue(q, routing_key=q) for q in all_queues],  # type: ignore[no-untyped-call]
         task_default_queue=keys.ENGINE_QUEUE,

@@ -69,16 +69,34 @@ def worker(pool: str, concurrency: int | None, hostname: str | None, loglevel: s
 
 @cli.command()
 @click.option("--interval", type=float, default=None, help="Seconds between sweeps.")
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=None,
+    help="Seconds between polls of S3 sources (default CONVEYOR_SOURCE_POLL_INTERVAL_SECONDS;"
+    " 0 turns polling off).",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
-def beat(interval: float | None, loglevel: str) -> None:
-    """Run the sweep: outbox recovery, expired leases, approval and action timeouts."""
+def beat(interval: float | None, poll_interval: float | None, loglevel: str) -> None:
+    """Run the sweep (outbox recovery, expired leases, approval and action timeouts) and
+    poll source actions for new revisions (PollForSourceChanges)."""
     from engine.sweep import sweep
+    from engine.triggers import S3ObjectPoller, SourcePoller
     from workers.runtime import Runtime
 
     _logging(loglevel)
     settings = Settings()
     rt = Runtime(settings)
     every = interval or settings.sweep_interval_seconds
+    poll_every = settings.source_poll_interval_seconds if poll_interval is None else poll_interval
+    # Each pass polls for at most one sweep interval; a longer round resumes next pass.
+    sources = SourcePoller(
+        rt.store.r,
+        rt.service,
+        [S3ObjectPoller.from_settings(settings)],
+        interval=poll_every,
+        budget=every,
+    )
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -87,7 +105,11 @@ def beat(interval: float | None, loglevel: str) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("beat: sweeping every %.1fs", every)
+    log.info(
+        "beat: sweeping every %.1fs, polling sources %s",
+        every,
+        f"every {poll_every:.1f}s" if poll_every > 0 else "off",
+    )
     while not stopping:
         started = time.time()
         try:
@@ -96,6 +118,10 @@ def beat(interval: float | None, loglevel: str) -> None:
                 log.info("sweep: %s", report)
         except Exception:  # Redis down: keep sweeping, nothing is lost meanwhile
             log.exception("sweep failed")
+        try:
+            sources.tick(time.time())
+        except Exception:  # Redis down: the next round retries
+            log.exception("source polling failed")
         time.sleep(max(0.0, every - (time.time() - started)))
 
 

@@ -1,4 +1,4 @@
-"""``conveyor pipelines|executions|approvals``: the API's client side of the CLI.
+"""``conveyor pipelines|executions|stages|rules|approvals``: the API's client side of the CLI.
 
 Every command goes through :class:`engine.client.ConveyorClient` (boto3 underneath), so the
 CLI exercises the same HTTP API as users' own scripts and never reads Redis directly. The
@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from engine.client import ENDPOINT_ENV, TERMINAL, ConveyorClient, describe_error
+from engine.client import ENDPOINT_ENV, TERMINAL, ConveyorClient, describe_error, waiting_in
 from engine.errors import ConveyorError
 
 ENDPOINT_META = "conveyor.endpoint"
@@ -35,6 +35,8 @@ STATUS_STYLE = {
     "Abandoned": "yellow",
     "Superseded": "dim",
     "Cancelled": "dim",
+    "Skipped": "dim italic",
+    "Overridden": "yellow",
 }
 
 
@@ -210,11 +212,19 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
     metavar="NAME=VALUE",
     help="A pipeline variable; repeatable.",
 )
+@click.option(
+    "--client-request-token",
+    help="Idempotency token: starting again with the same token prints the same id.",
+)
 @click.option("--watch", is_flag=True, help="Show live progress until the execution finishes.")
-def executions_start(name: str, variables: tuple[str, ...], watch: bool) -> None:
+def executions_start(
+    name: str, variables: tuple[str, ...], client_request_token: str | None, watch: bool
+) -> None:
     """Start an execution of NAME; prints its id."""
     client = _client()
-    execution_id = client.start_execution(name, _variables(variables))
+    execution_id = client.start_execution(
+        name, _variables(variables), client_request_token=client_request_token
+    )
     click.echo(execution_id)
     if watch:
         _watch(client, name, execution_id, interval=1.0, timeout=None, until_approval=False)
@@ -261,6 +271,23 @@ def executions_stop(name: str, execution_id: str, abandon: bool, reason: str | N
     click.echo(f"stopping {execution_id}" + (" (abandoning running actions)" if abandon else ""))
 
 
+@executions.command("retry")
+@click.argument("name")
+@click.argument("stage")
+@click.argument("execution_id")
+@click.option(
+    "--mode",
+    type=click.Choice(["FAILED_ACTIONS", "ALL_ACTIONS"]),
+    default="FAILED_ACTIONS",
+    show_default=True,
+    help="Rerun only the failed actions, or every action of the stage.",
+)
+def executions_retry(name: str, stage: str, execution_id: str, mode: str) -> None:
+    """Retry the failed STAGE of EXECUTION_ID (the latest execution to reach it)."""
+    resumed = _client().retry_stage(name, stage, execution_id, mode)
+    click.echo(f"retrying {stage} of {resumed} ({mode})")
+
+
 @executions.command("watch")
 @click.argument("name")
 @click.argument("execution_id")
@@ -285,15 +312,31 @@ def executions_watch(
 
 def _progress(
     client: ConveyorClient, name: str, execution_id: str
-) -> tuple[dict[str, Any], Table, list[tuple[str, str]]]:
-    """The execution, a table of its stages/actions, and the approvals it waits at."""
+) -> tuple[dict[str, Any], Table, list[tuple[str, str]], tuple[str, str] | None]:
+    """The execution, a table of its stages/actions, the approvals it waits at, and where it
+    waits to enter a stage (and why), if it does."""
     execution = client.get_execution(name, execution_id)
     decl = client.get_pipeline(name, execution.get("pipelineVersion"))["pipeline"]
     details = {
         (d["stageName"], d["actionName"]): d
         for d in client.list_action_executions(name, execution_id)
     }
-    table = _table("stage", "action", "status", "summary", title=f"{name} · {execution_id}", keep=3)
+    state = client.pipeline_state(name)
+    # GetPipelineState knows a stage's status only for the latest execution to enter it.
+    stage_status = {
+        s["stageName"]: s["latestExecution"]["status"]
+        for s in state.get("stageStates", [])
+        if (s.get("latestExecution") or {}).get("pipelineExecutionId") == execution_id
+    }
+    table = _table(
+        "stage",
+        "stage status",
+        "action",
+        "status",
+        "summary",
+        title=f"{name} · {execution_id}",
+        keep=4,
+    )
     waiting: list[tuple[str, str]] = []
     for stage in decl.get("stages", []):
         for i, action in enumerate(stage.get("actions", [])):
@@ -303,10 +346,17 @@ def _progress(
             summary = (
                 result.get("externalExecutionSummary") or result.get("externalExecutionUrl") or ""
             )
-            table.add_row(stage["name"] if i == 0 else "", action["name"], _status(status), summary)
+            first = i == 0
+            table.add_row(
+                stage["name"] if first else "",
+                _status(stage_status.get(stage["name"])) if first else Text(""),
+                action["name"],
+                _status(status),
+                summary,
+            )
             if status == "InProgress" and action["actionTypeId"]["category"] == "Approval":
                 waiting.append((stage["name"], action["name"]))
-    return execution, table, waiting
+    return execution, table, waiting, waiting_in(state, execution_id)
 
 
 def _watch(
@@ -322,11 +372,13 @@ def _watch(
     console = _console()
     with Live(console=console, auto_refresh=False) as live:
         while True:
-            execution, table, waiting = _progress(client, name, execution_id)
+            execution, table, waiting, parked = _progress(client, name, execution_id)
             status = execution["status"]
             footer = [Text.assemble("execution: ", _status(status))]
             if execution.get("statusSummary"):
                 footer.append(Text(execution["statusSummary"]))
+            if parked is not None and status not in TERMINAL:
+                footer.append(Text(f"waiting at {parked[0]} ({parked[1]})", style="bold yellow"))
             for stage, action in waiting:
                 footer.append(
                     Text(
@@ -343,6 +395,122 @@ def _watch(
             time.sleep(interval)
     if status not in ("Succeeded",) and not (until_approval and waiting):
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------------- stages
+
+stages = _group("stages", "Transitions, rollbacks and condition overrides of stages.")
+
+
+@stages.command("disable")
+@click.argument("name")
+@click.argument("stage")
+@click.option("--reason", required=True, help="Why; shown in the pipeline state.")
+@click.option(
+    "--outbound", is_flag=True, help="Disable the transition out of STAGE instead of into it."
+)
+def stages_disable(name: str, stage: str, reason: str, outbound: bool) -> None:
+    """Hold executions at STAGE's inbound (or outbound) transition."""
+    kind = "Outbound" if outbound else "Inbound"
+    _client().disable_transition(name, stage, reason, transition_type=kind)
+    click.echo(f"disabled the {kind.lower()} transition of {name}/{stage}")
+
+
+@stages.command("enable")
+@click.argument("name")
+@click.argument("stage")
+@click.option(
+    "--outbound", is_flag=True, help="Enable the transition out of STAGE instead of into it."
+)
+def stages_enable(name: str, stage: str, outbound: bool) -> None:
+    """Let executions through STAGE's inbound (or outbound) transition again."""
+    kind = "Outbound" if outbound else "Inbound"
+    _client().enable_transition(name, stage, transition_type=kind)
+    click.echo(f"enabled the {kind.lower()} transition of {name}/{stage}")
+
+
+@stages.command("rollback")
+@click.argument("name")
+@click.argument("stage")
+@click.option(
+    "--target",
+    "target",
+    required=True,
+    metavar="ID",
+    help="The earlier execution whose artifacts and variables STAGE redeploys.",
+)
+def stages_rollback(name: str, stage: str, target: str) -> None:
+    """Roll STAGE back to what execution ID deployed; prints the rollback execution's id."""
+    click.echo(_client().rollback_stage(name, stage, target))
+
+
+@stages.command("override")
+@click.argument("name")
+@click.argument("stage")
+@click.argument("execution_id")
+@click.option(
+    "--condition",
+    type=click.Choice(["BEFORE_ENTRY", "ON_SUCCESS"]),
+    required=True,
+    help="Which condition of STAGE to stop waiting for.",
+)
+def stages_override(name: str, stage: str, execution_id: str, condition: str) -> None:
+    """Override the STAGE condition EXECUTION_ID is being held by."""
+    _client().override_condition(name, stage, execution_id, condition)
+    click.echo(f"overrode the {condition} condition of {name}/{stage} for {execution_id}")
+
+
+# ---------------------------------------------------------------------------- rules
+
+rules = _group("rules", "Rule types for stage conditions, and their runs.")
+
+
+@rules.command("types")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def rules_types(as_json: bool) -> None:
+    """The rule types stage conditions can use."""
+    rows = _client().list_rule_types()
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    table = _table("provider", "version", "configuration", "input artifacts", keep=2)
+    for r in rows:
+        props = [
+            p["name"] + ("" if p.get("required") else "?")
+            for p in r.get("ruleConfigurationProperties", [])
+        ]
+        arts = r.get("inputArtifactDetails") or {}
+        table.add_row(
+            r["id"]["provider"],
+            r["id"].get("version", ""),
+            ", ".join(props),
+            f"{arts.get('minimumCount', 0)}-{arts.get('maximumCount', 0)}",
+        )
+    _console().print(table)
+
+
+@rules.command("executions")
+@click.argument("name")
+@click.argument("execution_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def rules_executions(name: str, execution_id: str | None, as_json: bool) -> None:
+    """Rule runs of NAME's stage conditions (of one execution if ID is given), newest first."""
+    rows = _client().list_rule_executions(name, execution_id)
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    table = _table("execution id", "stage", "rule", "status", "summary", "updated", keep=3)
+    for r in rows:
+        result = (r.get("output") or {}).get("executionResult") or {}
+        table.add_row(
+            r.get("pipelineExecutionId", ""),
+            r.get("stageName", ""),
+            r.get("ruleName", ""),
+            _status(r.get("status")),
+            result.get("externalExecutionSummary", ""),
+            _when(r.get("lastUpdateTime")),
+        )
+    _console().print(table)
 
 
 # ---------------------------------------------------------------------------- approvals
@@ -402,5 +570,5 @@ def register(cli: click.Group) -> None:
     """Add the client groups to the root command, with a root-level ``--endpoint`` too."""
     if not any(p.name == "endpoint" for p in cli.params):
         cli.params.append(_endpoint_option())
-    for group in (pipelines, executions, approvals):
+    for group in (pipelines, executions, stages, rules, approvals):
         cli.add_command(group)

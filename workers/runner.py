@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.artifacts import ArtifactRef, artifact_key
@@ -23,21 +24,38 @@ from workers.runtime import Runtime
 log = logging.getLogger("conveyor.worker")
 
 
-class Heartbeat(threading.Thread):
-    """Renews an action's lease while its attempt runs, until told to stop."""
+# How often a running attempt checks whether it was abandoned (stop-and-abandon).
+CANCEL_CHECK_SECONDS = 1.0
+# CodePipeline's quota: all output variables of one action, names and values in UTF-8.
+MAX_OUTPUT_VARIABLES_BYTES = 122_880
 
-    def __init__(self, store: Store, member: str, holder: str, ttl: float) -> None:
+
+class Heartbeat(threading.Thread):
+    """Renews an action's lease while its attempt runs, and cancels the attempt once the
+    execution no longer wants it (abandoned, timed out, superseded by a newer attempt)."""
+
+    def __init__(
+        self, store: Store, member: str, holder: str, ttl: float, cancelled: threading.Event,
+        still_wanted: Callable[[], bool],
+    ) -> None:
         super().__init__(daemon=True, name="conveyor-heartbeat")
         self.store, self.member, self.holder, self.ttl = store, member, holder, ttl
+        self.cancelled, self.still_wanted = cancelled, still_wanted
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.ttl / 3):
+        last_renewal = time.monotonic()
+        while not self.stopped.wait(min(CANCEL_CHECK_SECONDS, self.ttl / 3)):
             try:
-                if not self.store.renew_lease(self.member, self.holder, self.ttl):
-                    log.warning("lease %s lost; the sweep may re-dispatch this action", self.member)
+                if not self.cancelled.is_set() and not self.still_wanted():
+                    log.info("%s is no longer wanted; cancelling it", self.member)
+                    self.cancelled.set()
+                if time.monotonic() - last_renewal >= self.ttl / 3:
+                    last_renewal = time.monotonic()
+                    if not self.store.renew_lease(self.member, self.holder, self.ttl):
+                        log.warning("lease %s lost; the sweep may re-dispatch it", self.member)
             except Exception:  # Redis blips must not kill the build; the next beat retries
-                log.exception("lease renewal failed")
+                log.exception("heartbeat failed")
 
     def stop(self) -> None:
         self.stopped.set()
@@ -61,10 +79,18 @@ def run_attempt(rt: Runtime, execution_id: str, stage: str, action: str, attempt
     ttl = rt.settings.lease_seconds
     if not store.claim_lease(member, holder, ttl):
         return "leased-elsewhere"
-    beat = Heartbeat(store, member, holder, ttl)
+    cancelled = threading.Event()
+
+    def still_wanted() -> bool:
+        now = store.try_load(execution_id)
+        current = now.action(stage, action) if now else None
+        return bool(current and current.status is ActionStatus.IN_PROGRESS
+                    and current.attempt == attempt)
+
+    beat = Heartbeat(store, member, holder, ttl, cancelled, still_wanted)
     beat.start()
     try:
-        result = _execute(rt, state, stage, action, attempt)
+        result = _execute(rt, state, stage, action, attempt, cancelled)
     finally:
         beat.stop()
     store.record_result(execution_id, aeid, attempt, result)
@@ -73,7 +99,12 @@ def run_attempt(rt: Runtime, execution_id: str, stage: str, action: str, attempt
 
 
 def _execute(
-    rt: Runtime, state: ExecutionState, stage: str, action: str, attempt: int
+    rt: Runtime,
+    state: ExecutionState,
+    stage: str,
+    action: str,
+    attempt: int,
+    cancelled: threading.Event,
 ) -> ActionResult:
     act = state.action(stage, action)
     sdecl = state.definition.stage(stage)
@@ -122,6 +153,7 @@ def _execute(
                         s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key, s.s3_region
                     ),
                     deadline=act.deadline,
+                    cancelled=cancelled,
                 )
                 res = provider_cls().run(job)
                 if res.succeeded:
@@ -158,15 +190,28 @@ def _execute(
                 continue
             if log_loc is None or name != "action-log":
                 log_loc = ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"}))
+    succeeded = res.succeeded and bool(outputs or not decl.output_artifacts)
+    error_code, error_message = res.error_code, res.error_message
+    variables = dict(res.output_variables)
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in variables.items())
+    if size > MAX_OUTPUT_VARIABLES_BYTES:
+        variables = {}  # never stored: later actions must not see a partial namespace
+        if succeeded:
+            succeeded = False
+            error_code = "OutputVariablesSizeExceeded"
+            error_message = (
+                f"the action's output variables total {size} bytes; CodePipeline allows at "
+                f"most {MAX_OUTPUT_VARIABLES_BYTES} bytes for all output variables of an action"
+            )
     return ActionResult(
-        succeeded=res.succeeded and bool(outputs or not decl.output_artifacts),
+        succeeded=succeeded,
         summary=res.summary,
-        error_code=res.error_code,
-        error_message=res.error_message,
+        error_code=error_code,
+        error_message=error_message,
         external_execution_id=res.external_execution_id,
         external_execution_url=res.external_execution_url,
         output_artifacts=outputs,
-        output_variables=res.output_variables,
+        output_variables=variables,
         revision_id=res.revision_id,
         revision_summary=res.revision_summary,
         log_location=log_loc,

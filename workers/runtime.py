@@ -10,7 +10,7 @@ from celery import Celery
 
 from engine import keys
 from engine.artifacts import ArtifactStore
-from engine.scheduler import Dispatch
+from engine.scheduler import Dispatch, Revoke, task_id
 from engine.service import Service
 from engine.settings import Settings
 from engine.store import Store
@@ -46,12 +46,20 @@ class Runtime:
             ensure_bucket=self.artifacts.ensure_bucket,
         )
 
-    def dispatch(self, d: Dispatch) -> None:
+    def dispatch(self, d: Dispatch | Revoke) -> None:
+        """Carry out an effect that leaves Redis: enqueue a task, or revoke one."""
+        tid = task_id(d.execution_id, d.stage, d.action, d.attempt)
+        if isinstance(d, Revoke):
+            # No terminate: the worker's heartbeat sees the action abandoned and stops the
+            # provider's whole process group itself (a killed pool child could not).
+            self.celery.control.revoke(tid)
+            return
         self.celery.send_task(
             d.queue,
             args=[d.execution_id, d.stage, d.action, d.attempt],
             queue=d.queue,
             routing_key=d.queue,
+            task_id=tid,
         )
 
     def send_callback(self, execution_id: str, stage: str, action: str, attempt: int) -> None:

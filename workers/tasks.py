@@ -15,6 +15,7 @@ from engine.errors import ExecutionNotFoundError
 from engine.scheduler import ActionCompleted
 from engine.settings import Settings
 from workers.app import provider_queues
+from workers.rule_runner import run_rule
 from workers.runner import run_attempt
 from workers.runtime import Runtime
 
@@ -44,9 +45,14 @@ def advance(execution_id: str, stage: str, action: str, attempt: int) -> str:
         return "no-result"
     try:
         rt.store.apply(
-            execution_id,
+            state.pipeline_name,
             ActionCompleted(
-                now=time.time(), stage=stage, action=action, attempt=attempt, result=result
+                now=time.time(),
+                execution_id=execution_id,
+                stage=stage,
+                action=action,
+                attempt=attempt,
+                result=result,
             ),
         )
     except ExecutionNotFoundError:
@@ -61,6 +67,10 @@ def run_provider_action(execution_id: str, stage: str, action: str, attempt: int
     return run_attempt(runtime(), execution_id, stage, action, attempt)
 
 
+def run_commands_rule_task(execution_id: str, stage: str, rule_execution_id: str, attempt: int) -> str:
+    return run_rule(runtime(), execution_id, stage, rule_execution_id)
+
+
 def register_tasks(app: Celery, rt: Runtime) -> None:
     """Explicit registration: the engine callback plus one task per worker-run provider."""
     global _runtime
@@ -69,3 +79,4 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     app.task(name=keys.ENGINE_TASK, **opts)(advance)
     for queue in provider_queues(rt.registry):
         app.task(name=queue, **opts)(run_provider_action)
+    app.task(name=keys.COMMANDS_RULE_QUEUE, **opts)(run_commands_rule_task)

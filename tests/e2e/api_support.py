@@ -80,3 +80,53 @@ def definition(name: str = "demo", *, approval: bool = True) -> dict[str, Any]:
         "variables": [{"name": "Env", "defaultValue": "dev"}],
         "stages": stages,
     }
+
+
+def shape_problems(operation: str, body: Any) -> list[str]:
+    """Where ``body`` strays from botocore's output shape of ``operation``: members the model
+    does not have, required members missing, enum values it does not allow, wrong JSON types.
+
+    boto3 silently drops unknown members, so only a raw response shows them.
+    """
+    from engine.api_model import service_model
+
+    shape = service_model().operation_model(operation).output_shape
+    problems: list[str] = []
+    _walk(shape, body, operation, problems)
+    return problems
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "long": (int,),
+    "boolean": (bool,),
+    "timestamp": (int, float),
+    "structure": (dict,),
+    "map": (dict,),
+    "list": (list,),
+}
+
+
+def _walk(shape: Any, value: Any, path: str, problems: list[str]) -> None:
+    allowed = _TYPES.get(shape.type_name)
+    if allowed and not isinstance(value, allowed):
+        problems.append(f"{path}: {value!r} is not a {shape.type_name}")
+        return
+    if shape.type_name == "structure":
+        for name in shape.required_members:
+            if name not in value:
+                problems.append(f"{path}.{name}: required but missing")
+        for name, item in value.items():
+            if name not in shape.members:
+                problems.append(f"{path}.{name}: not in the {shape.name} shape")
+            else:
+                _walk(shape.members[name], item, f"{path}.{name}", problems)
+    elif shape.type_name == "list":
+        for i, item in enumerate(value):
+            _walk(shape.member, item, f"{path}[{i}]", problems)
+    elif shape.type_name == "map":
+        for key, item in value.items():
+            _walk(shape.value, item, f"{path}.{key}", problems)
+    elif shape.type_name == "string" and getattr(shape, "enum", None) and value not in shape.enum:
+        problems.append(f"{path}: {value!r} is not one of {shape.enum}")

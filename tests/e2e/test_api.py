@@ -48,12 +48,13 @@ def complete(api: ApiServer, execution_id: str, stage: str, action: str, **resul
     """What a worker's completion callback does: apply ActionCompleted through the store."""
     event = ActionCompleted(
         now=time.time(),
+        execution_id=execution_id,
         stage=stage,
         action=action,
         attempt=1,
         result=ActionResult(succeeded=True, **result),
     )
-    api.service.store.apply(execution_id, event)
+    api.service.store.apply(api.service.store.load(execution_id).pipeline_name, event)
 
 
 def stage_states(cp: Any, name: str) -> dict[str, dict[str, Any]]:

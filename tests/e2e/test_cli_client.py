@@ -33,8 +33,10 @@ def run(root: click.Group, api: ApiServer, *args: str) -> Result:
 def complete(api: ApiServer, eid: str, stage: str, action: str, *outputs: str) -> None:
     arts = [ArtifactLocation(name=o, bucket=BUCKET, key=f"demo/{o}/x.zip") for o in outputs]
     result = ActionResult(succeeded=True, output_artifacts=arts)
-    event = ActionCompleted(now=time.time(), stage=stage, action=action, attempt=1, result=result)
-    api.service.store.apply(eid, event)
+    event = ActionCompleted(
+        now=time.time(), execution_id=eid, stage=stage, action=action, attempt=1, result=result
+    )
+    api.service.store.apply(api.service.store.load(eid).pipeline_name, event)
 
 
 def test_pipelines_create_list_get(api: ApiServer, conveyor: click.Group, tmp_path: Path) -> None:

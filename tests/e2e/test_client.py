@@ -19,12 +19,13 @@ from tests.e2e.conftest import ApiServer
 def finish(api: ApiServer, eid: str, stage: str, action: str) -> None:
     event = ActionCompleted(
         now=time.time(),
+        execution_id=eid,
         stage=stage,
         action=action,
         attempt=1,
         result=ActionResult(succeeded=True),
     )
-    api.service.store.apply(eid, event)
+    api.service.store.apply(api.service.store.load(eid).pipeline_name, event)
 
 
 def test_client_round_trip(api: ApiServer, tmp_path: Path) -> None:

@@ -930,10 +930,10 @@ def test_any_damage_is_a_definition_error_never_a_crash(
 def test_unknown_keys_are_errors_not_silently_dropped() -> None:
     raw = reference()
     raw["stages"][1]["actions"][0]["runorder"] = 2
-    raw["stages"][2]["onFailure"] = {"result": "ROLLBACK"}
+    raw["stages"][2]["blockers"] = [{"name": "b", "type": "Schedule"}]
     problems = problems_of(raw)
     assert_problem(problems, "stages[1].actions[0].runorder", "unknown key")
-    assert_problem(problems, "stages[2].onFailure", "not supported by Conveyor yet")
+    assert_problem(problems, "stages[2].blockers", "not supported by Conveyor yet")
 
 
 def test_harmless_top_level_fields_are_accepted() -> None:

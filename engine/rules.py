@@ -1,0 +1,549 @@
+"""Stage conditions: CodePipeline's ``beforeEntry``, ``onSuccess`` and ``onFailure`` rules.
+
+A condition is a result (what to do) and up to five rules (what to check). Every rule must
+succeed for the condition to be met; if any fails, the condition fails and its result
+engages: beforeEntry FAIL fails the stage and SKIP skips it, onSuccess ROLLBACK or FAIL,
+onFailure ROLLBACK or RETRY.
+
+This module is pure. It holds the declaration models, the ListRuleTypes catalogue,
+definition-time checks (``check_conditions``) and the evaluation of the rules that need
+nothing but a clock and the execution's variables (``evaluate``). The Commands rule runs
+shell commands, so it runs on a worker (``providers.commands_rule``); ``needs_worker`` tells
+the two kinds apart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from engine.cron import CronError, in_window, load_zone, next_window_start, parse_cron
+from engine.errors import Problem
+from providers.base import ProviderConfig
+
+__all__ = [
+    "ALLOWED_RESULTS",
+    "RULE_TYPES",
+    "CommandsConfig",
+    "Condition",
+    "ConditionKind",
+    "Conditions",
+    "CronError",
+    "DeploymentWindowConfig",
+    "FailureConditions",
+    "InputArtifactRef",
+    "RetryConfiguration",
+    "RuleDeclaration",
+    "RuleOutcome",
+    "RuleTypeId",
+    "VariableCheckConfig",
+    "check_conditions",
+    "evaluate",
+    "in_window",
+    "needs_worker",
+    "next_window_start",
+    "rule_type",
+]
+
+ConditionKind = Literal["beforeEntry", "onSuccess", "onFailure"]
+ResultName = Literal["ROLLBACK", "FAIL", "RETRY", "SKIP"]
+
+# Which results each kind of condition may engage (AWS's stage-conditions guide).
+ALLOWED_RESULTS: dict[str, frozenset[str]] = {
+    "beforeEntry": frozenset({"FAIL", "SKIP"}),
+    "onSuccess": frozenset({"ROLLBACK", "FAIL"}),
+    "onFailure": frozenset({"ROLLBACK", "RETRY"}),
+}
+MAX_RULES_PER_CONDITION = 5
+MAX_COMMANDS = 50
+MAX_COMMAND_LENGTH = 1000
+RULE_NAME_RE = re.compile(r"^[A-Za-z0-9.@\-_]{1,100}$")
+_REF_RE = re.compile(r"#\{([A-Za-z0-9@\-_]+)\.([A-Za-z0-9@\-_.]+)\}")
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors, as in engine.definition: a typo must not pass unnoticed.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------- declarations
+
+
+class RuleTypeId(_Model):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    category: Literal["Rule"]
+    # Optional in CodePipeline's model; "AWS" and "1" are the only values it has.
+    owner: Literal["AWS"] = "AWS"
+    provider: str
+    version: str = "1"
+
+    def __str__(self) -> str:
+        return f"{self.category}/{self.owner}/{self.provider}/{self.version}"
+
+
+class InputArtifactRef(_Model):
+    name: str
+
+
+class RuleDeclaration(_Model):
+    name: str
+    rule_type_id: RuleTypeId = Field(alias="ruleTypeId")
+    configuration: dict[str, str] = Field(default_factory=dict)
+    input_artifacts: list[InputArtifactRef] = Field(default_factory=list, alias="inputArtifacts")
+    # Only the Commands rule takes commands; None (not []) so to_aws() omits the key.
+    commands: list[str] | None = None
+    region: str | None = None
+    role_arn: str | None = Field(default=None, alias="roleArn")
+    timeout_in_minutes: int | None = Field(default=None, alias="timeoutInMinutes")
+
+
+class Condition(_Model):
+    # Optional in CodePipeline's model: an onFailure condition may take the block's result.
+    result: ResultName | None = None
+    rules: list[RuleDeclaration] = Field(default_factory=list)
+
+
+class Conditions(_Model):
+    """A stage's ``beforeEntry`` or ``onSuccess``: exactly one condition, as in CodePipeline."""
+
+    conditions: list[Condition]
+
+
+class RetryConfiguration(_Model):
+    retry_mode: Literal["FAILED_ACTIONS", "ALL_ACTIONS"] = Field(
+        default="FAILED_ACTIONS", alias="retryMode"
+    )
+
+
+class FailureConditions(_Model):
+    """A stage's ``onFailure``: a result on its own (automatic rollback or retry of a failed
+    stage) or a condition whose rules decide whether its result engages."""
+
+    result: Literal["RETRY", "ROLLBACK"] | None = None
+    retry_configuration: RetryConfiguration | None = Field(default=None, alias="retryConfiguration")
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- configurations
+
+
+def _deferred(value: str) -> bool:
+    """A value holding ``#{ns.var}`` is known only at run time: judge it then, not now."""
+    return "#{" in value
+
+
+def _java_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a CodePipeline (Java) regex with Python's engine.
+
+    The two agree on what pipelines use; the one spelling that differs and is common,
+    named groups ``(?<name>...)``, is translated.
+    """
+    return re.compile(re.sub(r"\(\?<(?=[A-Za-z])", "(?P<", pattern))
+
+
+class VariableCheckConfig(ProviderConfig):
+    Variable: str = Field(min_length=1)
+    Value: str = Field(min_length=1)
+    Operator: Literal["EQ", "CONTAINS", "MATCHES", "NE"]
+
+    @model_validator(mode="after")
+    def _regex_compiles(self) -> VariableCheckConfig:
+        if self.Operator == "MATCHES" and not _deferred(self.Value):
+            try:
+                _java_regex(self.Value)
+            except re.error as exc:
+                raise ValueError(f"Value is not a valid regular expression: {exc}") from None
+        return self
+
+
+class DeploymentWindowConfig(ProviderConfig):
+    Cron: str
+    TimeZone: str = "UTC"
+
+    @field_validator("Cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not _deferred(value):
+            parse_cron(value)  # CronError is a ValueError: pydantic reports its message
+        return value
+
+    @field_validator("TimeZone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if not _deferred(value):
+            load_zone(value)
+        return value
+
+
+class CommandsConfig(ProviderConfig):
+    """The Commands rule has no configuration keys; its shell commands are the rule's
+    ``commands`` field."""
+
+
+# ---------------------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True)
+class _Property:
+    name: str
+    required: bool
+    description: str
+    key: bool = False
+    queryable: bool = False
+
+
+@dataclass(frozen=True)
+class _RuleSpec:
+    provider: str
+    config: type[ProviderConfig]
+    properties: tuple[_Property, ...]
+    min_inputs: int
+    max_inputs: int
+    on_worker: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """This rule type in botocore's ``RuleType`` shape (ListRuleTypes)."""
+        return {
+            "id": {"category": "Rule", "owner": "AWS", "provider": self.provider, "version": "1"},
+            "ruleConfigurationProperties": [
+                {
+                    "name": p.name,
+                    "required": p.required,
+                    "key": p.key,
+                    "secret": False,
+                    "queryable": p.queryable,
+                    "description": p.description,
+                    "type": "String",
+                }
+                for p in self.properties
+            ],
+            "inputArtifactDetails": {
+                "minimumCount": self.min_inputs,
+                "maximumCount": self.max_inputs,
+            },
+        }
+
+
+_SPECS: dict[str, _RuleSpec] = {
+    spec.provider: spec
+    for spec in (
+        _RuleSpec(
+            "VariableCheck",
+            VariableCheckConfig,
+            (
+                _Property(
+                    "Variable",
+                    True,
+                    "The variable to check, such as #{SourceVariables.BranchName}.",
+                    key=True,
+                ),
+                _Property(
+                    "Value",
+                    True,
+                    "The value to compare the variable with (a regular expression for MATCHES).",
+                ),
+                _Property("Operator", True, "How to compare: EQ, CONTAINS, MATCHES or NE."),
+            ),
+            0,
+            0,
+        ),
+        _RuleSpec(
+            "DeploymentWindow",
+            DeploymentWindowConfig,
+            (
+                _Property(
+                    "Cron",
+                    True,
+                    "When deployment is allowed: a 6- or 7-field cron expression (seconds: *).",
+                    key=True,
+                ),
+                _Property(
+                    "TimeZone",
+                    False,
+                    "The time zone the cron expression is read in; UTC when not set.",
+                ),
+            ),
+            0,
+            0,
+        ),
+        # Conveyor's choice: AWS documents no artifact limits for this rule; 5 is its cap.
+        _RuleSpec("Commands", CommandsConfig, (), 0, 5, on_worker=True),
+    )
+}
+
+# The ListRuleTypes catalogue: ``{"ruleTypes": RULE_TYPES}`` is its response.
+RULE_TYPES: list[dict[str, Any]] = [spec.describe() for spec in _SPECS.values()]
+
+
+def rule_type(type_id: RuleTypeId) -> _RuleSpec | None:
+    """The rule type Conveyor runs for this id, or None if it runs no such rule."""
+    spec = _SPECS.get(type_id.provider)
+    return spec if spec is not None and type_id.version == "1" else None
+
+
+def needs_worker(rule: RuleDeclaration) -> bool:
+    """Whether the rule runs on a worker (Commands) rather than through ``evaluate``."""
+    spec = rule_type(rule.rule_type_id)
+    return spec is not None and spec.on_worker
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def check_conditions(
+    conditions: Conditions | FailureConditions,
+    where: ConditionKind,
+    path: str,
+    *,
+    allowed_results: Collection[str] | None = None,
+) -> list[Problem]:
+    """Every definition-time problem of one stage's ``where`` block at ``path``.
+
+    ``allowed_results`` defaults to ``ALLOWED_RESULTS[where]``. Not checked here, because
+    they need the whole pipeline: whether input artifacts and ``#{ns.var}`` references
+    in configuration and commands are produced before the stage.
+    """
+    allowed = frozenset(ALLOWED_RESULTS[where] if allowed_results is None else allowed_results)
+    problems: list[Problem] = []
+    block_result: str | None = None
+    if isinstance(conditions, FailureConditions):
+        block_result = conditions.result
+        if not conditions.conditions and conditions.result is None:
+            problems.append(Problem(path, "onFailure needs a result or a condition"))
+        retry = conditions.retry_configuration
+        engaged = {block_result} | {c.result for c in conditions.conditions}
+        if retry is not None and "RETRY" not in engaged:
+            problems.append(Problem(f"{path}.retryConfiguration", "applies only with result RETRY"))
+        if len(conditions.conditions) > 1:
+            problems.append(Problem(f"{path}.conditions", "at most one condition"))
+    elif len(conditions.conditions) != 1:
+        problems.append(
+            Problem(
+                f"{path}.conditions",
+                f"exactly one condition, got {len(conditions.conditions)}",
+            )
+        )
+    for ci, condition in enumerate(conditions.conditions):
+        cp = f"{path}.conditions[{ci}]"
+        result = condition.result or block_result
+        if result is None:
+            problems.append(Problem(f"{cp}.result", "required"))
+        elif result not in allowed:
+            choices = " or ".join(sorted(allowed))
+            problems.append(
+                Problem(f"{cp}.result", f"{where} conditions take {choices}, not {result}")
+            )
+        problems.extend(_check_rules(condition, result, cp))
+    return problems
+
+
+def _check_rules(condition: Condition, result: str | None, cp: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if not 1 <= len(condition.rules) <= MAX_RULES_PER_CONDITION:
+        problems.append(
+            Problem(
+                f"{cp}.rules",
+                f"a condition needs 1 to {MAX_RULES_PER_CONDITION} rules, "
+                f"got {len(condition.rules)}",
+            )
+        )
+    names: set[str] = set()
+    for ri, rule in enumerate(condition.rules):
+        rp = f"{cp}.rules[{ri}]"
+        if not RULE_NAME_RE.match(rule.name):
+            problems.append(Problem(f"{rp}.name", "must be 1-100 characters of A-Za-z0-9.@-_"))
+        if rule.name in names:
+            problems.append(
+                Problem(f"{rp}.name", f"duplicate rule name '{rule.name}' in this condition")
+            )
+        names.add(rule.name)
+        if result == "SKIP" and rule.rule_type_id.provider != "VariableCheck":
+            problems.append(
+                Problem(
+                    f"{rp}.ruleTypeId.provider",
+                    "a SKIP condition may use only VariableCheck rules",
+                )
+            )
+        problems.extend(_check_rule(rule, rp))
+    return problems
+
+
+def _check_rule(rule: RuleDeclaration, rp: str) -> list[Problem]:
+    spec = rule_type(rule.rule_type_id)
+    if spec is None:
+        known = ", ".join(sorted(_SPECS))
+        return [
+            Problem(f"{rp}.ruleTypeId", f"unknown rule type {rule.rule_type_id} (known: {known})")
+        ]
+    problems: list[Problem] = []
+    try:
+        spec.config.model_validate(rule.configuration)
+    except PydanticValidationError as exc:
+        problems.extend(_config_problems(exc, f"{rp}.configuration"))
+    if spec.on_worker:
+        problems.extend(_check_commands(rule.commands, f"{rp}.commands"))
+    elif rule.commands is not None:
+        problems.append(Problem(f"{rp}.commands", "only Commands rules take commands"))
+    n = len(rule.input_artifacts)
+    if not spec.min_inputs <= n <= spec.max_inputs:
+        span = (
+            str(spec.min_inputs)
+            if spec.min_inputs == spec.max_inputs
+            else f"{spec.min_inputs} to {spec.max_inputs}"
+        )
+        problems.append(
+            Problem(
+                f"{rp}.inputArtifacts", f"{spec.provider} takes {span} input artifacts, got {n}"
+            )
+        )
+    seen: set[str] = set()
+    for ii, art in enumerate(rule.input_artifacts):
+        if art.name in seen:
+            problems.append(
+                Problem(f"{rp}.inputArtifacts[{ii}].name", f"artifact '{art.name}' is listed twice")
+            )
+        seen.add(art.name)
+    timeout = rule.timeout_in_minutes
+    if timeout is not None and not 5 <= timeout <= 86400:
+        problems.append(Problem(f"{rp}.timeoutInMinutes", "must be between 5 and 86400"))
+    return problems
+
+
+def _check_commands(commands: list[str] | None, cp: str) -> list[Problem]:
+    if not commands:
+        return [Problem(cp, f"a Commands rule needs 1 to {MAX_COMMANDS} commands")]
+    problems: list[Problem] = []
+    if len(commands) > MAX_COMMANDS:
+        problems.append(Problem(cp, f"at most {MAX_COMMANDS} commands, got {len(commands)}"))
+    for i, command in enumerate(commands):
+        if not command.strip():
+            problems.append(Problem(f"{cp}[{i}]", "must not be empty"))
+        elif len(command) > MAX_COMMAND_LENGTH:
+            problems.append(Problem(f"{cp}[{i}]", f"at most {MAX_COMMAND_LENGTH} characters"))
+        elif "\n" in command or "\r" in command:
+            # CodePipeline accepts single-line commands only; one list item per line.
+            problems.append(Problem(f"{cp}[{i}]", "must be a single line"))
+    return problems
+
+
+def _config_problems(exc: PydanticValidationError, prefix: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        path = ".".join([prefix, *loc])
+        value = err.get("input")
+        if loc and isinstance(value, str) and _deferred(value):
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "required"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(Problem(path, msg))
+    return problems
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """One rule run: CodePipeline's RuleExecution ``status`` and ``summary``."""
+
+    status: Literal["Succeeded", "Failed"]
+    summary: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "Succeeded"
+
+
+class _Unresolved(Exception):
+    def __init__(self, reference: str) -> None:
+        super().__init__(reference)
+        self.reference = reference
+
+
+def _resolve(value: str, variables: Callable[[str], str | None]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        found = variables(m.group(0))
+        if found is None:
+            raise _Unresolved(m.group(0))
+        return found
+
+    return _REF_RE.sub(sub, value)
+
+
+def evaluate(
+    rule: RuleDeclaration, *, now: float, variables: Callable[[str], str | None]
+) -> RuleOutcome:
+    """Run a rule that needs no worker, at ``now`` (epoch seconds).
+
+    ``variables`` is called with each reference as written (``"#{SourceVariables.Branch}"``,
+    ``"#{variables.env}"``, ``"#{codepipeline.PipelineExecutionId}"``) and returns its value,
+    or None when it has none. Every reference in the configuration is resolved first; one
+    that cannot be fails the rule, since comparing against its literal text would be a lie.
+    Raises ValueError for a Commands rule or an unknown type: the definition check and
+    ``needs_worker`` keep those away.
+    """
+    spec = rule_type(rule.rule_type_id)
+    if spec is None or spec.on_worker:
+        raise ValueError(f"rule type {rule.rule_type_id} is not evaluated in the engine")
+    try:
+        resolved = {k: _resolve(v, variables) for k, v in rule.configuration.items()}
+    except _Unresolved as exc:
+        return RuleOutcome("Failed", f"variable {exc.reference} has no value")
+    try:
+        config = spec.config.model_validate(resolved)
+    except PydanticValidationError as exc:
+        detail = "; ".join(str(p) for p in _config_problems(exc, "configuration"))
+        return RuleOutcome("Failed", f"invalid configuration: {detail}")
+    if isinstance(config, VariableCheckConfig):
+        return _variable_check(config)
+    assert isinstance(config, DeploymentWindowConfig)
+    return _deployment_window(config, now)
+
+
+def _variable_check(config: VariableCheckConfig) -> RuleOutcome:
+    actual, expected, op = config.Variable, config.Value, config.Operator
+    if op == "EQ":
+        ok = actual == expected
+        verb = "equals" if ok else "does not equal"
+    elif op == "NE":
+        ok = actual != expected
+        verb = "differs from" if ok else "equals"
+    elif op == "CONTAINS":
+        ok = expected in actual
+        verb = "contains" if ok else "does not contain"
+    else:
+        # Java's String.matches, which CodePipeline's regexes follow: the whole value.
+        ok = _java_regex(expected).fullmatch(actual) is not None
+        verb = "matches" if ok else "does not match"
+    summary = f"{op}: '{_clip(actual)}' {verb} '{_clip(expected)}'"
+    return RuleOutcome("Succeeded" if ok else "Failed", summary)
+
+
+def _deployment_window(config: DeploymentWindowConfig, now: float) -> RuleOutcome:
+    zone = load_zone(config.TimeZone)
+    local = datetime.fromtimestamp(now, zone).strftime("%Y-%m-%d %H:%M")
+    where = f"'{config.Cron}' ({config.TimeZone}) at {local}"
+    if in_window(config.Cron, config.TimeZone, now):
+        return RuleOutcome("Succeeded", f"inside deployment window {where}")
+    opens = next_window_start(config.Cron, config.TimeZone, now)
+    after = (
+        f"; it next opens at {datetime.fromtimestamp(opens, zone).strftime('%Y-%m-%d %H:%M')}"
+        if opens is not None
+        else "; it does not open again"
+    )
+    return RuleOutcome("Failed", f"outside deployment window {where}{after}")
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
