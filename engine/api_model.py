@@ -1,7 +1,8 @@
 """Request checking against botocore's own ``codepipeline`` model.
 
-boto3 validates parameters before sending, but curl, other SDKs and older CLIs do not; the
-server checks required members and JSON types itself so a bad request becomes a
+boto3 validates parameters before sending, but curl, other SDKs and older CLIs do not (and
+boto3 checks only minimum lengths); the server checks required members, JSON types, enums,
+lengths, ranges and patterns itself, as CodePipeline does, so a bad request becomes a
 ``ValidationException`` naming the field instead of a crash deep in the service. Reading the
 shapes from botocore keeps field names exactly CodePipeline's, with no copy to drift.
 
@@ -11,6 +12,7 @@ it and reports *every* problem with its path, as ``InvalidStructureException``.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -73,9 +75,11 @@ def _check(shape: Any, value: Any, path: str, problems: list[str]) -> None:
             if value.get(name) is not None:
                 _check(member, value[name], _join(path, name), problems)
     elif shape.type_name == "list":
+        _check_length(shape.metadata, value, path, problems)
         for i, item in enumerate(value):
             _check(shape.member, item, f"{path}[{i}]", problems)
     elif shape.type_name == "map":
+        _check_length(shape.metadata, value, path, problems)
         for key, item in value.items():
             _check(shape.value, item, f"{path}.{key}", problems)
     elif shape.type_name == "string" and getattr(shape, "enum", None) and value not in shape.enum:
@@ -83,6 +87,38 @@ def _check(shape: Any, value: Any, path: str, problems: list[str]) -> None:
         problems.append(
             _constraint(value, path, f"Member must satisfy enum value set: [{allowed_values}]")
         )
+    elif shape.type_name == "string":
+        _check_string(shape.metadata, value, path, problems)
+    elif shape.type_name in ("integer", "long"):
+        low, high = shape.metadata.get("min"), shape.metadata.get("max")
+        if low is not None and value < low:
+            problems.append(_constraint(value, path, f"Member must have value >= {low}"))
+        if high is not None and value > high:
+            problems.append(_constraint(value, path, f"Member must have value <= {high}"))
+
+
+def _check_length(
+    meta: dict[str, Any], value: str | list[Any] | dict[str, Any], path: str, problems: list[str]
+) -> None:
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and len(value) < low:
+        problems.append(_constraint(value, path, f"Member must have length >= {low}"))
+    if high is not None and len(value) > high:
+        problems.append(_constraint(value, path, f"Member must have length <= {high}"))
+
+
+def _check_string(meta: dict[str, Any], value: str, path: str, problems: list[str]) -> None:
+    """Length and pattern, as CodePipeline checks them (boto3 checks only the minimum)."""
+    _check_length(meta, value, path, problems)
+    pattern = meta.get("pattern")
+    if pattern and _pattern(pattern).fullmatch(value) is None:
+        problems.append(_constraint(value, path, f"Member must satisfy pattern: {pattern}"))
+
+
+@lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """botocore's patterns are Java regexes matched against the whole value."""
+    return re.compile(pattern, re.DOTALL)
 
 
 def _join(path: str, name: str) -> str:

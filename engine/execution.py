@@ -97,6 +97,7 @@ class RuleRun(_Record):
     """One evaluation of one rule of a stage condition (ListRuleExecutions)."""
 
     rule_execution_id: str
+    stage: str = ""
     kind: str  # "beforeEntry" | "onSuccess" | "onFailure"
     condition: int  # index of the condition within its kind
     rule: str

@@ -49,7 +49,6 @@ def run(name: str) -> str:
 ACTIVE_RUNS = f"{PREFIX}:runs:active"  # set of pipeline names with active executions
 
 
-
 def execution(execution_id: str) -> str:
     """String: the execution record (JSON), written only by compare-and-set."""
     return f"{PREFIX}:execution:{execution_id}"

@@ -42,6 +42,8 @@ DEFAULT_APPROVAL_TIMEOUT_MINUTES = 7 * 24 * 60
 MAX_LEASE_LOSSES = 3
 # QUEUED and PARALLEL pipelines hold at most this many active executions (as on AWS).
 MAX_ACTIVE_EXECUTIONS = 50
+# AWS's quota on an action's configuration after #{...} variables are resolved (100 KB).
+MAX_RESOLVED_CONFIGURATION_BYTES = 100 * 1024
 # clientRequestTokens remembered per pipeline for idempotent starts.
 MAX_REMEMBERED_TOKENS = 1000
 _ID_NS = uuid.UUID("6f1d2a8e-3c1b-4c5e-9a57-2f0b8d7e4c10")
@@ -258,6 +260,11 @@ def task_id(execution_id: str, stage: str, action: str, attempt: int) -> str:
     return str(uuid.uuid5(_ID_NS, f"task/{execution_id}/{stage}/{action}/{attempt}"))
 
 
+def rollback_execution_id(trigger_detail: str, stage: str, now: float) -> str:
+    """The id of the ROLLBACK execution a rollback of ``stage`` at ``now`` creates."""
+    return str(uuid.uuid5(_ID_NS, f"rollback/{trigger_detail}/{stage}/{now!r}"))
+
+
 def action_execution_id(execution_id: str, stage: str, action: str) -> str:
     return str(uuid.uuid5(_ID_NS, f"{execution_id}/{stage}/{action}"))
 
@@ -322,10 +329,17 @@ class _Ctx:
         self.now = now
         self.fx: list[Effect] = []
 
-    def emit(self, ex: ExecutionState, level: Literal["pipeline", "stage", "action"],
-             state: str, stage: str | None = None, action: str | None = None) -> None:
-        self.fx.append(Emit(execution_id=ex.execution_id, level=level, state=state,
-                            stage=stage, action=action))
+    def emit(
+        self,
+        ex: ExecutionState,
+        level: Literal["pipeline", "stage", "action"],
+        state: str,
+        stage: str | None = None,
+        action: str | None = None,
+    ) -> None:
+        self.fx.append(
+            Emit(execution_id=ex.execution_id, level=level, state=state, stage=stage, action=action)
+        )
 
 
 def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
@@ -338,7 +352,12 @@ def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
             _start(c, event.execution.model_copy(deep=True))
         case ActionCompleted():
             ex, act = _find(r, event.execution_id, event.stage, event.action)
-            if ex and act and act.status is ActionStatus.IN_PROGRESS and act.attempt == event.attempt:
+            if (
+                ex
+                and act
+                and act.status is ActionStatus.IN_PROGRESS
+                and act.attempt == event.attempt
+            ):
                 _finish_action(c, ex, act, event.result)
         case ApprovalAnswered():
             ex, act = _find(r, event.execution_id, event.stage, event.action)
@@ -373,13 +392,20 @@ def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
                             _finish_action(c, ex, act, timed_out)
         case LeaseExpired():
             ex, act = _find(r, event.execution_id, event.stage, event.action)
-            if ex and act and act.status is ActionStatus.IN_PROGRESS and act.attempt == event.attempt:
+            if (
+                ex
+                and act
+                and act.status is ActionStatus.IN_PROGRESS
+                and act.attempt == event.attempt
+            ):
                 act.lease_losses += 1
                 if act.lease_losses >= MAX_LEASE_LOSSES:
                     lost = ActionResult(
                         succeeded=False,
                         error_code="WorkerLost",
-                        error_message=f"the worker running this action died {MAX_LEASE_LOSSES} times",
+                        error_message=(
+                            f"the worker running this action died {MAX_LEASE_LOSSES} times"
+                        ),
                     )
                     _finish_action(c, ex, act, lost)
                 else:
@@ -400,13 +426,22 @@ def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
         case RollbackRequested():
             snap = _snapshot_of(event.target, event.stage, event.now)
             if snap is not None:
-                _start_rollback(c, snap, event.stage, event.trigger_type,
-                                event.trigger_detail or event.target.execution_id, event.target)
+                _start_rollback(
+                    c,
+                    snap,
+                    event.stage,
+                    event.trigger_type,
+                    event.trigger_detail or event.target.execution_id,
+                    event.target,
+                )
         case RuleCompleted():
             ex = r.executions.get(event.execution_id)
             st = ex.stage(event.stage) if ex else None
-            rr = next((x for x in st.rules if x.rule_execution_id == event.rule_execution_id),
-                      None) if st else None
+            rr = (
+                next((x for x in st.rules if x.rule_execution_id == event.rule_execution_id), None)
+                if st
+                else None
+            )
             if ex and st and rr and rr.status == "InProgress":
                 rr.status = "Succeeded" if event.succeeded else "Failed"
                 rr.summary = event.summary
@@ -416,7 +451,8 @@ def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
             ex = r.executions.get(event.execution_id)
             st = ex.stage(event.stage) if ex else None
             kind = {"BEFORE_ENTRY": "beforeEntry", "ON_SUCCESS": "onSuccess"}.get(
-                event.condition_type)
+                event.condition_type
+            )
             if ex and st and kind and st.evaluating == kind:
                 st.overridden.append(kind)
                 for rr in st.rules:
@@ -460,12 +496,18 @@ def _start(c: _Ctx, ex: ExecutionState) -> None:
     _request_stage(c, ex, first)
 
 
-def _start_rollback(c: _Ctx, snap: StageSnapshot, stage: str, trigger_type: str,
-                    trigger_detail: str, like: ExecutionState) -> ExecutionState:
+def _start_rollback(
+    c: _Ctx,
+    snap: StageSnapshot,
+    stage: str,
+    trigger_type: str,
+    trigger_detail: str,
+    like: ExecutionState,
+) -> ExecutionState:
     """A ROLLBACK execution: the target's artifacts and variables, that stage alone.
 
     ``like`` supplies the definition, version and bucket (same version as the target)."""
-    rid = str(uuid.uuid5(_ID_NS, f"rollback/{trigger_detail}/{stage}/{c.now!r}"))
+    rid = rollback_execution_id(trigger_detail, stage, c.now)
     ex = new_execution(
         execution_id=rid,
         definition=like.definition,
@@ -544,16 +586,19 @@ def _supersede(c: _Ctx, ex: ExecutionState, by: ExecutionState) -> None:
     if ex.execution_id in lane.waiting:
         lane.waiting.remove(ex.execution_id)
     ex.waiting_for = None
-    _finish_execution(c, ex, ExecutionStatus.SUPERSEDED,
-                      f"Superseded by execution {by.execution_id}")
+    _finish_execution(
+        c, ex, ExecutionStatus.SUPERSEDED, f"Superseded by execution {by.execution_id}"
+    )
 
 
 def _admit(c: _Ctx, stage: str) -> None:
     """Let waiting executions into ``stage`` as far as its lock and transition allow."""
     r = c.run
     lane = r.lane(stage)
-    while lane.waiting and r.transition(stage).enabled and (
-        r.mode == "PARALLEL" or lane.occupant is None
+    while (
+        lane.waiting
+        and r.transition(stage).enabled
+        and (r.mode == "PARALLEL" or lane.occupant is None)
     ):
         ex = r.executions[lane.waiting.pop(0)]
         ex.waiting_for = None
@@ -608,6 +653,7 @@ def _start_group(c: _Ctx, ex: ExecutionState, st: StageState) -> None:
     else:
         _stage_succeeded(c, ex, st)
         return
+    too_big: list[tuple[ActionState, int]] = []
     for i in todo:
         act, ad = st.actions[i], decl.actions[i]
         act.status = ActionStatus.IN_PROGRESS
@@ -618,19 +664,41 @@ def _start_group(c: _Ctx, ex: ExecutionState, st: StageState) -> None:
         act.deadline = None
         act.start_time = act.last_update_time = c.now
         act.resolved_configuration = {k: resolve(v, ex) for k, v in ad.configuration.items()}
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in act.resolved_configuration.items())
+        if size > MAX_RESOLVED_CONFIGURATION_BYTES:
+            too_big.append((act, size))
         act.input_artifacts = [
             ex.artifacts[a.name] for a in ad.input_artifacts if a.name in ex.artifacts
         ]
         c.emit(ex, "action", "STARTED", stage=st.name, action=act.name)
+        if too_big and too_big[-1][0] is act:
+            continue  # failed below, never dispatched
         if ad.action_type_id.category is Category.APPROVAL:
             # Approvals hold no worker: the execution rests here until an answer or the timer.
             minutes = ad.timeout_in_minutes or DEFAULT_APPROVAL_TIMEOUT_MINUTES
             act.deadline = c.now + minutes * 60
-            act.token = str(uuid.uuid5(_ID_NS, f"{act.action_execution_id}/{act.attempt}/{c.now!r}"))
+            act.token = str(
+                uuid.uuid5(_ID_NS, f"{act.action_execution_id}/{act.attempt}/{c.now!r}")
+            )
         else:
             if ad.timeout_in_minutes:
                 act.deadline = c.now + ad.timeout_in_minutes * 60
             c.fx.append(_dispatch(ex, act))
+    for act, size in too_big:
+        if act.status is ActionStatus.IN_PROGRESS and not ex.status.terminal:
+            _finish_action(
+                c,
+                ex,
+                act,
+                ActionResult(
+                    succeeded=False,
+                    error_code="ResolvedConfigurationSizeExceeded",
+                    error_message=(
+                        f"the resolved configuration is {size} bytes; the limit is "
+                        f"{MAX_RESOLVED_CONFIGURATION_BYTES}"
+                    ),
+                ),
+            )
 
 
 def _finish_action(c: _Ctx, ex: ExecutionState, act: ActionState, result: ActionResult) -> None:
@@ -648,11 +716,13 @@ def _finish_action(c: _Ctx, ex: ExecutionState, act: ActionState, result: Action
         if result.revision_id:
             ex.source_revisions = [
                 r for r in ex.source_revisions if r.get("actionName") != act.name
-            ] + [{
-                "actionName": act.name,
-                "revisionId": result.revision_id,
-                "revisionSummary": result.revision_summary or "",
-            }]
+            ] + [
+                {
+                    "actionName": act.name,
+                    "revisionId": result.revision_id,
+                    "revisionSummary": result.revision_summary or "",
+                }
+            ]
     _group_settled(c, ex, act.stage)
 
 
@@ -679,8 +749,13 @@ def _group_settled(c: _Ctx, ex: ExecutionState, stage_name: str) -> None:
 
 def _stage_succeeded(c: _Ctx, ex: ExecutionState, st: StageState) -> None:
     decl = _decl_stage(ex, st.name)
-    if (decl.on_success and decl.on_success.conditions and st.evaluating != "onSuccess"
-            and "onSuccess" not in st.overridden and not _evaluated(st, "onSuccess")):
+    if (
+        decl.on_success
+        and decl.on_success.conditions
+        and st.evaluating != "onSuccess"
+        and "onSuccess" not in st.overridden
+        and not _evaluated(st, "onSuccess")
+    ):
         _evaluate(c, ex, st, "onSuccess")
         return
     st.status = StageStatus.SUCCEEDED
@@ -722,8 +797,11 @@ def _stage_failed(c: _Ctx, ex: ExecutionState, st: StageState, message: str) -> 
         result = None  # onFailure conditions gate their result: it engages only when met
     if result == "RETRY" and not st.auto_retried:
         st.auto_retried = True
-        mode = (on_failure.retry_configuration.retry_mode
-                if on_failure and on_failure.retry_configuration else "FAILED_ACTIONS")
+        mode = (
+            on_failure.retry_configuration.retry_mode
+            if on_failure and on_failure.retry_configuration
+            else "FAILED_ACTIONS"
+        )
         _reset_stage(st, mode)
         st.evaluating = None
         c.emit(ex, "stage", "RESUMED", stage=st.name)
@@ -778,26 +856,46 @@ def _conditions_met(st: StageState, kind: str) -> bool:
 def _evaluate(c: _Ctx, ex: ExecutionState, st: StageState, kind: str) -> None:
     """Run every rule of the stage's conditions of ``kind``; worker rules are dispatched."""
     decl = _decl_stage(ex, st.name)
-    source = {"beforeEntry": decl.before_entry, "onSuccess": decl.on_success,
-              "onFailure": decl.on_failure}[kind]
+    source = {
+        "beforeEntry": decl.before_entry,
+        "onSuccess": decl.on_success,
+        "onFailure": decl.on_failure,
+    }[kind]
     assert source is not None
     st.evaluating = kind
     st.rules = [rr for rr in st.rules if rr.kind != kind]
     lookup = _lookup(ex)
     for ci, cond in enumerate(source.conditions):
         for rule in cond.rules:
-            rid = str(uuid.uuid5(_ID_NS, f"{ex.execution_id}/{st.name}/{kind}/{ci}/{rule.name}/"
-                                         f"{st.retries}/{c.now!r}"))
+            rid = str(
+                uuid.uuid5(
+                    _ID_NS,
+                    f"{ex.execution_id}/{st.name}/{kind}/{ci}/{rule.name}/{st.retries}/{c.now!r}",
+                )
+            )
             rr = RuleRun(
-                rule_execution_id=rid, kind=kind, condition=ci, rule=rule.name,
-                provider=rule.rule_type_id.provider, status="InProgress",
-                start_time=c.now, last_update_time=c.now,
+                rule_execution_id=rid,
+                stage=st.name,
+                kind=kind,
+                condition=ci,
+                rule=rule.name,
+                provider=rule.rule_type_id.provider,
+                status="InProgress",
+                start_time=c.now,
+                last_update_time=c.now,
                 resolved_configuration={k: resolve(v, ex) for k, v in rule.configuration.items()},
             )
             st.rules.append(rr)
             if rule_engine.needs_worker(rule):
-                c.fx.append(Dispatch(execution_id=ex.execution_id, stage=st.name, action=rid,
-                                     attempt=1, queue=COMMANDS_RULE_QUEUE))
+                c.fx.append(
+                    Dispatch(
+                        execution_id=ex.execution_id,
+                        stage=st.name,
+                        action=rid,
+                        attempt=1,
+                        queue=COMMANDS_RULE_QUEUE,
+                    )
+                )
             else:
                 outcome = rule_engine.evaluate(rule, now=c.now, variables=lookup)
                 rr.status = outcome.status
@@ -837,8 +935,9 @@ def _conditions_progress(c: _Ctx, ex: ExecutionState, st: StageState) -> None:
         st.status = StageStatus.FAILED
         c.emit(ex, "stage", "FAILED", stage=st.name)
         _leave(c, ex, st.name)
-        _finish_execution(c, ex, ExecutionStatus.FAILED,
-                          f"{st.name}: success condition not met: {why}")
+        _finish_execution(
+            c, ex, ExecutionStatus.FAILED, f"{st.name}: success condition not met: {why}"
+        )
         if "ROLLBACK" in results:
             _auto_rollback(c, ex, st.name)
     else:  # onFailure: the rules gate the declared result
@@ -880,8 +979,14 @@ def _stop(c: _Ctx, ex: ExecutionState, event: StopRequested) -> None:
             act.deadline = None
             c.emit(ex, "action", "ABANDONED", stage=act.stage, action=act.name)
             if act.token is None:
-                c.fx.append(Revoke(execution_id=ex.execution_id, stage=act.stage,
-                                   action=act.name, attempt=act.attempt))
+                c.fx.append(
+                    Revoke(
+                        execution_id=ex.execution_id,
+                        stage=act.stage,
+                        action=act.name,
+                        attempt=act.attempt,
+                    )
+                )
     if ex.current_stage >= 0 and not _running(ex):
         st = ex.stages[ex.current_stage]
         for rr in st.rules:
@@ -903,8 +1008,14 @@ def _retry(c: _Ctx, event: RetryRequested) -> None:
     r = c.run
     ex = event.execution.model_copy(deep=True)
     st = ex.stage(event.stage)
-    if (ex.execution_id in r.executions or st is None or st.status is not StageStatus.FAILED
-            or r.latest.get(event.stage) != ex.execution_id):
+    if r.mode in ("QUEUED", "PARALLEL") and len(r.executions) >= MAX_ACTIVE_EXECUTIONS:
+        return
+    if (
+        ex.execution_id in r.executions
+        or st is None
+        or st.status is not StageStatus.FAILED
+        or r.latest.get(event.stage) != ex.execution_id
+    ):
         return
     ex.status = ExecutionStatus.IN_PROGRESS
     ex.status_summary = None

@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from engine.definition import PipelineDeclaration, normalize, validate
 from engine.errors import (
@@ -47,6 +47,7 @@ from engine.scheduler import (
     TransitionChanged,
     TransitionState,
     new_execution,
+    rollback_execution_id,
 )
 from engine.store import Store
 from providers.base import Category
@@ -217,17 +218,14 @@ class Service:
         if state.stop_mode == "wait" and not abandon:
             raise DuplicatedStopRequestError(f"execution {execution_id} is already stopping")
         if state.stop_mode == "abandon":
-            raise DuplicatedStopRequestError(
-                f"execution {execution_id} is already being abandoned"
-            )
-        event = StopRequested(now=self.clock(), execution_id=execution_id, abandon=abandon,
-                              reason=reason)
+            raise DuplicatedStopRequestError(f"execution {execution_id} is already being abandoned")
+        event = StopRequested(
+            now=self.clock(), execution_id=execution_id, abandon=abandon, reason=reason
+        )
         self.store.apply(name, event)
         return self.get_execution(name, execution_id)
 
-    def retry_stage(
-        self, name: str, stage: str, execution_id: str, mode: str
-    ) -> ExecutionState:
+    def retry_stage(self, name: str, stage: str, execution_id: str, mode: str) -> ExecutionState:
         """RetryStageExecution: rerun a failed stage of the latest execution to reach it."""
         rec = self.get_pipeline(name)
         if rec.declaration.stage(stage) is None:
@@ -241,7 +239,11 @@ class Service:
                 f"execution {execution_id} is not the latest in stage {stage}"
             )
         st = state.stage(stage)
-        if state.status is not ExecutionStatus.FAILED or st is None or st.status is not StageStatus.FAILED:
+        if (
+            state.status is not ExecutionStatus.FAILED
+            or st is None
+            or st.status is not StageStatus.FAILED
+        ):
             raise StageNotRetryableError(
                 f"stage {stage} of execution {execution_id} has not failed; nothing to retry"
             )
@@ -250,13 +252,27 @@ class Service:
                 f"pipeline {name} changed since execution {execution_id} (version "
                 f"{state.pipeline_version} -> {rec.version}); start a new execution"
             )
-        self.store.apply(name, RetryRequested(now=self.clock(), execution=state, stage=stage,
-                                              mode=mode))  # type: ignore[arg-type]
+        retry_mode: Literal["FAILED_ACTIONS", "ALL_ACTIONS"] = (
+            "ALL_ACTIONS" if mode == "ALL_ACTIONS" else "FAILED_ACTIONS"
+        )
+        run = self.store.apply(
+            name, RetryRequested(now=self.clock(), execution=state, stage=stage, mode=retry_mode)
+        )
+        if execution_id not in run.executions and execution_id not in run.finished:
+            raise ConcurrentExecutionsLimitError(
+                f"pipeline {name} already has {len(run.executions)} active executions"
+            )
         return self.get_execution(name, execution_id)
 
     def set_transition(
-        self, name: str, stage: str, transition_type: str, *, enabled: bool,
-        reason: str | None = None, changed_by: str | None = None,
+        self,
+        name: str,
+        stage: str,
+        transition_type: str,
+        *,
+        enabled: bool,
+        reason: str | None = None,
+        changed_by: str | None = None,
     ) -> None:
         """Enable/DisableStageTransition. An Outbound transition is the next stage's Inbound."""
         rec = self.get_pipeline(name)
@@ -269,12 +285,22 @@ class Service:
         if transition_type == "Outbound":
             i = names.index(stage)
             if i + 1 >= len(names):
-                raise ValidationError(f"stage {stage} is the last stage: it has no outbound transition")
+                raise ValidationError(
+                    f"stage {stage} is the last stage: it has no outbound transition"
+                )
             target = names[i + 1]
         if not enabled and not reason:
             raise ValidationError("reason is required to disable a transition")
-        self.store.apply(name, TransitionChanged(now=self.clock(), stage=target, enabled=enabled,
-                                                 reason=reason, changed_by=changed_by))
+        self.store.apply(
+            name,
+            TransitionChanged(
+                now=self.clock(),
+                stage=target,
+                enabled=enabled,
+                reason=reason,
+                changed_by=changed_by,
+            ),
+        )
 
     def rollback_stage(self, name: str, stage: str, target_execution_id: str) -> ExecutionState:
         rec = self.get_pipeline(name)
@@ -300,14 +326,16 @@ class Service:
             )
         now = self.clock()
         run = self.store.apply(name, RollbackRequested(now=now, target=target, stage=stage))
-        for ex in [*run.executions.values(), *run.finished.values()]:
-            if ex.execution_type == "ROLLBACK" and ex.rollback_target == target_execution_id and ex.start_time == now:
-                return ex
+        rid = rollback_execution_id(target_execution_id, stage, now)
+        created = run.executions.get(rid) or run.finished.get(rid)
+        if created is not None:
+            return created
         raise UnableToRollbackStageError(f"stage {stage} could not be rolled back")
 
     def override_condition(
         self, name: str, stage: str, execution_id: str, condition_type: str
     ) -> None:
+        self.get_pipeline(name)
         state = self.get_execution(name, execution_id)
         st = state.stage(stage)
         if st is None:
@@ -317,8 +345,19 @@ class Service:
             raise ConditionNotOverridableError(
                 f"no {condition_type} condition of stage {stage} is being evaluated"
             )
-        self.store.apply(name, ConditionOverridden(now=self.clock(), execution_id=execution_id,
-                                                   stage=stage, condition_type=condition_type))
+        if self.store.load_run(name).latest.get(stage) != execution_id:
+            raise NotLatestPipelineExecutionError(
+                f"execution {execution_id} is not the latest in stage {stage}"
+            )
+        self.store.apply(
+            name,
+            ConditionOverridden(
+                now=self.clock(),
+                execution_id=execution_id,
+                stage=stage,
+                condition_type=condition_type,
+            ),
+        )
 
     def run_state(self, name: str) -> PipelineRun:
         return self.store.load_run(name)

@@ -145,16 +145,16 @@ class Store:
                     )
                     new, effects = decide(run, event)
                     if new is run:
-                        p.unwatch()  # type: ignore[no-untyped-call]
+                        p.unwatch()
                         return run
                     new.seq = run.seq + 1
                     p.multi()
+                    self._write_executions(p, run, new)
                     p.set(key, new.model_dump_json(exclude={"finished"}))
                     if new.executions:
                         p.sadd(keys.ACTIVE_RUNS, pipeline)
                     else:
                         p.srem(keys.ACTIVE_RUNS, pipeline)
-                    self._write_executions(p, run, new)
                     ids = self._stage_effects(p, new, effects)
                     p.execute()
                     break
@@ -176,12 +176,13 @@ class Store:
             ex.seq += 1
             p.set(keys.execution(ex.execution_id), ex.model_dump_json())
             if before is None:
-                p.zadd(keys.pipeline_executions(ex.pipeline_name),
-                       {ex.execution_id: ex.start_time}, nx=True)
+                p.zadd(
+                    keys.pipeline_executions(ex.pipeline_name),
+                    {ex.execution_id: ex.start_time},
+                    nx=True,
+                )
 
-    def _stage_effects(
-        self, p: Any, run: PipelineRun, effects: list[Effect]
-    ) -> list[str | None]:
+    def _stage_effects(self, p: Any, run: PipelineRun, effects: list[Effect]) -> list[str | None]:
         ids: list[str | None] = []
         now = time.time()
         for i, eff in enumerate(effects):

@@ -7,6 +7,7 @@ step is idempotent, so two sweeps racing do no harm.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -37,19 +38,25 @@ def sweep(store: Store, now: float, *, outbox_grace: float) -> SweepReport:
             event: ActionCompleted | LeaseExpired
             if result is not None:
                 # The worker finished but its callback never arrived (or is still queued).
-                event = ActionCompleted(now=now, execution_id=execution_id, stage=stage,
-                                        action=action, attempt=attempt, result=result)
+                event = ActionCompleted(
+                    now=now,
+                    execution_id=execution_id,
+                    stage=stage,
+                    action=action,
+                    attempt=attempt,
+                    result=result,
+                )
                 report.results_recovered += 1
             else:
-                event = LeaseExpired(now=now, execution_id=execution_id, stage=stage,
-                                     action=action, attempt=attempt)
+                event = LeaseExpired(
+                    now=now, execution_id=execution_id, stage=stage, action=action, attempt=attempt
+                )
                 report.leases_expired += 1
-                log.warning("lease of %s/%s.%s attempt %d expired",
-                            execution_id, stage, action, attempt)
-            try:
+                log.warning(
+                    "lease of %s/%s.%s attempt %d expired", execution_id, stage, action, attempt
+                )
+            with contextlib.suppress(ExecutionNotFoundError):
                 store.apply(state.pipeline_name, event)
-            except ExecutionNotFoundError:
-                pass
         store.release_lease(member)
     for pipeline in store.active_pipelines():
         store.apply(pipeline, TimerFired(now=now))

@@ -90,6 +90,8 @@ class Job:
     s3: S3Access
     deadline: float | None = None  # epoch seconds
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # A source action's pinned revision (the one a trigger detected), else the latest.
+    revision: str | None = None
 
     @property
     def primary_input(self) -> Path | None:

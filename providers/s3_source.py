@@ -65,7 +65,7 @@ class S3Source(Provider):
         where = f"s3://{bucket}/{key}"
         (output,) = job.outputs.values()
         client = s3_client(job.s3)
-        head = self._head(client, bucket, key, job.s3.endpoint_url)
+        head = self._head(client, bucket, key, job.s3.endpoint_url, job.revision)
         version = head.get("VersionId")
         if version == "null":  # an object written before versioning was turned on
             version = None
@@ -104,10 +104,15 @@ class S3Source(Provider):
         )
 
     @staticmethod
-    def _head(client: Any, bucket: str, key: str, endpoint: str) -> dict[str, Any]:
+    def _head(
+        client: Any, bucket: str, key: str, endpoint: str, version_id: str | None = None
+    ) -> dict[str, Any]:
         where = f"s3://{bucket}/{key}"
+        # A pinned revision is a version id; an ETag (unversioned bucket) cannot be fetched
+        # by value, so the latest object is read then.
+        pinned = {"VersionId": version_id} if version_id and '"' not in version_id else {}
         try:
-            head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
+            head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key, **pinned)
             return head
         except ClientError as exc:
             if not is_missing(exc):

@@ -21,13 +21,20 @@ def run_rule(rt: Runtime, execution_id: str, stage: str, rule_execution_id: str)
     """Run one rule evaluation if it is still wanted, then report it to the engine."""
     state = rt.store.try_load(execution_id)
     st = state.stage(stage) if state else None
-    rr = next((x for x in st.rules if x.rule_execution_id == rule_execution_id), None) if st else None
+    rr = (
+        next((x for x in st.rules if x.rule_execution_id == rule_execution_id), None)
+        if st
+        else None
+    )
     if state is None or rr is None or rr.status != "InProgress":
         return "stale"
     decl = state.definition.stage(stage)
     assert decl is not None
-    source = {"beforeEntry": decl.before_entry, "onSuccess": decl.on_success,
-              "onFailure": decl.on_failure}[rr.kind]
+    source = {
+        "beforeEntry": decl.before_entry,
+        "onSuccess": decl.on_success,
+        "onFailure": decl.on_failure,
+    }[rr.kind]
     assert source is not None
     rule = next(r for r in source.conditions[rr.condition].rules if r.name == rr.rule)
     with tempfile.TemporaryDirectory(prefix="conveyor-rule-", dir=rt.settings.workdir) as tmp:
@@ -41,7 +48,8 @@ def run_rule(rt: Runtime, execution_id: str, stage: str, rule_execution_id: str)
                 inputs[art.name] = root / "in" / art.name
                 inputs[art.name].mkdir(parents=True)
                 rt.artifacts.download_to_dir(
-                    ArtifactRef(**loc.model_dump(exclude={"name"})), inputs[art.name])
+                    ArtifactRef(**loc.model_dump(exclude={"name"})), inputs[art.name]
+                )
             work = root / "work"
             work.mkdir()
             env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
@@ -49,11 +57,26 @@ def run_rule(rt: Runtime, execution_id: str, stage: str, rule_execution_id: str)
             deadline = time.time() + 60 * (rule.timeout_in_minutes or 20)
             with (root / "rule.log").open("w", encoding="utf-8") as log_file:
                 ok, summary = run_commands_rule(
-                    list(rule.commands), work, inputs, env, log_file, deadline, threading.Event())
+                    list(rule.commands or []),
+                    work,
+                    inputs,
+                    env,
+                    log_file,
+                    deadline,
+                    threading.Event(),
+                )
         except Exception as exc:  # an infrastructure error fails the rule, never wedges it
             log.exception("rule %s of %s crashed", rr.rule, stage)
             ok, summary = False, f"{type(exc).__name__}: {exc}"
-    rt.store.apply(state.pipeline_name, RuleCompleted(
-        now=time.time(), execution_id=execution_id, stage=stage,
-        rule_execution_id=rule_execution_id, succeeded=ok, summary=summary))
+    rt.store.apply(
+        state.pipeline_name,
+        RuleCompleted(
+            now=time.time(),
+            execution_id=execution_id,
+            stage=stage,
+            rule_execution_id=rule_execution_id,
+            succeeded=ok,
+            summary=summary,
+        ),
+    )
     return "succeeded" if ok else "failed"

@@ -35,7 +35,12 @@ class Heartbeat(threading.Thread):
     execution no longer wants it (abandoned, timed out, superseded by a newer attempt)."""
 
     def __init__(
-        self, store: Store, member: str, holder: str, ttl: float, cancelled: threading.Event,
+        self,
+        store: Store,
+        member: str,
+        holder: str,
+        ttl: float,
+        cancelled: threading.Event,
         still_wanted: Callable[[], bool],
     ) -> None:
         super().__init__(daemon=True, name="conveyor-heartbeat")
@@ -84,8 +89,9 @@ def run_attempt(rt: Runtime, execution_id: str, stage: str, action: str, attempt
     def still_wanted() -> bool:
         now = store.try_load(execution_id)
         current = now.action(stage, action) if now else None
-        return bool(current and current.status is ActionStatus.IN_PROGRESS
-                    and current.attempt == attempt)
+        return bool(
+            current and current.status is ActionStatus.IN_PROGRESS and current.attempt == attempt
+        )
 
     beat = Heartbeat(store, member, holder, ttl, cancelled, still_wanted)
     beat.start()
@@ -154,6 +160,7 @@ def _execute(
                     ),
                     deadline=act.deadline,
                     cancelled=cancelled,
+                    revision=_pinned_revision(state, action),
                 )
                 res = provider_cls().run(job)
                 if res.succeeded:
@@ -216,6 +223,14 @@ def _execute(
         revision_summary=res.revision_summary,
         log_location=log_loc,
     )
+
+
+def _pinned_revision(state: ExecutionState, action: str) -> str | None:
+    """The object version a poll trigger detected for this source action, if any."""
+    for rev in state.source_revisions:
+        if rev.get("actionName") == action and rev.get("revisionType") == "S3_OBJECT_VERSION_ID":
+            return str(rev.get("revisionId"))
+    return None
 
 
 def now() -> float:

@@ -67,7 +67,9 @@ def run_provider_action(execution_id: str, stage: str, action: str, attempt: int
     return run_attempt(runtime(), execution_id, stage, action, attempt)
 
 
-def run_commands_rule_task(execution_id: str, stage: str, rule_execution_id: str, attempt: int) -> str:
+def run_commands_rule_task(
+    execution_id: str, stage: str, rule_execution_id: str, attempt: int
+) -> str:
     return run_rule(runtime(), execution_id, stage, rule_execution_id)
 
 

@@ -18,6 +18,8 @@ from tests.e2e.api_support import BUCKET, definition
 from tests.e2e.conftest import ApiServer
 
 TARGET = "CodePipeline_20150709."
+# Well-formed (execution ids and tokens are UUIDs, as CodePipeline checks) but unknown.
+MISSING = "00000000-0000-4000-8000-000000000000"
 
 
 def code_of(info: pytest.ExceptionInfo[ClientError]) -> str:
@@ -209,10 +211,10 @@ def test_missing_pipeline_and_execution(cp: Any) -> None:
 
     cp.create_pipeline(pipeline=definition("demo"))
     with pytest.raises(ClientError) as exc:
-        cp.get_pipeline_execution(pipelineName="demo", pipelineExecutionId="nope")
+        cp.get_pipeline_execution(pipelineName="demo", pipelineExecutionId=MISSING)
     assert code_of(exc) == "PipelineExecutionNotFoundException"
     with pytest.raises(ClientError) as exc:
-        cp.stop_pipeline_execution(pipelineName="demo", pipelineExecutionId="nope")
+        cp.stop_pipeline_execution(pipelineName="demo", pipelineExecutionId=MISSING)
     assert code_of(exc) == "PipelineExecutionNotFoundException"
 
 
@@ -254,7 +256,7 @@ def test_approval_errors(cp: Any) -> None:
     cp.create_pipeline(pipeline=definition("demo"))
     cp.start_pipeline_execution(name="demo")
 
-    def answer(stage: str, action: str, token: str = "not-a-token") -> None:
+    def answer(stage: str, action: str, token: str = MISSING) -> None:
         cp.put_approval_result(
             pipelineName="demo",
             stageName=stage,
@@ -376,7 +378,7 @@ def test_protocol_errors(api: ApiServer) -> None:
     assert (status, body["__type"]) == (400, "UnknownOperationException")
     assert headers["content-type"] == "application/x-amz-json-1.1"
 
-    status, _, body = raw(api, "DisableStageTransition", "{}")
+    status, _, body = raw(api, "PutWebhook", "{}")
     assert (status, body["__type"]) == (400, "UnknownOperationException")
     assert "not supported" in body["message"]
 
@@ -444,3 +446,24 @@ def test_health_and_events(api: ApiServer, cp: Any) -> None:
 
     with urllib.request.urlopen(f"{api.url}/events?after={page['last']}", timeout=5) as resp:
         assert json.loads(resp.read()) == {"events": [], "last": page["last"]}
+
+
+def test_lengths_and_patterns_are_checked_as_codepipeline_does(api: ApiServer) -> None:
+    """boto3 checks only minimum lengths; the server checks the rest of the model's rules."""
+    status, _, body = raw(
+        api, "GetPipelineExecution", json.dumps({"pipelineName": "p", "pipelineExecutionId": "x"})
+    )
+    assert (status, body["__type"]) == (400, "ValidationException")
+    assert (
+        "'pipelineExecutionId' failed to satisfy constraint: Member must satisfy pattern"
+        in (body["message"])
+    )
+    status, _, body = raw(api, "ListPipelines", json.dumps({"maxResults": 5000}))
+    assert (status, body["__type"]) == (400, "ValidationException")
+    assert "Member must have value <= 1000" in body["message"]
+    reason = json.dumps(
+        {"pipelineName": "p", "stageName": "s", "transitionType": "Inbound", "reason": "a" * 301}
+    )
+    status, _, body = raw(api, "DisableStageTransition", reason)
+    assert (status, body["__type"]) == (400, "ValidationException")
+    assert "Member must have length <= 300" in body["message"]

@@ -179,3 +179,134 @@ def _pascal(node: object) -> object:
     return {
         k[:1].upper() + k[1:]: (v if k == "configuration" else _pascal(v)) for k, v in node.items()
     }
+
+
+def finish(api: ApiServer, eid: str, stage: str, action: str, *, succeeded: bool = True) -> None:
+    """Complete an action's current attempt (retries raise it past 1)."""
+    state = api.service.store.load(eid)
+    act = state.action(stage, action)
+    assert act is not None
+    result = ActionResult(
+        succeeded=succeeded,
+        output_artifacts=[
+            ArtifactLocation(name=o.name, bucket=BUCKET, key=f"demo/{o.name}/{eid[:8]}.zip")
+            for o in next(
+                a for s in state.definition.stages for a in s.actions if a.name == action
+            ).output_artifacts
+        ],
+        error_message=None if succeeded else "broken",
+    )
+    event = ActionCompleted(
+        now=time.time(),
+        execution_id=eid,
+        stage=stage,
+        action=action,
+        attempt=act.attempt,
+        result=result,
+    )
+    api.service.store.apply(state.pipeline_name, event)
+
+
+def test_retry_rollback_and_idempotent_start(api: ApiServer, conveyor: click.Group) -> None:
+    api.service.create_pipeline(definition("demo", approval=False))
+    out = run(conveyor, api, "executions", "start", "demo", "--client-request-token", "tok-1")
+    assert out.exit_code == 0, out.output
+    eid = out.output.strip()
+    out = run(conveyor, api, "executions", "start", "demo", "--client-request-token", "tok-1")
+    assert out.output.strip() == eid
+
+    finish(api, eid, "Source", "Fetch")
+    finish(api, eid, "Build", "Compile", succeeded=False)
+    out = run(conveyor, api, "executions", "retry", "demo", "Source", eid)
+    assert out.exit_code == 1
+    assert out.stderr.startswith("error: StageNotRetryableException: ")
+    out = run(conveyor, api, "executions", "retry", "demo", "Build", eid, "--mode", "ALL_ACTIONS")
+    assert out.exit_code == 0, out.output
+    assert f"retrying Build of {eid} (ALL_ACTIONS)" in out.output
+    finish(api, eid, "Build", "Compile")
+    finish(api, eid, "Release", "Publish")
+    assert api.service.get_execution("demo", eid).status == "Succeeded"
+
+    out = run(conveyor, api, "stages", "rollback", "demo", "Release", "--target", eid)
+    assert out.exit_code == 0, out.output
+    rollback = out.output.strip()
+    got = json.loads(run(conveyor, api, "executions", "get", "demo", rollback).output)
+    assert got["executionType"] == "ROLLBACK"
+    assert got["rollbackMetadata"] == {"rollbackTargetPipelineExecutionId": eid}
+    out = run(conveyor, api, "stages", "rollback", "demo", "Source", "--target", eid)
+    assert out.exit_code == 1
+    assert out.stderr.startswith("error: UnableToRollbackStageException: ")
+
+
+def test_transitions_and_watching_a_waiting_execution(
+    api: ApiServer, conveyor: click.Group
+) -> None:
+    api.service.create_pipeline(definition("demo"))
+    out = run(conveyor, api, "stages", "disable", "demo", "Source", "--outbound")
+    assert out.exit_code == 2  # --reason is required
+    out = run(
+        conveyor, api, "stages", "disable", "demo", "Source", "--outbound", "--reason", "freeze"
+    )
+    assert out.exit_code == 0, out.output
+    assert "disabled the outbound transition of demo/Source" in out.output
+    eid = api.service.start_execution("demo").execution_id
+    finish(api, eid, "Source", "Fetch")
+
+    out = run(
+        conveyor, api, "executions", "watch", "demo", eid, "--interval", "0.05", "--timeout", "0.2"
+    )
+    assert out.exit_code == 1
+    assert "waiting at Build (transition disabled: freeze)" in out.output
+    assert "still InProgress" in out.stderr
+
+    out = run(conveyor, api, "stages", "enable", "demo", "Build")
+    assert out.exit_code == 0, out.output
+    assert "enabled the inbound transition of demo/Build" in out.output
+    assert api.service.get_execution("demo", eid).stage("Build").status == "InProgress"  # type: ignore[union-attr]
+
+
+def test_rules_commands_and_a_skipped_stage(api: ApiServer, conveyor: click.Group) -> None:
+    out = run(conveyor, api, "rules", "types")
+    assert out.exit_code == 0, out.output
+    for provider in ("VariableCheck", "DeploymentWindow", "Commands"):
+        assert provider in out.output
+    out = run(conveyor, api, "rules", "types", "--json")
+    assert {t["id"]["provider"] for t in json.loads(out.output)} == {
+        "VariableCheck",
+        "DeploymentWindow",
+        "Commands",
+    }
+
+    decl = definition("demo", approval=False)
+    check = {
+        "name": "OnlyProd",
+        "ruleTypeId": {"category": "Rule", "provider": "VariableCheck"},
+        "configuration": {"Variable": "#{variables.Env}", "Value": "prod", "Operator": "EQ"},
+    }
+    decl["stages"][1]["beforeEntry"] = {"conditions": [{"result": "SKIP", "rules": [check]}]}
+    api.service.create_pipeline(decl)
+    eid = api.service.start_execution("demo").execution_id
+    finish(api, eid, "Source", "Fetch")
+
+    out = run(conveyor, api, "rules", "executions", "demo", eid, "--json")
+    assert out.exit_code == 0, out.output
+    (detail,) = json.loads(out.output)
+    assert (detail["stageName"], detail["ruleName"], detail["status"]) == (
+        "Build",
+        "OnlyProd",
+        "Failed",
+    )
+    out = run(conveyor, api, "rules", "executions", "demo")
+    assert out.exit_code == 0, out.output
+    assert "OnlyProd" in out.output
+
+    out = run(
+        conveyor, api, "stages", "override", "demo", "Build", eid, "--condition", "BEFORE_ENTRY"
+    )
+    assert out.exit_code == 1
+    assert out.stderr.startswith("error: ConditionNotOverridableException: ")
+
+    finish(api, eid, "Release", "Publish")
+    out = run(conveyor, api, "executions", "watch", "demo", eid)
+    assert out.exit_code == 0, out.output
+    assert "Skipped" in out.output

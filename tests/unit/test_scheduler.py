@@ -38,12 +38,17 @@ from engine.scheduler import (
 )
 
 
-def _action(name: str, category: str, provider: str, run_order: int, ins: list[str],
-            outs: list[str]) -> dict[str, Any]:
+def _action(
+    name: str, category: str, provider: str, run_order: int, ins: list[str], outs: list[str]
+) -> dict[str, Any]:
     return {
         "name": name,
-        "actionTypeId": {"category": category, "owner": "AWS", "provider": provider,
-                         "version": "1"},
+        "actionTypeId": {
+            "category": category,
+            "owner": "AWS",
+            "provider": provider,
+            "version": "1",
+        },
         "runOrder": run_order,
         "inputArtifacts": [{"name": n} for n in ins],
         "outputArtifacts": [{"name": n} for n in outs],
@@ -54,22 +59,28 @@ def _action(name: str, category: str, provider: str, run_order: int, ins: list[s
 def pipeline(mode: str = "SUPERSEDED", approval: bool = True) -> PipelineDeclaration:
     stages = [
         {"name": "Source", "actions": [_action("Src", "Source", "S3", 1, [], ["Src"])]},
-        {"name": "Build", "actions": [
-            _action("A", "Build", "CodeBuild", 1, ["Src"], ["A"]),
-            _action("B", "Build", "CodeBuild", 1, ["Src"], ["B"]),
-            _action("C", "Test", "CodeBuild", 2, ["A"], []),
-        ]},
+        {
+            "name": "Build",
+            "actions": [
+                _action("A", "Build", "CodeBuild", 1, ["Src"], ["A"]),
+                _action("B", "Build", "CodeBuild", 1, ["Src"], ["B"]),
+                _action("C", "Test", "CodeBuild", 2, ["A"], []),
+            ],
+        },
     ]
     if approval:
-        stages.append({"name": "Approve", "actions": [_action("Gate", "Approval", "Manual", 1,
-                                                                [], [])]})
+        stages.append(
+            {"name": "Approve", "actions": [_action("Gate", "Approval", "Manual", 1, [], [])]}
+        )
     stages.append({"name": "Deploy", "actions": [_action("D", "Deploy", "S3", 1, ["A"], [])]})
     return PipelineDeclaration.model_validate(
-        {"name": "prop", "executionMode": mode, "stages": stages})
+        {"name": "prop", "executionMode": mode, "stages": stages}
+    )
 
 
-def result_for(decl: PipelineDeclaration, stage: str, action: str, ok: bool,
-               attempt: int) -> ActionResult:
+def result_for(
+    decl: PipelineDeclaration, stage: str, action: str, ok: bool, attempt: int
+) -> ActionResult:
     sd = decl.stage(stage)
     assert sd is not None
     ad = next(a for a in sd.actions if a.name == action)
@@ -79,7 +90,9 @@ def result_for(decl: PipelineDeclaration, stage: str, action: str, ok: bool,
         output_artifacts=[
             ArtifactLocation(name=o.name, bucket="b", key=f"{o.name}/{attempt}")
             for o in ad.output_artifacts
-        ] if ok else [],
+        ]
+        if ok
+        else [],
     )
 
 
@@ -102,8 +115,14 @@ class World:
     def start(self, now: float) -> str:
         self.n += 1
         eid = f"e{self.n:03d}"
-        ex = new_execution(execution_id=eid, definition=self.decl, version=1,
-                           artifact_bucket="b", now=now, variables={})
+        ex = new_execution(
+            execution_id=eid,
+            definition=self.decl,
+            version=1,
+            artifact_bucket="b",
+            now=now,
+            variables={},
+        )
         self.step(Started(now=now, execution=ex))
         return eid
 
@@ -122,8 +141,9 @@ class World:
         after.finished = {}
         self.run = after
 
-    def _check(self, before: PipelineRun, after: PipelineRun, event: Event,
-               effects: list[Effect]) -> None:
+    def _check(
+        self, before: PipelineRun, after: PipelineRun, event: Event, effects: list[Effect]
+    ) -> None:
         current = {**{e.execution_id: e for e in after.finished.values()}, **after.executions}
         for eff in effects:
             if isinstance(eff, Dispatch):
@@ -146,13 +166,18 @@ class World:
                 if ex.execution_type == "STANDARD":
                     for prev in ex.stages[:idx]:
                         assert prev.status in (StageStatus.SUCCEEDED, StageStatus.SKIPPED), (
-                            f"{eff.stage} started before {prev.name} succeeded")
+                            f"{eff.stage} started before {prev.name} succeeded"
+                        )
                 self.entered[eff.stage].append(eff.execution_id)
         # Never a lost result: an accepted completion stays recorded (until a retry resets it).
         if isinstance(event, ActionCompleted):
             ex_b = before.executions.get(event.execution_id)
             act_b = ex_b.action(event.stage, event.action) if ex_b else None
-            if act_b and act_b.status is ActionStatus.IN_PROGRESS and act_b.attempt == event.attempt:
+            if (
+                act_b
+                and act_b.status is ActionStatus.IN_PROGRESS
+                and act_b.attempt == event.attempt
+            ):
                 ex_a = current[event.execution_id]
                 act_a = ex_a.action(event.stage, event.action)
                 assert act_a is not None
@@ -164,8 +189,10 @@ class World:
         if self.mode != "PARALLEL":
             for stage in self.order:
                 inside = [
-                    e.execution_id for e in after.executions.values()
-                    if (s := e.stage(stage)) is not None and s.status is StageStatus.IN_PROGRESS
+                    e.execution_id
+                    for e in after.executions.values()
+                    if (s := e.stage(stage)) is not None
+                    and s.status is StageStatus.IN_PROGRESS
                     and e.waiting_for is None
                 ]
                 assert len(inside) <= 1, f"two executions in {stage}: {inside}"
@@ -175,12 +202,32 @@ class World:
         assert not (set(after.executions) & set(after.finished))
 
     def running(self) -> list[tuple[ExecutionState, Any]]:
-        return [(ex, a) for ex in self.run.executions.values() for s in ex.stages
-                for a in s.actions if a.status is ActionStatus.IN_PROGRESS]
+        return [
+            (ex, a)
+            for ex in self.run.executions.values()
+            for s in ex.stages
+            for a in s.actions
+            if a.status is ActionStatus.IN_PROGRESS
+        ]
 
 
-MOVES = ["start", "deliver", "deliver", "deliver", "deliver", "duplicate", "approve", "reject",
-         "stop", "abandon", "lease", "timer", "retry", "disable", "enable"]
+MOVES = [
+    "start",
+    "deliver",
+    "deliver",
+    "deliver",
+    "deliver",
+    "duplicate",
+    "approve",
+    "reject",
+    "stop",
+    "abandon",
+    "lease",
+    "timer",
+    "retry",
+    "disable",
+    "enable",
+]
 
 
 @pytest.mark.parametrize("mode", ["SUPERSEDED", "QUEUED", "PARALLEL"])
@@ -195,13 +242,23 @@ def test_random_interleavings_keep_invariants(mode: str, data: st.DataObject) ->
         now += 1.0
         for ex, a in w.running():
             if a.token is None and not any(
-                p.execution_id == ex.execution_id and p.stage == a.stage and p.action == a.name
-                and p.attempt == a.attempt for p in pending
+                p.execution_id == ex.execution_id
+                and p.stage == a.stage
+                and p.action == a.name
+                and p.attempt == a.attempt
+                for p in pending
             ):
                 ok = data.draw(st.sampled_from([True, True, True, False]), label="ok")
-                pending.append(ActionCompleted(
-                    now=now, execution_id=ex.execution_id, stage=a.stage, action=a.name,
-                    attempt=a.attempt, result=result_for(w.decl, a.stage, a.name, ok, a.attempt)))
+                pending.append(
+                    ActionCompleted(
+                        now=now,
+                        execution_id=ex.execution_id,
+                        stage=a.stage,
+                        action=a.name,
+                        attempt=a.attempt,
+                        result=result_for(w.decl, a.stage, a.name, ok, a.attempt),
+                    )
+                )
         move = data.draw(st.sampled_from(MOVES), label="move")
         ids = sorted(w.run.executions)
         if move == "start" and w.n < 6:
@@ -213,16 +270,30 @@ def test_random_interleavings_keep_invariants(mode: str, data: st.DataObject) ->
             gates = [(ex, a) for ex, a in w.running() if a.token]
             if gates:
                 ex, a = data.draw(st.sampled_from(gates), label="gate")
-                w.step(ApprovalAnswered(now=now, execution_id=ex.execution_id, stage=a.stage,
-                                        action=a.name, token=a.token,
-                                        approved=move == "approve"))
+                w.step(
+                    ApprovalAnswered(
+                        now=now,
+                        execution_id=ex.execution_id,
+                        stage=a.stage,
+                        action=a.name,
+                        token=a.token,
+                        approved=move == "approve",
+                    )
+                )
         elif move in ("stop", "abandon") and ids:
             eid = data.draw(st.sampled_from(ids), label="stop")
             w.step(StopRequested(now=now, execution_id=eid, abandon=move == "abandon"))
         elif move == "lease" and w.running():
             ex, a = data.draw(st.sampled_from(w.running()), label="lease")
-            w.step(LeaseExpired(now=now, execution_id=ex.execution_id, stage=a.stage,
-                                action=a.name, attempt=a.attempt))
+            w.step(
+                LeaseExpired(
+                    now=now,
+                    execution_id=ex.execution_id,
+                    stage=a.stage,
+                    action=a.name,
+                    attempt=a.attempt,
+                )
+            )
         elif move == "timer":
             w.step(TimerFired(now=now + data.draw(st.sampled_from([0, 10**7]), label="dt")))
         elif move == "retry":
@@ -231,13 +302,19 @@ def test_random_interleavings_keep_invariants(mode: str, data: st.DataObject) ->
                 ex = data.draw(st.sampled_from(failed), label="retry")
                 stage = next((s.name for s in ex.stages if s.status is StageStatus.FAILED), None)
                 if stage:
-                    w.step(RetryRequested(now=now, execution=ex, stage=stage,
-                                          mode=data.draw(st.sampled_from(
-                                              ["FAILED_ACTIONS", "ALL_ACTIONS"]), label="rm")))
+                    w.step(
+                        RetryRequested(
+                            now=now,
+                            execution=ex,
+                            stage=stage,
+                            mode=data.draw(
+                                st.sampled_from(["FAILED_ACTIONS", "ALL_ACTIONS"]), label="rm"
+                            ),
+                        )
+                    )
         elif move in ("disable", "enable"):
             stage = data.draw(st.sampled_from(w.order[1:]), label="stage")
-            w.step(TransitionChanged(now=now, stage=stage, enabled=move == "enable",
-                                     reason="hold"))
+            w.step(TransitionChanged(now=now, stage=stage, enabled=move == "enable", reason="hold"))
     # Let everything drain: enable transitions, approve gates, complete all work.
     for stage in w.order:
         w.step(TransitionChanged(now=now, stage=stage, enabled=True))
@@ -247,13 +324,27 @@ def test_random_interleavings_keep_invariants(mode: str, data: st.DataObject) ->
         now += 1
         for ex, a in w.running():
             if a.token:
-                w.step(ApprovalAnswered(now=now, execution_id=ex.execution_id, stage=a.stage,
-                                        action=a.name, token=a.token, approved=True))
+                w.step(
+                    ApprovalAnswered(
+                        now=now,
+                        execution_id=ex.execution_id,
+                        stage=a.stage,
+                        action=a.name,
+                        token=a.token,
+                        approved=True,
+                    )
+                )
             else:
-                w.step(ActionCompleted(now=now, execution_id=ex.execution_id, stage=a.stage,
-                                       action=a.name, attempt=a.attempt,
-                                       result=result_for(w.decl, a.stage, a.name, True,
-                                                         a.attempt)))
+                w.step(
+                    ActionCompleted(
+                        now=now,
+                        execution_id=ex.execution_id,
+                        stage=a.stage,
+                        action=a.name,
+                        attempt=a.attempt,
+                        result=result_for(w.decl, a.stage, a.name, True, a.attempt),
+                    )
+                )
     assert not w.run.executions, f"executions never finished: {list(w.run.executions)}"
     assert all(not lane.waiting and lane.occupant is None for lane in w.run.lanes.values())
     if mode == "QUEUED":
@@ -264,8 +355,15 @@ def test_random_interleavings_keep_invariants(mode: str, data: st.DataObject) ->
             assert firsts == [e for e in starts if e in firsts], f"FIFO broken in {stage}"
 
 
-def drive(w: World, eid: str, now: float, *, approve: bool = True, fail: set[str] = frozenset(),
-          until: str | None = None) -> float:
+def drive(
+    w: World,
+    eid: str,
+    now: float,
+    *,
+    approve: bool = True,
+    fail: set[str] = frozenset(),
+    until: str | None = None,
+) -> float:
     """Complete eid's work in order; stop before entering ``until`` is needed."""
     for _ in range(50):
         ex = w.ex(eid)
@@ -277,13 +375,28 @@ def drive(w: World, eid: str, now: float, *, approve: bool = True, fail: set[str
         now += 1
         for a in acts:
             if a.token:
-                w.step(ApprovalAnswered(now=now, execution_id=eid, stage=a.stage, action=a.name,
-                                        token=a.token, approved=approve, summary="looks good"))
+                w.step(
+                    ApprovalAnswered(
+                        now=now,
+                        execution_id=eid,
+                        stage=a.stage,
+                        action=a.name,
+                        token=a.token,
+                        approved=approve,
+                        summary="looks good",
+                    )
+                )
             else:
-                w.step(ActionCompleted(now=now, execution_id=eid, stage=a.stage, action=a.name,
-                                       attempt=a.attempt,
-                                       result=result_for(w.decl, a.stage, a.name,
-                                                         a.name not in fail, a.attempt)))
+                w.step(
+                    ActionCompleted(
+                        now=now,
+                        execution_id=eid,
+                        stage=a.stage,
+                        action=a.name,
+                        attempt=a.attempt,
+                        result=result_for(w.decl, a.stage, a.name, a.name not in fail, a.attempt),
+                    )
+                )
     return now
 
 
@@ -313,8 +426,13 @@ def test_failed_action_fails_stage_only_after_its_group() -> None:
     w = World()
     eid = w.start(1.0)
     r = lambda s, a, ok: ActionCompleted(  # noqa: E731
-        now=5, execution_id=eid, stage=s, action=a, attempt=1,
-        result=result_for(w.decl, s, a, ok, 1))
+        now=5,
+        execution_id=eid,
+        stage=s,
+        action=a,
+        attempt=1,
+        result=result_for(w.decl, s, a, ok, 1),
+    )
     w.step(r("Source", "Src", True))
     w.step(r("Build", "A", False))
     assert w.ex(eid).stage("Build").status is StageStatus.IN_PROGRESS  # type: ignore[union-attr]
@@ -330,11 +448,27 @@ def test_lease_expiry_redispatches_next_attempt_and_ignores_the_old_one() -> Non
     eid = w.start(1.0)
     w.step(LeaseExpired(now=2, execution_id=eid, stage="Source", action="Src", attempt=1))
     assert w.ex(eid).action("Source", "Src").attempt == 2  # type: ignore[union-attr]
-    w.step(ActionCompleted(now=3, execution_id=eid, stage="Source", action="Src", attempt=1,
-                           result=result_for(w.decl, "Source", "Src", True, 1)))
+    w.step(
+        ActionCompleted(
+            now=3,
+            execution_id=eid,
+            stage="Source",
+            action="Src",
+            attempt=1,
+            result=result_for(w.decl, "Source", "Src", True, 1),
+        )
+    )
     assert w.ex(eid).action("Source", "Src").status is ActionStatus.IN_PROGRESS  # type: ignore[union-attr]
-    w.step(ActionCompleted(now=4, execution_id=eid, stage="Source", action="Src", attempt=2,
-                           result=result_for(w.decl, "Source", "Src", True, 2)))
+    w.step(
+        ActionCompleted(
+            now=4,
+            execution_id=eid,
+            stage="Source",
+            action="Src",
+            attempt=2,
+            result=result_for(w.decl, "Source", "Src", True, 2),
+        )
+    )
     assert w.ex(eid).artifacts["Src"].key == "Src/2"
 
 
@@ -354,15 +488,39 @@ def test_superseded_waiting_execution_is_replaced_by_a_newer_one() -> None:
     w = World("SUPERSEDED", approval=False)
     first = w.start(1.0)
     # first finishes Source and Build's group 1 stays running: Build is locked.
-    w.step(ActionCompleted(now=2, execution_id=first, stage="Source", action="Src", attempt=1,
-                           result=result_for(w.decl, "Source", "Src", True, 1)))
+    w.step(
+        ActionCompleted(
+            now=2,
+            execution_id=first,
+            stage="Source",
+            action="Src",
+            attempt=1,
+            result=result_for(w.decl, "Source", "Src", True, 1),
+        )
+    )
     second = w.start(3.0)
-    w.step(ActionCompleted(now=4, execution_id=second, stage="Source", action="Src", attempt=1,
-                           result=result_for(w.decl, "Source", "Src", True, 1)))
+    w.step(
+        ActionCompleted(
+            now=4,
+            execution_id=second,
+            stage="Source",
+            action="Src",
+            attempt=1,
+            result=result_for(w.decl, "Source", "Src", True, 1),
+        )
+    )
     assert w.ex(second).waiting_for == "Build"
     third = w.start(5.0)
-    w.step(ActionCompleted(now=6, execution_id=third, stage="Source", action="Src", attempt=1,
-                           result=result_for(w.decl, "Source", "Src", True, 1)))
+    w.step(
+        ActionCompleted(
+            now=6,
+            execution_id=third,
+            stage="Source",
+            action="Src",
+            attempt=1,
+            result=result_for(w.decl, "Source", "Src", True, 1),
+        )
+    )
     assert w.ex(second).status is ExecutionStatus.SUPERSEDED
     assert w.ex(third).waiting_for == "Build"
     drive(w, first, 10)
@@ -455,8 +613,9 @@ def test_on_failure_rollback_redeploys_the_last_successful_artifacts() -> None:
 
 
 def test_on_failure_retry_runs_the_stage_once_more() -> None:
-    w = _with_stage_fields(onFailure={"result": "RETRY",
-                                      "retryConfiguration": {"retryMode": "FAILED_ACTIONS"}})
+    w = _with_stage_fields(
+        onFailure={"result": "RETRY", "retryConfiguration": {"retryMode": "FAILED_ACTIONS"}}
+    )
     eid = w.start(1.0)
     drive(w, eid, 1.0, fail={"D"})  # fails, retried automatically, fails again
     ex = w.ex(eid)
@@ -465,20 +624,38 @@ def test_on_failure_retry_runs_the_stage_once_more() -> None:
 
 
 def _rule(name: str, provider: str, config: dict[str, str]) -> dict[str, Any]:
-    return {"name": name, "ruleTypeId": {"category": "Rule", "owner": "AWS",
-                                         "provider": provider, "version": "1"},
-            "configuration": config}
+    return {
+        "name": name,
+        "ruleTypeId": {"category": "Rule", "owner": "AWS", "provider": provider, "version": "1"},
+        "configuration": config,
+    }
 
 
-@pytest.mark.parametrize(("value", "result", "status"), [
-    ("prod", "FAIL", StageStatus.SUCCEEDED),
-    ("staging", "FAIL", StageStatus.FAILED),
-    ("staging", "SKIP", StageStatus.SKIPPED),
-])
+@pytest.mark.parametrize(
+    ("value", "result", "status"),
+    [
+        ("prod", "FAIL", StageStatus.SUCCEEDED),
+        ("staging", "FAIL", StageStatus.FAILED),
+        ("staging", "SKIP", StageStatus.SKIPPED),
+    ],
+)
 def test_before_entry_variable_check(value: str, result: str, status: StageStatus) -> None:
-    w = _with_stage_fields(beforeEntry={"conditions": [{"result": result, "rules": [
-        _rule("EnvIsProd", "VariableCheck",
-              {"Variable": "#{variables.Env}", "Value": value, "Operator": "EQ"})]}]})
+    w = _with_stage_fields(
+        beforeEntry={
+            "conditions": [
+                {
+                    "result": result,
+                    "rules": [
+                        _rule(
+                            "EnvIsProd",
+                            "VariableCheck",
+                            {"Variable": "#{variables.Env}", "Value": value, "Operator": "EQ"},
+                        )
+                    ],
+                }
+            ]
+        }
+    )
     eid = w.start(1.0)
     drive(w, eid, 1.0)
     ex = w.ex(eid)
@@ -491,8 +668,20 @@ def test_before_entry_variable_check(value: str, result: str, status: StageStatu
 
 def test_closed_deployment_window_keeps_the_stage_from_entering() -> None:
     # Only at 03:00 UTC on the 1st of January: closed at epoch 1e6 (Jan 12 1970).
-    w = _with_stage_fields(beforeEntry={"conditions": [{"result": "FAIL", "rules": [
-        _rule("Window", "DeploymentWindow", {"Cron": "* 0 3 1 1 ?", "TimeZone": "UTC"})]}]})
+    w = _with_stage_fields(
+        beforeEntry={
+            "conditions": [
+                {
+                    "result": "FAIL",
+                    "rules": [
+                        _rule(
+                            "Window", "DeploymentWindow", {"Cron": "* 0 3 1 1 ?", "TimeZone": "UTC"}
+                        )
+                    ],
+                }
+            ]
+        }
+    )
     eid = w.start(1_000_000.0)
     drive(w, eid, 1_000_000.0)
     ex = w.ex(eid)
