@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -344,12 +344,12 @@ class _Ctx:
 
 def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
     """Apply one event. A duplicate or stale event returns the run unchanged, no effects."""
-    r = run.model_copy(deep=True)
+    r = _clone(run)
     r.finished = {}
     c = _Ctx(r, event.now)
     match event:
         case Started():
-            _start(c, event.execution.model_copy(deep=True))
+            _start(c, _clone(event.execution))
         case ActionCompleted():
             ex, act = _find(r, event.execution_id, event.stage, event.action)
             if (
@@ -1006,7 +1006,7 @@ def _stopped(c: _Ctx, ex: ExecutionState, st: StageState) -> None:
 
 def _retry(c: _Ctx, event: RetryRequested) -> None:
     r = c.run
-    ex = event.execution.model_copy(deep=True)
+    ex = _clone(event.execution)
     st = ex.stage(event.stage)
     if r.mode in ("QUEUED", "PARALLEL") and len(r.executions) >= MAX_ACTIVE_EXECUTIONS:
         return
@@ -1040,6 +1040,13 @@ def _finish_execution(
 
 
 # ---------------------------------------------------------------------------- helpers
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _clone(model: _M) -> _M:
+    """A deep copy; pydantic-core's dump/validate is several times faster than deepcopy."""
+    return type(model).model_validate(model.model_dump())
 
 
 def _find(

@@ -76,7 +76,11 @@ class S3Source(Provider):
         download = job.workdir / f"s3-source-{name}"
         extra = {"VersionId": version} if version else {}
         try:
-            client.download_file(bucket, key, str(download), ExtraArgs=extra)
+            # One streamed GET: bounded memory, and no ranged re-reads of a large object.
+            body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+            with download.open("wb") as fh:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    fh.write(chunk)
         except (ClientError, BotoCoreError) as exc:
             raise to_failure(exc, f"downloading {where}", job.s3.endpoint_url) from exc
 

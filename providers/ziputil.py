@@ -77,9 +77,59 @@ def zip_dir(directory: Path, dest: Path) -> int:
                         continue
                 elif not path.is_file():
                     continue  # sockets, fifos: nothing to archive
-                zf.write(path, path.relative_to(root).as_posix())
+                zf.write(path, path.relative_to(root).as_posix(), compress_type=_method_for(path))
                 count += 1
     return count
+
+
+# Deflating data that does not shrink (archives, images, encrypted or random bytes) costs
+# ~30x the time of storing it, for nothing: such files are stored as they are.
+_COMPRESSED_SUFFIXES = frozenset(
+    [
+        ".zip",
+        ".jar",
+        ".war",
+        ".ear",
+        ".whl",
+        ".gz",
+        ".tgz",
+        ".bz2",
+        ".xz",
+        ".zst",
+        ".7z",
+        ".rar",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".webp",
+        ".mp3",
+        ".mp4",
+        ".mov",
+        ".avi",
+        ".woff",
+        ".woff2",
+        ".br",
+        ".lz4",
+    ]
+)
+_SAMPLE_BYTES = 256 * 1024
+_SMALL_FILE = 64 * 1024
+
+
+def _method_for(path: Path) -> int:
+    """ZIP_STORED for files that would not shrink, judged by suffix or a sample, else DEFLATE."""
+    if path.suffix.lower() in _COMPRESSED_SUFFIXES:
+        return zipfile.ZIP_STORED
+    try:
+        if path.stat().st_size <= _SMALL_FILE:
+            return zipfile.ZIP_DEFLATED
+        with path.open("rb") as fh:
+            sample = fh.read(_SAMPLE_BYTES)
+    except OSError:
+        return zipfile.ZIP_DEFLATED
+    shrunk = len(zlib.compress(sample, 1))
+    return zipfile.ZIP_STORED if shrunk > 0.9 * len(sample) else zipfile.ZIP_DEFLATED
 
 
 def _is_symlink(info: zipfile.ZipInfo) -> bool:

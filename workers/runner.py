@@ -186,8 +186,9 @@ def _execute(
                     error_message=f"{type(exc).__name__}: {exc}",
                 )
         log_loc = None
-        attachments = dict(res.attachments)
-        attachments.setdefault("action-log", log_path)
+        # One log per action: the provider's own (a build log) when it has one, which the
+        # worker's lines also go to (job.log); otherwise the worker's action log.
+        attachments = dict(res.attachments) or {"action-log": log_path}
         prefix = f"{state.pipeline_name[:20]}/logs/{act.action_execution_id}-{attempt}"
         for name, path in attachments.items():
             try:
