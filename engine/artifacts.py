@@ -29,9 +29,10 @@ from engine.settings import Settings
 from providers.ziputil import UnsafeArchiveError, extract_zip, sha256_file, zip_dir
 
 # The SDK reads each multipart part into memory: peak extra memory of an upload is about
-# (PARALLEL_UPLOADS + 2) x PART_SIZE (~64 MiB, measured), whatever the artifact's size.
-# 16 MiB parts keep request counts low and allow objects up to 160 GB (10,000 parts).
-PART_SIZE = 16 * 1024 * 1024
+# (PARALLEL_UPLOADS + 2) x PART_SIZE (~32 MiB, measured), whatever the artifact's size.
+# 8 MiB parts upload as fast as 16 MiB ones (measured) and allow objects up to 80 GB
+# (10,000 parts), far above max_artifact_bytes.
+PART_SIZE = 8 * 1024 * 1024
 PARALLEL_UPLOADS = 2
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -160,12 +161,11 @@ class BashSession:
         )
         self._groups.append(proc.pid)
         while True:
-            try:
-                code = proc.wait(timeout=POLL_SECONDS)
+            if _wait_exit(proc, POLL_SECONDS):
+                code = proc.wait()
                 self.log.pump()
                 return Outcome(exit_code=code)
-            except subprocess.TimeoutExpired:
-                self.log.pump()
+            self.log.pump()
             stopped = self._stop_reason()
             if stopped:
                 self._kill(proc)
@@ -216,6 +216,29 @@ class BashSession:
         for pgid in self._groups:
             _signal_group(pgid, signal.SIGKILL)
         self._groups.clear()
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether ``proc`` exited within ``timeout``, waking the moment it does.
+
+    ``Popen.wait(timeout)`` polls with sleeps that grow to 50 ms, which added ~8 ms to every
+    build command; a pidfd (Linux 5.3+) wakes select() at the exit itself.
+    """
+    if hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:  # already reaped, or pidfds unsupported here
+            return proc.poll() is not None
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            return bool(ready)
+        finally:
+            os.close(fd)
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -12,7 +12,14 @@ from typing import Any, Literal, Self
 
 from pydantic import field_validator, model_validator
 
-from providers._s3 import BotoCoreError, ClientError, is_missing, s3_client, to_failure
+from providers._s3 import (
+    TRANSFER_CONFIG,
+    BotoCoreError,
+    ClientError,
+    is_missing,
+    s3_client,
+    to_failure,
+)
 from providers.base import (
     ActionFailed,
     ActionTypeId,
@@ -142,7 +149,7 @@ class S3Deploy(Provider):
     ) -> None:
         # upload_file streams from disk and switches to multipart for big files.
         try:
-            client.upload_file(str(path), bucket, key, ExtraArgs=args)
+            client.upload_file(str(path), bucket, key, ExtraArgs=args, Config=TRANSFER_CONFIG)
         except (ClientError, BotoCoreError) as exc:
             raise to_failure(exc, f"uploading s3://{bucket}/{key}", job.s3.endpoint_url) from exc
         job.log.write(f"upload: {path.name} -> s3://{bucket}/{key}\n")
