@@ -72,7 +72,7 @@ TIMED: list[Timed] = [
     ("engine.artifacts", "sha256_file", "SHA-256 (2 verifies + 2 uploads, plus logs)", 2),
     ("engine.artifacts", "extract_zip", "extract", 2),
     ("providers.s3_source", "S3Source.run", "S3 source provider", 1),
-    ("boto3.s3.transfer", "S3Transfer.download_file", "S3 GET (boto3 `download_file`)", 2),
+    ("providers.s3_source", "_stream_get", "S3 GET (boto3 `get_object`, streamed)", 2),
     ("providers.s3_source", "extract_zip", "extract the source zip", 2),
     ("providers.codebuild", "_CodeBuildBase.run", "CodeBuild provider", 1),
     ("shutil", "copytree", "copy input into the build dir (`copytree`)", 2),

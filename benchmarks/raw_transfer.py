@@ -56,6 +56,14 @@ class _PeakRss(threading.Thread):
             time.sleep(0.02)
 
 
+def _stream_get(client: Any, bucket: str, key: str, dest: str) -> None:
+    """One GET streamed to a file: what the S3 source action does."""
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    with open(dest, "wb") as fh:
+        for chunk in body.iter_chunks(1024 * 1024):
+            fh.write(chunk)
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     endpoint = os.environ["CONVEYOR_S3_ENDPOINT_URL"]
     key_id = os.environ["CONVEYOR_S3_ACCESS_KEY_ID"]
@@ -158,11 +166,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _stream_get(client: Any, bucket: str, key: str, dest: str) -> None:
-    """One GET streamed to a file: what the S3 source action does."""
-    body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    with open(dest, "wb") as fh:
-        for chunk in body.iter_chunks(1024 * 1024):
-            fh.write(chunk)

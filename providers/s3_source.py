@@ -9,7 +9,7 @@ upload cannot give the execution a revision id that does not match its files.
 from __future__ import annotations
 
 import zipfile
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import field_validator
@@ -76,11 +76,7 @@ class S3Source(Provider):
         download = job.workdir / f"s3-source-{name}"
         extra = {"VersionId": version} if version else {}
         try:
-            # One streamed GET: bounded memory, and no ranged re-reads of a large object.
-            body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
-            with download.open("wb") as fh:
-                for chunk in body.iter_chunks(1024 * 1024):
-                    fh.write(chunk)
+            _stream_get(client, bucket, key, download, extra)
         except (ClientError, BotoCoreError) as exc:
             raise to_failure(exc, f"downloading {where}", job.s3.endpoint_url) from exc
 
@@ -134,3 +130,11 @@ class S3Source(Provider):
         except BotoCoreError:
             pass
         raise ActionFailed(f"source object {where} does not exist")
+
+
+def _stream_get(client: Any, bucket: str, key: str, dest: Path, extra: dict[str, str]) -> None:
+    """One GET streamed to ``dest``: bounded memory, no ranged re-reads of a large object."""
+    body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+    with dest.open("wb") as fh:
+        for chunk in body.iter_chunks(1024 * 1024):
+            fh.write(chunk)

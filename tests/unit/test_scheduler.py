@@ -352,7 +352,8 @@ def test_random_interleavings_keep_invariants(mode: str, data: st.DataObject) ->
         for stage in w.order:
             # A retried execution re-enters behind newer ones: FIFO is about first passage.
             seen = [
-                e for e in w.entered[stage]
+                e
+                for e in w.entered[stage]
                 if w.all[e].execution_type == "STANDARD"
                 and not any(s.retries for s in w.all[e].stages)
             ]
