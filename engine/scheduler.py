@@ -90,6 +90,10 @@ class PipelineRun(_Record):
     # Executions this transition finished: persisted by the store, then dropped from here.
     finished: dict[str, ExecutionState] = Field(default_factory=dict)
     seq: int = 0
+    # The clock of the last transition. An event is stamped before its compare-and-set, so
+    # one that lost a race to another engine worker may carry an older time: it is applied
+    # at this time instead, and timestamps never run backwards against the commit order.
+    clock: float = 0.0
 
     def lane(self, stage: str) -> Lane:
         return self.lanes.setdefault(stage, Lane())
@@ -344,6 +348,8 @@ class _Ctx:
 
 def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
     """Apply one event. A duplicate or stale event returns the run unchanged, no effects."""
+    if event.now < run.clock:
+        event = event.model_copy(update={"now": run.clock})
     r = _clone(run)
     r.finished = {}
     c = _Ctx(r, event.now)
@@ -466,6 +472,7 @@ def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
             r.finished[eid] = r.executions.pop(eid)
     if r == run and not c.fx:
         return run, []
+    r.clock = max(run.clock, event.now)
     for ex in [*r.executions.values(), *r.finished.values()]:
         old = run.executions.get(ex.execution_id)
         if old is None or old != ex:
