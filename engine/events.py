@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.execution import ExecutionState
-from engine.scheduler import Emit
+from engine.messages import Emit
 
 DETAIL_TYPES = {
     "pipeline": "CodePipeline Pipeline Execution State Change",

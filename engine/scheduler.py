@@ -6,28 +6,24 @@ against it. Every rule about how executions move lives here — stage order, act
 execution modes and stage locks, transitions, stops, retries, rollbacks, stage conditions —
 and the store only makes each transition atomic.
 
-The state is a :class:`PipelineRun`: one pipeline's stage locks ("lanes"), inbound
-transitions, rollback targets and every execution still active. Keeping them in one record
-is what makes superseding and queueing atomic: an execution leaving a stage and the one
-waiting for it move in the same transition.
+The state is a :class:`engine.run.PipelineRun`; events and effects are in
+:mod:`engine.messages`.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
-from typing import Annotated, Literal, TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from engine import rules as rule_engine
-from engine.definition import ActionDeclaration, PipelineDeclaration, StageDeclaration
+from engine.definition import ActionDeclaration, StageDeclaration
 from engine.execution import (
     ActionResult,
     ActionState,
     ActionStatus,
-    ArtifactLocation,
     ExecutionState,
     ExecutionStatus,
     RuleRun,
@@ -35,6 +31,29 @@ from engine.execution import (
     StageStatus,
 )
 from engine.keys import COMMANDS_RULE_QUEUE, provider_queue
+from engine.messages import (
+    ActionCompleted,
+    ApprovalAnswered,
+    ConditionOverridden,
+    Dispatch,
+    Effect,
+    Emit,
+    Event,
+    LeaseExpired,
+    RetryRequested,
+    Revoke,
+    RollbackRequested,
+    RuleCompleted,
+    Started,
+    StopRequested,
+    TimerFired,
+    TransitionChanged,
+    approval_token,
+    new_execution,
+    rollback_execution_id,
+    rule_execution_id,
+)
+from engine.run import PipelineRun, StageSnapshot, TransitionState
 from providers.base import Category
 
 DEFAULT_APPROVAL_TIMEOUT_MINUTES = 7 * 24 * 60
@@ -46,280 +65,6 @@ MAX_ACTIVE_EXECUTIONS = 50
 MAX_RESOLVED_CONFIGURATION_BYTES = 100 * 1024
 # clientRequestTokens remembered per pipeline for idempotent starts.
 MAX_REMEMBERED_TOKENS = 1000
-_ID_NS = uuid.UUID("6f1d2a8e-3c1b-4c5e-9a57-2f0b8d7e4c10")
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Lane(_Record):
-    """A stage's lock: who is in it, and who waits at its inbound transition, in order."""
-
-    occupant: str | None = None
-    waiting: list[str] = Field(default_factory=list)
-
-
-class TransitionState(_Record):
-    enabled: bool = True
-    reason: str | None = None
-    changed_by: str | None = None
-    changed_at: float | None = None
-
-
-class StageSnapshot(_Record):
-    """What a stage last ran with successfully: the target of a rollback."""
-
-    execution_id: str
-    pipeline_version: int
-    artifacts: dict[str, ArtifactLocation]
-    variables: dict[str, str]
-    namespaces: dict[str, dict[str, str]]
-    at: float
-
-
-class PipelineRun(_Record):
-    name: str
-    mode: str = "SUPERSEDED"
-    lanes: dict[str, Lane] = Field(default_factory=dict)
-    transitions: dict[str, TransitionState] = Field(default_factory=dict)
-    executions: dict[str, ExecutionState] = Field(default_factory=dict)  # active only
-    latest: dict[str, str] = Field(default_factory=dict)  # stage -> last execution to enter
-    snapshots: dict[str, StageSnapshot] = Field(default_factory=dict)
-    tokens: dict[str, str] = Field(default_factory=dict)  # clientRequestToken -> execution
-    # Executions this transition finished: persisted by the store, then dropped from here.
-    finished: dict[str, ExecutionState] = Field(default_factory=dict)
-    seq: int = 0
-    # The clock of the last transition. An event is stamped before its compare-and-set, so
-    # one that lost a race to another engine worker may carry an older time: it is applied
-    # at this time instead, and timestamps never run backwards against the commit order.
-    clock: float = 0.0
-
-    def lane(self, stage: str) -> Lane:
-        return self.lanes.setdefault(stage, Lane())
-
-    def transition(self, stage: str) -> TransitionState:
-        return self.transitions.get(stage) or TransitionState()
-
-
-# ---------------------------------------------------------------------------- events
-
-
-class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    now: float
-
-
-class Started(_Event):
-    kind: Literal["started"] = "started"
-    execution: ExecutionState
-
-
-class ActionCompleted(_Event):
-    kind: Literal["action_completed"] = "action_completed"
-    execution_id: str
-    stage: str
-    action: str
-    attempt: int
-    result: ActionResult
-
-
-class ApprovalAnswered(_Event):
-    kind: Literal["approval_answered"] = "approval_answered"
-    execution_id: str
-    stage: str
-    action: str
-    token: str
-    approved: bool
-    summary: str = ""
-    answered_by: str | None = None
-
-
-class StopRequested(_Event):
-    kind: Literal["stop_requested"] = "stop_requested"
-    execution_id: str
-    abandon: bool = False
-    reason: str | None = None
-
-
-class TimerFired(_Event):
-    kind: Literal["timer_fired"] = "timer_fired"
-
-
-class LeaseExpired(_Event):
-    """The worker running an attempt stopped renewing its lease (it died)."""
-
-    kind: Literal["lease_expired"] = "lease_expired"
-    execution_id: str
-    stage: str
-    action: str
-    attempt: int
-
-
-class RetryRequested(_Event):
-    """RetryStageExecution: ``execution`` is the failed execution as last persisted."""
-
-    kind: Literal["retry_requested"] = "retry_requested"
-    execution: ExecutionState
-    stage: str
-    mode: Literal["FAILED_ACTIONS", "ALL_ACTIONS"]
-
-
-class TransitionChanged(_Event):
-    kind: Literal["transition_changed"] = "transition_changed"
-    stage: str
-    enabled: bool
-    reason: str | None = None
-    changed_by: str | None = None
-
-
-class RollbackRequested(_Event):
-    """RollbackStage: redeploy ``target``'s artifacts and variables for ``stage``."""
-
-    kind: Literal["rollback_requested"] = "rollback_requested"
-    target: ExecutionState
-    stage: str
-    trigger_type: str = "ManualRollback"
-    trigger_detail: str | None = None
-
-
-class RuleCompleted(_Event):
-    """A rule that runs on a worker (Commands) finished."""
-
-    kind: Literal["rule_completed"] = "rule_completed"
-    execution_id: str
-    stage: str
-    rule_execution_id: str
-    succeeded: bool
-    summary: str = ""
-
-
-class ConditionOverridden(_Event):
-    kind: Literal["condition_overridden"] = "condition_overridden"
-    execution_id: str
-    stage: str
-    condition_type: str  # BEFORE_ENTRY | ON_SUCCESS
-
-
-Event = Annotated[
-    Started
-    | ActionCompleted
-    | ApprovalAnswered
-    | StopRequested
-    | TimerFired
-    | LeaseExpired
-    | RetryRequested
-    | TransitionChanged
-    | RollbackRequested
-    | RuleCompleted
-    | ConditionOverridden,
-    Field(discriminator="kind"),
-]
-
-
-# ---------------------------------------------------------------------------- effects
-
-
-class Dispatch(BaseModel):
-    """Enqueue one attempt of one action (or one rule run) on its queue."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: Literal["dispatch"] = "dispatch"
-    execution_id: str
-    stage: str
-    action: str  # for a rule: the rule execution id
-    attempt: int
-    queue: str
-
-
-class Emit(BaseModel):
-    """A state change to publish as an EventBridge-shaped event."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: Literal["emit"] = "emit"
-    execution_id: str
-    level: Literal["pipeline", "stage", "action"]
-    state: str  # CAPITALS, as CodePipeline's events say
-    stage: str | None = None
-    action: str | None = None
-    detail: dict[str, str] = Field(default_factory=dict)
-
-
-class Revoke(BaseModel):
-    """Revoke an abandoned attempt's Celery task and terminate what it runs."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: Literal["revoke"] = "revoke"
-    execution_id: str
-    stage: str
-    action: str
-    attempt: int
-
-
-Effect = Annotated[Dispatch | Emit | Revoke, Field(discriminator="kind")]
-
-
-def task_id(execution_id: str, stage: str, action: str, attempt: int) -> str:
-    """The Celery task id of one attempt: deterministic, so it can be revoked."""
-    return str(uuid.uuid5(_ID_NS, f"task/{execution_id}/{stage}/{action}/{attempt}"))
-
-
-def rollback_execution_id(trigger_detail: str, stage: str, now: float) -> str:
-    """The id of the ROLLBACK execution a rollback of ``stage`` at ``now`` creates."""
-    return str(uuid.uuid5(_ID_NS, f"rollback/{trigger_detail}/{stage}/{now!r}"))
-
-
-def action_execution_id(execution_id: str, stage: str, action: str) -> str:
-    return str(uuid.uuid5(_ID_NS, f"{execution_id}/{stage}/{action}"))
-
-
-def new_execution(
-    *,
-    execution_id: str,
-    definition: PipelineDeclaration,
-    version: int,
-    artifact_bucket: str,
-    now: float,
-    variables: dict[str, str],
-    trigger_type: str = "StartPipelineExecution",
-    trigger_detail: str | None = None,
-    source_revisions: list[dict[str, str]] | None = None,
-    client_request_token: str | None = None,
-) -> ExecutionState:
-    stages = [
-        StageState(
-            name=s.name,
-            actions=[
-                ActionState(
-                    stage=s.name,
-                    name=a.name,
-                    action_execution_id=action_execution_id(execution_id, s.name, a.name),
-                )
-                for a in s.actions
-            ],
-        )
-        for s in definition.stages
-    ]
-    resolved = {
-        v.name: v.default_value for v in definition.variables if v.default_value is not None
-    }
-    resolved.update(variables)
-    return ExecutionState(
-        execution_id=execution_id,
-        pipeline_name=definition.name,
-        pipeline_version=version,
-        definition=definition,
-        artifact_bucket=artifact_bucket,
-        start_time=now,
-        last_update_time=now,
-        trigger_type=trigger_type,
-        trigger_detail=trigger_detail,
-        variables=resolved,
-        stages=stages,
-        source_revisions=list(source_revisions or []),
-        client_request_token=client_request_token,
-        execution_mode=definition.execution_mode,
-    )
 
 
 # ---------------------------------------------------------------------------- decide
@@ -684,9 +429,7 @@ def _start_group(c: _Ctx, ex: ExecutionState, st: StageState) -> None:
             # Approvals hold no worker: the execution rests here until an answer or the timer.
             minutes = ad.timeout_in_minutes or DEFAULT_APPROVAL_TIMEOUT_MINUTES
             act.deadline = c.now + minutes * 60
-            act.token = str(
-                uuid.uuid5(_ID_NS, f"{act.action_execution_id}/{act.attempt}/{c.now!r}")
-            )
+            act.token = approval_token(act.action_execution_id, act.attempt, c.now)
         else:
             if ad.timeout_in_minutes:
                 act.deadline = c.now + ad.timeout_in_minutes * 60
@@ -874,11 +617,8 @@ def _evaluate(c: _Ctx, ex: ExecutionState, st: StageState, kind: str) -> None:
     lookup = _lookup(ex)
     for ci, cond in enumerate(source.conditions):
         for rule in cond.rules:
-            rid = str(
-                uuid.uuid5(
-                    _ID_NS,
-                    f"{ex.execution_id}/{st.name}/{kind}/{ci}/{rule.name}/{st.retries}/{c.now!r}",
-                )
+            rid = rule_execution_id(
+                ex.execution_id, st.name, kind, ci, rule.name, st.retries, c.now
             )
             rr = RuleRun(
                 rule_execution_id=rid,

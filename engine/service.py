@@ -35,20 +35,19 @@ from engine.execution import (
     RuleRun,
     StageStatus,
 )
-from engine.scheduler import (
-    MAX_ACTIVE_EXECUTIONS,
+from engine.messages import (
     ApprovalAnswered,
     ConditionOverridden,
-    PipelineRun,
     RetryRequested,
     RollbackRequested,
     Started,
     StopRequested,
     TransitionChanged,
-    TransitionState,
     new_execution,
     rollback_execution_id,
 )
+from engine.run import PipelineRun, TransitionState
+from engine.scheduler import MAX_ACTIVE_EXECUTIONS
 from engine.store import Store
 from providers.base import Category
 from providers.registry import Registry

@@ -20,7 +20,9 @@ from pydantic import TypeAdapter
 from engine import events, keys
 from engine.errors import ConflictError, ExecutionNotFoundError, ServiceUnavailableError
 from engine.execution import ActionResult, ExecutionState
-from engine.scheduler import Dispatch, Effect, Event, PipelineRun, Revoke, decide
+from engine.messages import Dispatch, Effect, Event, Revoke
+from engine.run import PipelineRun
+from engine.scheduler import decide
 
 _EFFECT = TypeAdapter(Effect)
 MAX_CAS_RETRIES = 50

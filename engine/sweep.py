@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from engine.errors import ExecutionNotFoundError
-from engine.scheduler import ActionCompleted, LeaseExpired, TimerFired
+from engine.messages import ActionCompleted, LeaseExpired, TimerFired
 from engine.store import Store
 
 log = logging.getLogger("conveyor.sweep")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from engine.artifacts import ArtifactRef
-from engine.scheduler import RuleCompleted
+from engine.messages import RuleCompleted
 from providers.commands_rule import run_commands_rule
 from workers.runtime import Runtime
 

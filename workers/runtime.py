@@ -10,7 +10,7 @@ from celery import Celery
 
 from engine import keys
 from engine.artifacts import ArtifactStore
-from engine.scheduler import Dispatch, Revoke, task_id
+from engine.messages import Dispatch, Revoke, task_id
 from engine.service import Service
 from engine.settings import Settings
 from engine.store import Store

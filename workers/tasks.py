@@ -12,7 +12,7 @@ from celery import Celery
 
 from engine import keys
 from engine.errors import ExecutionNotFoundError
-from engine.scheduler import ActionCompleted
+from engine.messages import ActionCompleted
 from engine.settings import Settings
 from workers.app import provider_queues
 from workers.rule_runner import run_rule

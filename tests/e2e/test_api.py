@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from engine.execution import ActionResult, ArtifactLocation
-from engine.scheduler import ActionCompleted
+from engine.messages import ActionCompleted
 from tests.e2e.api_support import BUCKET, definition
 from tests.e2e.conftest import ApiServer
 

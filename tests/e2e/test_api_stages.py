@@ -18,7 +18,8 @@ from botocore.exceptions import ClientError
 
 from engine.client import ConveyorClient
 from engine.execution import ActionResult, ArtifactLocation
-from engine.scheduler import MAX_ACTIVE_EXECUTIONS, ActionCompleted, RuleCompleted
+from engine.messages import ActionCompleted, RuleCompleted
+from engine.scheduler import MAX_ACTIVE_EXECUTIONS
 from tests.e2e.api_support import BUCKET, definition, shape_problems
 from tests.e2e.conftest import ApiServer
 

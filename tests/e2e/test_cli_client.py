@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from engine.execution import ActionResult, ArtifactLocation
-from engine.scheduler import ActionCompleted
+from engine.messages import ActionCompleted
 from tests.e2e.api_support import BUCKET, definition
 from tests.e2e.conftest import ApiServer
 from workers.cli_client import register

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from engine.client import ConveyorClient, describe_error, error_code
 from engine.execution import ActionResult
-from engine.scheduler import ActionCompleted
+from engine.messages import ActionCompleted
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from engine.artifacts import ArtifactRef
 from engine.definition import PipelineDeclaration
-from engine.scheduler import new_execution
+from engine.messages import new_execution
 from providers.base import ActionTypeId, Category, Job, Provider, ProviderConfig, Result
 from workers import runner
 from workers.runner import MAX_OUTPUT_VARIABLES_BYTES

@@ -19,7 +19,7 @@ from engine.execution import (
     ExecutionStatus,
     StageStatus,
 )
-from engine.scheduler import (
+from engine.messages import (
     ActionCompleted,
     ApprovalAnswered,
     Dispatch,
@@ -27,15 +27,15 @@ from engine.scheduler import (
     Emit,
     Event,
     LeaseExpired,
-    PipelineRun,
     RetryRequested,
     Started,
     StopRequested,
     TimerFired,
     TransitionChanged,
-    decide,
     new_execution,
 )
+from engine.run import PipelineRun
+from engine.scheduler import decide
 
 
 def _action(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from engine.definition import PipelineDeclaration
 from engine.execution import ActionResult
-from engine.scheduler import ActionCompleted, PipelineRun, Started, decide, new_execution
+from engine.messages import ActionCompleted, Started, new_execution
+from engine.run import PipelineRun
+from engine.scheduler import decide
 
 
 def _decl() -> PipelineDeclaration:
