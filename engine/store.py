@@ -10,6 +10,7 @@ part of the same MULTI as the state it describes.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from engine.run import PipelineRun
 from engine.scheduler import decide
 
 _EFFECT = TypeAdapter(Effect)
+log = logging.getLogger("conveyor.store")
 MAX_CAS_RETRIES = 50
 EVENT_STREAM_MAXLEN = 100_000
 
@@ -102,6 +104,7 @@ class Store:
         with self.r.pipeline() as p:
             p.delete(keys.pipeline(name))
             p.delete(keys.run(name))
+            p.delete(keys.source_revisions(name))
             p.srem(keys.ACTIVE_RUNS, name)
             p.srem(keys.PIPELINES, name)
             p.execute()
@@ -210,7 +213,14 @@ class Store:
             return  # the sweep of a process that has one will carry them out
         for eid, eff in zip(ids, effects, strict=True):
             if eid is not None and isinstance(eff, Dispatch | Revoke):
-                self.dispatcher(eff)
+                try:
+                    self.dispatcher(eff)
+                except Exception:
+                    # The transition is committed and the effect waits in the outbox: the
+                    # sweep carries it out once the broker answers. The caller's change
+                    # happened, so it must not see an error.
+                    log.warning("could not carry out %s now; the sweep will", eid, exc_info=True)
+                    continue
                 self._done(eid)
 
     def _done(self, eid: str) -> None:

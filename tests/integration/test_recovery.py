@@ -64,3 +64,40 @@ def test_dispatch_lost_after_commit_is_redone_by_the_sweep(
     final = wait_for(status, 60, interval=0.3, message="the sweep never re-dispatched")
     assert final == "Succeeded"
     assert redis_client.hlen(keys.OUTBOX) == 0
+
+
+def test_a_broker_outage_at_dispatch_does_not_fail_the_committed_start(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    def broker_down(effect: object) -> None:
+        raise ConnectionError("broker unreachable")
+
+    service = Service(
+        Store.from_url(settings.redis_url, dispatcher=broker_down),
+        default_registry(),
+        default_bucket="unused",
+    )
+    name = unique("outage")
+    service.create_pipeline(
+        {
+            "name": name,
+            "stages": [
+                s3_source_stage("some-bucket"),
+                {
+                    "name": "Build",
+                    "actions": [
+                        action(
+                            "Build",
+                            "Build",
+                            "CodeBuild",
+                            config={"ProjectName": "p"},
+                            ins=("SourceOutput",),
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+    execution = service.start_execution(name)  # committed; the dispatch waits in the outbox
+    assert service.get_execution(name, execution.execution_id).status.value == "InProgress"
+    assert redis_client.hlen(keys.OUTBOX) == 1
