@@ -91,6 +91,7 @@ class RollbackRequested(_Event):
     kind: Literal["rollback_requested"] = "rollback_requested"
     target: ExecutionState
     stage: str
+    rollback_id: str  # chosen by the caller, so a repeated request is recognised
     trigger_type: str = "ManualRollback"
     trigger_detail: str | None = None
 
@@ -176,9 +177,10 @@ def task_id(execution_id: str, stage: str, action: str, attempt: int) -> str:
     return str(uuid.uuid5(_ID_NS, f"task/{execution_id}/{stage}/{action}/{attempt}"))
 
 
-def rollback_execution_id(trigger_detail: str, stage: str, now: float) -> str:
-    """The id of the ROLLBACK execution a rollback of ``stage`` at ``now`` creates."""
-    return str(uuid.uuid5(_ID_NS, f"rollback/{trigger_detail}/{stage}/{now!r}"))
+def rollback_execution_id(failed_execution_id: str, stage: str, retries: int) -> str:
+    """The id of the ROLLBACK execution an automatic rollback of a failed stage creates:
+    one per failure of that stage in that execution, whatever the clock says."""
+    return str(uuid.uuid5(_ID_NS, f"rollback/{failed_execution_id}/{stage}/{retries}"))
 
 
 def approval_token(action_execution_id: str, attempt: int, now: float) -> str:

@@ -179,6 +179,7 @@ def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
             if snap is not None:
                 _start_rollback(
                     c,
+                    event.rollback_id,
                     snap,
                     event.stage,
                     event.trigger_type,
@@ -250,16 +251,18 @@ def _start(c: _Ctx, ex: ExecutionState) -> None:
 
 def _start_rollback(
     c: _Ctx,
+    rid: str,
     snap: StageSnapshot,
     stage: str,
     trigger_type: str,
     trigger_detail: str,
     like: ExecutionState,
-) -> ExecutionState:
+) -> None:
     """A ROLLBACK execution: the target's artifacts and variables, that stage alone.
 
     ``like`` supplies the definition, version and bucket (same version as the target)."""
-    rid = rollback_execution_id(trigger_detail, stage, c.now)
+    if rid in c.run.executions or rid in c.run.finished:
+        return  # a repeated request: that rollback already exists
     ex = new_execution(
         execution_id=rid,
         definition=like.definition,
@@ -280,7 +283,6 @@ def _start_rollback(
     c.run.executions[rid] = ex
     c.emit(ex, "pipeline", "STARTED")
     _request_stage(c, ex, _index(ex, stage))
-    return ex
 
 
 def _snapshot_of(target: ExecutionState, stage: str, now: float) -> StageSnapshot | None:
@@ -542,7 +544,11 @@ def _stage_failed(c: _Ctx, ex: ExecutionState, st: StageState, message: str) -> 
         ex.status_summary = message
         _evaluate(c, ex, st, "onFailure")
         return
-    result = on_failure.result if on_failure is not None else None
+    result = None
+    if on_failure is not None:
+        # A condition's own result wins over the block's (as the definition check allows).
+        cond = on_failure.conditions[0] if on_failure.conditions else None
+        result = (cond.result if cond else None) or on_failure.result
     if on_failure is not None and on_failure.conditions and not _conditions_met(st, "onFailure"):
         result = None  # onFailure conditions gate their result: it engages only when met
     if result == "RETRY" and not st.auto_retried:
@@ -557,7 +563,15 @@ def _stage_failed(c: _Ctx, ex: ExecutionState, st: StageState, message: str) -> 
         c.emit(ex, "stage", "RESUMED", stage=st.name)
         st.status = StageStatus.IN_PROGRESS
         st.group = 0
-        _start_group(c, ex, st)
+        if (
+            decl.before_entry
+            and decl.before_entry.conditions
+            and "beforeEntry" not in st.overridden
+        ):
+            st.retries += 1  # fresh rule-execution ids; the entry gate is checked again
+            _evaluate(c, ex, st, "beforeEntry")
+        else:
+            _start_group(c, ex, st)
         return
     st.status = StageStatus.FAILED
     st.evaluating = None
@@ -575,7 +589,9 @@ def _auto_rollback(c: _Ctx, ex: ExecutionState, stage: str) -> None:
         return
     if snap.pipeline_version != ex.pipeline_version:
         return  # AWS never rolls back to an older pipeline version
-    _start_rollback(c, snap, stage, "AutomatedRollback", ex.execution_id, ex)
+    st = ex.stage(stage)
+    rid = rollback_execution_id(ex.execution_id, stage, st.retries if st else 0)
+    _start_rollback(c, rid, snap, stage, "AutomatedRollback", ex.execution_id, ex)
 
 
 def _reset_stage(st: StageState, mode: str) -> None:

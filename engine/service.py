@@ -44,7 +44,6 @@ from engine.messages import (
     StopRequested,
     TransitionChanged,
     new_execution,
-    rollback_execution_id,
 )
 from engine.run import PipelineRun, TransitionState
 from engine.scheduler import MAX_ACTIVE_EXECUTIONS
@@ -258,8 +257,16 @@ class Service:
             name, RetryRequested(now=self.clock(), execution=state, stage=stage, mode=retry_mode)
         )
         if execution_id not in run.executions and execution_id not in run.finished:
-            raise ConcurrentExecutionsLimitError(
-                f"pipeline {name} already has {len(run.executions)} active executions"
+            if run.latest.get(stage) != execution_id:
+                raise NotLatestPipelineExecutionError(
+                    f"execution {execution_id} is no longer the latest in stage {stage}"
+                )
+            if run.mode in ("QUEUED", "PARALLEL") and len(run.executions) >= MAX_ACTIVE_EXECUTIONS:
+                raise ConcurrentExecutionsLimitError(
+                    f"pipeline {name} already has {len(run.executions)} active executions"
+                )
+            raise StageNotRetryableError(
+                f"stage {stage} of execution {execution_id} changed; retry"
             )
         return self.get_execution(name, execution_id)
 
@@ -323,9 +330,14 @@ class Service:
             raise UnableToRollbackStageError(
                 f"stage {stage} did not succeed in execution {target_execution_id}"
             )
-        now = self.clock()
-        run = self.store.apply(name, RollbackRequested(now=now, target=target, stage=stage))
-        rid = rollback_execution_id(target_execution_id, stage, now)
+        lane = self.store.load_run(name).lanes.get(stage)
+        if lane is not None and (lane.occupant or lane.waiting):
+            raise UnableToRollbackStageError(
+                f"stage {stage} is running or has executions waiting; roll back once it is idle"
+            )
+        rid = str(uuid.uuid4())
+        event = RollbackRequested(now=self.clock(), target=target, stage=stage, rollback_id=rid)
+        run = self.store.apply(name, event)
         created = run.executions.get(rid) or run.finished.get(rid)
         if created is not None:
             return created
@@ -449,9 +461,10 @@ class Service:
                 summary=summary,
                 answered_by=answered_by,
             )
-            self.store.apply(name, event)
-            settled = self.get_execution(name, state.execution_id).action(stage, action)
-            if settled is None or settled.status is ActionStatus.IN_PROGRESS:
-                raise ApprovalAlreadyCompletedError(f"the approval for {stage}.{action} changed")
+            _, applied = self.store.apply_changed(name, event)
+            if not applied:  # another answer, the timeout or a stop got there first
+                raise ApprovalAlreadyCompletedError(
+                    f"the approval for {stage}.{action} has already been answered or expired"
+                )
             return now
         raise InvalidApprovalTokenError(f"the token is not valid for {stage}.{action}")

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from engine import events, keys
 from engine.errors import ConflictError, ExecutionNotFoundError, ServiceUnavailableError
 from engine.execution import ActionResult, ExecutionState
-from engine.messages import Dispatch, Effect, Event, Revoke
+from engine.messages import Dispatch, Effect, Event, RetryRequested, Revoke
 from engine.run import PipelineRun
 from engine.scheduler import decide
 
@@ -137,6 +137,11 @@ class Store:
 
         Returns the new run with ``finished`` holding the executions this event ended.
         """
+        return self.apply_changed(pipeline, event)[0]
+
+    def apply_changed(self, pipeline: str, event: Event) -> tuple[PipelineRun, bool]:
+        """Like :meth:`apply`, and also whether the event changed anything (False: it was a
+        duplicate or stale, e.g. an approval someone else answered first)."""
         key = keys.run(pipeline)
         with self.r.pipeline() as p:
             for _ in range(MAX_CAS_RETRIES):
@@ -148,10 +153,18 @@ class Store:
                         if raw is None
                         else PipelineRun.model_validate_json(raw)
                     )
+                    if isinstance(event, RetryRequested):
+                        # The failed execution as it is now, read under the same WATCH: a
+                        # snapshot taken before an earlier retry must not revive it twice.
+                        current = p.get(keys.execution(event.execution.execution_id))
+                        if current is not None:
+                            event = event.model_copy(
+                                update={"execution": ExecutionState.model_validate_json(current)}
+                            )
                     new, effects = decide(run, event)
                     if new is run:
                         p.unwatch()
-                        return run
+                        return run, False
                     new.seq = run.seq + 1
                     p.multi()
                     self._write_executions(p, run, new)
@@ -170,7 +183,7 @@ class Store:
             else:
                 raise ConflictError(f"pipeline {pipeline} changed too often; try again")
         self._carry_out(ids, effects)
-        return new
+        return new, True
 
     def _write_executions(self, p: Any, old: PipelineRun, new: PipelineRun) -> None:
         """Every execution this transition changed, to its own key (readers use those)."""

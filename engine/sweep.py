@@ -7,7 +7,6 @@ step is idempotent, so two sweeps racing do no harm.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -55,10 +54,18 @@ def sweep(store: Store, now: float, *, outbox_grace: float) -> SweepReport:
                 log.warning(
                     "lease of %s/%s.%s attempt %d expired", execution_id, stage, action, attempt
                 )
-            with contextlib.suppress(ExecutionNotFoundError):
+            try:
                 store.apply(state.pipeline_name, event)
+            except ExecutionNotFoundError:
+                pass
+            except Exception:  # one bad item must not stop the rest of the sweep
+                log.exception("could not apply the expired lease %s; next sweep retries", member)
+                continue  # the lease stays, so the next sweep tries it again
         store.release_lease(member)
     for pipeline in store.active_pipelines():
-        store.apply(pipeline, TimerFired(now=now))
+        try:
+            store.apply(pipeline, TimerFired(now=now))
+        except Exception:
+            log.exception("timers of pipeline %s failed; next sweep retries", pipeline)
         report.timers_checked += 1
     return report

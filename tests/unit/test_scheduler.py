@@ -694,3 +694,69 @@ def test_closed_deployment_window_keeps_the_stage_from_entering() -> None:
     assert ex.stage("Deploy").status is StageStatus.FAILED  # type: ignore[union-attr]
     assert ex.action("Deploy", "D").status is None  # type: ignore[union-attr]
     assert "entry condition not met" in (ex.status_summary or "")
+
+
+def test_condition_level_on_failure_result_engages_when_its_rules_pass() -> None:
+    w = _with_stage_fields(
+        onFailure={
+            "conditions": [
+                {
+                    "result": "ROLLBACK",
+                    "rules": [
+                        _rule(
+                            "Always",
+                            "VariableCheck",
+                            {"Variable": "#{variables.Env}", "Value": "prod", "Operator": "EQ"},
+                        )
+                    ],
+                }
+            ]
+        }
+    )
+    good = w.start(1.0)
+    drive(w, good, 1.0)
+    bad = w.start(20.0)
+    drive(w, bad, 20.0, fail={"D"})
+    assert w.ex(bad).status is ExecutionStatus.FAILED
+    rollbacks = [e for e in w.run.executions.values() if e.execution_type == "ROLLBACK"]
+    assert [r.rollback_target for r in rollbacks] == [good]
+
+
+def test_automatic_retry_checks_the_entry_condition_again() -> None:
+    w = _with_stage_fields(
+        beforeEntry={
+            "conditions": [
+                {
+                    "result": "FAIL",
+                    "rules": [
+                        _rule(
+                            "Gate",
+                            "VariableCheck",
+                            {"Variable": "#{variables.Env}", "Value": "staging", "Operator": "EQ"},
+                        )
+                    ],
+                }
+            ]
+        },
+        onFailure={"result": "RETRY"},
+    )
+    eid = w.start(1.0)
+    drive(w, eid, 1.0)
+    ex = w.ex(eid)
+    assert ex.status is ExecutionStatus.FAILED
+    deploy = ex.action("Deploy", "D")
+    assert deploy is not None and deploy.status is None  # the gate held on the retry too
+    assert not any(k[1] == "Deploy" for k in w.dispatched)
+
+
+def test_a_stale_retry_snapshot_cannot_revive_a_finished_retry() -> None:
+    w = World(approval=False)
+    eid = w.start(1.0)
+    drive(w, eid, 1.0, fail={"A"})
+    failed = w.ex(eid)
+    w.step(RetryRequested(now=50, execution=failed, stage="Build", mode="FAILED_ACTIONS"))
+    drive(w, eid, 60)
+    assert w.ex(eid).status is ExecutionStatus.SUCCEEDED
+    # The store re-reads the execution under its WATCH, so decide sees the finished one:
+    w.step(RetryRequested(now=90, execution=w.ex(eid), stage="Build", mode="FAILED_ACTIONS"))
+    assert w.ex(eid).status is ExecutionStatus.SUCCEEDED
