@@ -107,6 +107,7 @@ class RuleRun(_Record):
     start_time: float
     last_update_time: float
     attempt: int = 1
+    deadline: float | None = None  # for rules run on a worker
     resolved_configuration: dict[str, str] = Field(default_factory=dict)
 
 

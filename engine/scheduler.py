@@ -57,6 +57,8 @@ from engine.run import PipelineRun, StageSnapshot, TransitionState
 from providers.base import Category
 
 DEFAULT_APPROVAL_TIMEOUT_MINUTES = 7 * 24 * 60
+# A Commands rule's default timeout, as for CodeBuild-run rules on AWS.
+DEFAULT_RULE_TIMEOUT_MINUTES = 20
 # An action whose worker vanished this many times fails instead of being tried again.
 MAX_LEASE_LOSSES = 3
 # QUEUED and PARALLEL pipelines hold at most this many active executions (as on AWS).
@@ -141,6 +143,24 @@ def decide(run: PipelineRun, event: Event) -> tuple[PipelineRun, list[Effect]]:
                         )
                         if not ex.status.terminal and act.status is ActionStatus.IN_PROGRESS:
                             _finish_action(c, ex, act, timed_out)
+                if ex.status.terminal or ex.current_stage < 0:
+                    continue
+                current = ex.stages[ex.current_stage]
+                expired = [
+                    rule_run
+                    for rule_run in current.rules
+                    if rule_run.status == "InProgress"
+                    and rule_run.deadline is not None
+                    and rule_run.deadline <= event.now
+                ]
+                for late in expired:
+                    # A worker-run rule whose result never came (its worker died, or the
+                    # report was lost) fails instead of holding the stage forever.
+                    late.status = "Failed"
+                    late.summary = "the rule timed out before it reported a result"
+                    late.last_update_time = event.now
+                if expired:
+                    _conditions_progress(c, ex, current)
         case LeaseExpired():
             ex, act = _find(r, event.execution_id, event.stage, event.action)
             if (
@@ -650,6 +670,7 @@ def _evaluate(c: _Ctx, ex: ExecutionState, st: StageState, kind: str) -> None:
             )
             st.rules.append(rr)
             if rule_engine.needs_worker(rule):
+                rr.deadline = c.now + 60 * (rule.timeout_in_minutes or DEFAULT_RULE_TIMEOUT_MINUTES)
                 c.fx.append(
                     Dispatch(
                         execution_id=ex.execution_id,

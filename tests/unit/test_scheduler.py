@@ -760,3 +760,40 @@ def test_a_stale_retry_snapshot_cannot_revive_a_finished_retry() -> None:
     # The store re-reads the execution under its WATCH, so decide sees the finished one:
     w.step(RetryRequested(now=90, execution=w.ex(eid), stage="Build", mode="FAILED_ACTIONS"))
     assert w.ex(eid).status is ExecutionStatus.SUCCEEDED
+
+
+def test_a_commands_rule_that_never_reports_times_out_and_fails_the_entry() -> None:
+    w = _with_stage_fields(
+        beforeEntry={
+            "conditions": [
+                {
+                    "result": "FAIL",
+                    "rules": [
+                        {
+                            "name": "Smoke",
+                            "commands": ["true"],
+                            "timeoutInMinutes": 5,
+                            "ruleTypeId": {
+                                "category": "Rule",
+                                "owner": "AWS",
+                                "provider": "Commands",
+                                "version": "1",
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    eid = w.start(1.0)
+    drive(w, eid, 1.0)
+    st = w.ex(eid).stage("Deploy")
+    assert st is not None and st.evaluating == "beforeEntry"
+    [rule] = st.rules
+    assert rule.deadline is not None
+    w.step(TimerFired(now=rule.deadline - 1))
+    assert w.ex(eid).status is ExecutionStatus.IN_PROGRESS
+    w.step(TimerFired(now=rule.deadline))
+    ex = w.ex(eid)
+    assert ex.status is ExecutionStatus.FAILED
+    assert ex.action("Deploy", "D").status is None  # type: ignore[union-attr]
