@@ -88,7 +88,7 @@ def shape_problems(operation: str, body: Any) -> list[str]:
 
     boto3 silently drops unknown members, so only a raw response shows them.
     """
-    from engine.api_model import service_model
+    from engine.api.validation import service_model
 
     shape = service_model().operation_model(operation).output_shape
     problems: list[str] = []

@@ -24,8 +24,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from engine.api_model import TARGET_PREFIX, check_input, known_operations
-from engine.api_ops import OPERATIONS
+from engine.api.operations import OPERATIONS
+from engine.api.validation import TARGET_PREFIX, check_input, known_operations
 from engine.errors import ConveyorError, ServiceUnavailableError
 from engine.service import Service
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.definition import ActionDeclaration, PipelineDeclaration
+from engine.definition.model import ActionDeclaration, PipelineDeclaration
 from engine.execution import ActionState, ArtifactLocation, ExecutionState, RuleRun, StageState
 from engine.rules import RuleDeclaration
 from engine.service import PipelineRecord, StageView

@@ -1,7 +1,7 @@
 """CodePipeline operations as functions of (service, request body) -> response body.
 
 Each handler is a thin adapter over :class:`engine.service.Service`: unpack the
-already-checked request, call the service, render with :mod:`engine.api_shapes`. No HTTP
+already-checked request, call the service, render with :mod:`engine.api.shapes`. No HTTP
 here, so the protocol layer and these mappings can be read (and changed) separately.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from engine import api_shapes as shapes
 from engine import rules
+from engine.api import shapes
 from engine.errors import ValidationError
 from engine.execution import ExecutionState
 from engine.service import Service

@@ -6,8 +6,8 @@ lengths, ranges and patterns itself, as CodePipeline does, so a bad request beco
 ``ValidationException`` naming the field instead of a crash deep in the service. Reading the
 shapes from botocore keeps field names exactly CodePipeline's, with no copy to drift.
 
-The pipeline declaration is deliberately not checked here: ``engine.definition`` validates
-it and reports *every* problem with its path, as ``InvalidStructureException``.
+The pipeline declaration is deliberately not checked here: ``engine.definition.checks``
+validates it and reports *every* problem with its path, as ``InvalidStructureException``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,34 @@
+"""Pipeline definitions: CodePipeline's ``PipelineDeclaration``, loaded and checked.
+
+- :mod:`engine.definition.model`: the declaration as pydantic models;
+- :mod:`engine.definition.loading`: JSON, YAML and CloudFormation to the declaration dict;
+- :mod:`engine.definition.checks`: validation, reporting every problem with its path.
+
+The names callers use are re-exported here, so ``from engine.definition import ...`` is
+all most code needs.
+"""
+
+from engine.definition.checks import check, validate
+from engine.definition.loading import load_file, normalize, parse_document
+from engine.definition.model import (
+    ActionDeclaration,
+    ArtifactRefDecl,
+    ArtifactStore,
+    PipelineDeclaration,
+    PipelineVariable,
+    StageDeclaration,
+)
+
+__all__ = [
+    "ActionDeclaration",
+    "ArtifactRefDecl",
+    "ArtifactStore",
+    "PipelineDeclaration",
+    "PipelineVariable",
+    "StageDeclaration",
+    "check",
+    "load_file",
+    "normalize",
+    "parse_document",
+    "validate",
+]

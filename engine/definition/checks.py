@@ -1,0 +1,315 @@
+"""Checking a definition: shape, then the structural rules CodePipeline enforces.
+
+Validation happens once, here, and reports every problem with its path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from engine import rules
+from engine.definition.model import (
+    ARTIFACT_RE,
+    IGNORED_TOP_LEVEL,
+    MAX_ACTIONS_PER_STAGE,
+    MAX_STAGES,
+    NAME_RE,
+    NAMESPACE_RE,
+    NOT_YET_SUPPORTED,
+    VARIABLE_RE,
+    ActionDeclaration,
+    PipelineDeclaration,
+    StageDeclaration,
+)
+from engine.errors import DefinitionError, Problem
+from engine.rules import Conditions, FailureConditions
+from providers.base import Category
+from providers.registry import Registry
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _pydantic_problems(exc: PydanticValidationError, prefix: str = "") -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        path = _path(tuple(err["loc"]))
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = "required"
+        elif err["type"] == "extra_forbidden":
+            last = err["loc"][-1] if err["loc"] else ""
+            msg = "not supported by Conveyor yet" if last in NOT_YET_SUPPORTED else "unknown key"
+        elif err["type"] == "string_type":
+            msg = f"must be a string, got {_kind(err['input'])}"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        problems.append(Problem(path, msg))
+    return problems
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+        return f'boolean {text} (write "{text}")'
+    if isinstance(value, int | float):
+        return f'number {value} (write "{value}")'
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
+    """Return the declaration, or raise DefinitionError listing every problem with its path.
+
+    Two phases: shape (pydantic: types, required fields) then rules (``check``). Every
+    problem of the first phase is reported at once; rules run only on a well-typed
+    declaration, so a definition with type errors reports those first.
+    """
+    raw = {k: v for k, v in raw.items() if k not in IGNORED_TOP_LEVEL}
+    try:
+        decl = PipelineDeclaration.model_validate(raw)
+    except PydanticValidationError as exc:
+        raise DefinitionError(_pydantic_problems(exc)) from None
+    problems = check(decl, registry)
+    if problems:
+        raise DefinitionError(problems)
+    return decl
+
+
+NAME_RULE = "must be 1-100 characters of A-Za-z0-9.@-_"
+RESERVED_NAMESPACES = ("codepipeline", "variables")
+VARIABLE_REF_RE = re.compile(r"#\{([A-Za-z0-9@\-_]+)\.([A-Za-z0-9@\-_.]+)\}")
+
+
+def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
+    """The structural rules CodePipeline enforces, as a pure function."""
+    problems: list[Problem] = []
+
+    def add(path: str, msg: str) -> None:
+        problems.append(Problem(path, msg))
+
+    if not NAME_RE.match(decl.name):
+        add("name", NAME_RULE)
+    if decl.artifact_store is not None and not decl.artifact_store.location:
+        add("artifactStore.location", "required")
+    if len(decl.stages) < 2:
+        add("stages", "a pipeline must contain at least two stages")
+    if len(decl.stages) > MAX_STAGES:
+        add("stages", f"at most {MAX_STAGES} stages")
+    if decl.pipeline_type == "V1":
+        if decl.variables:
+            add("variables", "pipeline variables need pipelineType V2")
+        if decl.triggers:
+            add("triggers", "triggers need pipelineType V2")
+        if decl.execution_mode != "SUPERSEDED":
+            add("executionMode", f"{decl.execution_mode} needs pipelineType V2")
+    variable_names: set[str] = set()
+    for i, var in enumerate(decl.variables):
+        if not VARIABLE_RE.match(var.name):
+            add(f"variables[{i}].name", "must be 1-128 characters of A-Za-z0-9@-_")
+        if var.name in variable_names:
+            add(f"variables[{i}].name", f"duplicate variable name '{var.name}'")
+        variable_names.add(var.name)
+
+    # Every artifact and namespace with where it comes from, to tell "later" from "nowhere".
+    made_by: dict[str, tuple[int, int]] = {}  # artifact -> (stage index, runOrder)
+    ns_by: dict[str, tuple[int, int]] = {}  # namespace -> (stage index, runOrder)
+    for si, stage in enumerate(decl.stages):
+        for action in stage.actions:
+            for art in action.output_artifacts:
+                made_by.setdefault(art.name, (si, action.run_order))
+            if action.namespace is not None:
+                ns_by.setdefault(action.namespace, (si, action.run_order))
+
+    def visible(at: tuple[int, int] | None, si: int, run_order: int) -> bool:
+        return at is not None and (at[0] < si or (at[0] == si and at[1] < run_order))
+
+    stage_names: set[str] = set()
+    outputs_seen: set[str] = set()
+    namespaces_seen: set[str] = set()
+    for si, stage in enumerate(decl.stages):
+        sp = f"stages[{si}]"
+        if not NAME_RE.match(stage.name):
+            add(f"{sp}.name", NAME_RULE)
+        if stage.name in stage_names:
+            add(f"{sp}.name", f"duplicate stage name '{stage.name}'")
+        stage_names.add(stage.name)
+        if not stage.actions:
+            add(f"{sp}.actions", "a stage must contain at least one action")
+        if len(stage.actions) > MAX_ACTIONS_PER_STAGE:
+            add(f"{sp}.actions", f"at most {MAX_ACTIONS_PER_STAGE} actions per stage")
+        problems.extend(_check_stage_conditions(stage, si, sp))
+        action_names: set[str] = set()
+        for ai, action in enumerate(stage.actions):
+            ap = f"{sp}.actions[{ai}]"
+            if not NAME_RE.match(action.name):
+                add(f"{ap}.name", NAME_RULE)
+            if action.name in action_names:
+                add(f"{ap}.name", f"duplicate action name '{action.name}' in stage '{stage.name}'")
+            action_names.add(action.name)
+            if not 1 <= action.run_order <= 999:
+                add(f"{ap}.runOrder", "must be between 1 and 999")
+            is_source = action.action_type_id.category == Category.SOURCE
+            if si == 0 and not is_source:
+                add(
+                    f"{ap}.actionTypeId.category", "the first stage may contain only Source actions"
+                )
+            if si > 0 and is_source:
+                add(
+                    f"{ap}.actionTypeId.category",
+                    "Source actions may appear only in the first stage",
+                )
+            timeout = action.timeout_in_minutes
+            if timeout is not None and not 5 <= timeout <= 86400:
+                add(f"{ap}.timeoutInMinutes", "must be between 5 and 86400")
+            if action.namespace is not None:
+                ns = action.namespace
+                if not NAMESPACE_RE.match(ns):
+                    add(f"{ap}.namespace", "must be 1-100 characters of A-Za-z0-9@-_")
+                elif ns in RESERVED_NAMESPACES:
+                    add(f"{ap}.namespace", f"namespace '{ns}' is reserved")
+                elif ns in namespaces_seen:
+                    add(f"{ap}.namespace", f"namespace '{ns}' is already in use")
+                namespaces_seen.add(ns)
+            inputs_seen: set[str] = set()
+            for ii, art in enumerate(action.input_artifacts):
+                ip = f"{ap}.inputArtifacts[{ii}].name"
+                if art.name in inputs_seen:
+                    add(ip, f"artifact '{art.name}' is already an input of this action")
+                inputs_seen.add(art.name)
+                if not visible(made_by.get(art.name), si, action.run_order):
+                    where = "a later action" if art.name in made_by else "no action"
+                    add(
+                        ip,
+                        f"artifact '{art.name}' is not an output of an earlier action "
+                        f"(it is produced by {where})",
+                    )
+            for oi, art in enumerate(action.output_artifacts):
+                op = f"{ap}.outputArtifacts[{oi}].name"
+                if not ARTIFACT_RE.match(art.name):
+                    add(op, "must be 1-100 characters of a-zA-Z0-9_-")
+                if art.name in outputs_seen:
+                    add(op, f"output artifact name '{art.name}' is already used")
+                outputs_seen.add(art.name)
+            for key, value in action.configuration.items():
+                for m in VARIABLE_REF_RE.finditer(value):
+                    msg = _reference_problem(
+                        m.group(1),
+                        m.group(2),
+                        variable_names,
+                        ns_by.get(m.group(1)),
+                        visible(ns_by.get(m.group(1)), si, action.run_order),
+                    )
+                    if msg:
+                        add(f"{ap}.configuration.{key}", msg)
+            problems.extend(_check_provider(action, ap, registry))
+    problems.extend(_check_triggers(decl))
+    return problems
+
+
+def _reference_problem(
+    ns: str, var: str, variables: set[str], at: tuple[int, int] | None, is_visible: bool
+) -> str | None:
+    """Why ``#{ns.var}`` could never resolve where it is used, or None if it can."""
+    if ns == "codepipeline":
+        return None
+    if ns == "variables":
+        return None if var in variables else f"pipeline variable '{var}' is not declared"
+    if is_visible:
+        return None
+    if at is None:
+        return f"namespace '{ns}' is not set by any action"
+    return f"namespace '{ns}' is set only by a later action"
+
+
+def _check_triggers(decl: PipelineDeclaration) -> list[Problem]:
+    """A trigger names the source action it starts from; it must be one."""
+    sources = {a.name for a in decl.stages[0].actions} if decl.stages else set()
+    problems: list[Problem] = []
+    for i, trigger in enumerate(decl.triggers):
+        git = trigger.get("gitConfiguration")
+        name = git.get("sourceActionName") if isinstance(git, Mapping) else None
+        if isinstance(name, str) and name not in sources:
+            problems.append(
+                Problem(
+                    f"triggers[{i}].gitConfiguration.sourceActionName",
+                    f"'{name}' is not an action of the first stage",
+                )
+            )
+    return problems
+
+
+def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> list[Problem]:
+    provider = registry.get(action.action_type_id)
+    if provider is None:
+        return [Problem(f"{ap}.actionTypeId", f"unknown action type {action.action_type_id}")]
+    problems: list[Problem] = []
+    try:
+        provider.Config.model_validate(action.configuration)
+    except PydanticValidationError as exc:
+        # A value holding ``#{ns.var}`` is only known at run time; judge it then, not here.
+        deferred = {f"{ap}.configuration.{k}" for k, v in action.configuration.items() if "#{" in v}
+        problems.extend(
+            p
+            for p in _pydantic_problems(exc, prefix=f"{ap}.configuration")
+            if p.path not in deferred
+        )
+    n_in, n_out = len(action.input_artifacts), len(action.output_artifacts)
+    ins = _range(provider.min_inputs, provider.max_inputs)
+    outs = _range(provider.min_outputs, provider.max_outputs)
+    if not provider.min_inputs <= n_in <= provider.max_inputs:
+        problems.append(
+            Problem(
+                f"{ap}.inputArtifacts",
+                f"{action.action_type_id} takes {ins} input artifacts, got {n_in}",
+            )
+        )
+    if not provider.min_outputs <= n_out <= provider.max_outputs:
+        problems.append(
+            Problem(
+                f"{ap}.outputArtifacts",
+                f"{action.action_type_id} takes {outs} output artifacts, got {n_out}",
+            )
+        )
+    return problems
+
+
+def _range(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo} to {hi}"
+
+
+def _check_stage_conditions(stage: StageDeclaration, si: int, sp: str) -> list[Problem]:
+    problems: list[Problem] = []
+    blocks: list[tuple[rules.ConditionKind, Conditions | FailureConditions | None, str]] = [
+        ("beforeEntry", stage.before_entry, "beforeEntry"),
+        ("onSuccess", stage.on_success, "onSuccess"),
+        ("onFailure", stage.on_failure, "onFailure"),
+    ]
+    for kind, block, key in blocks:
+        if block is None:
+            continue
+        problems.extend(rules.check_conditions(block, kind, f"{sp}.{key}"))
+        results = {c.result for c in block.conditions}
+        if isinstance(block, FailureConditions):
+            results.add(block.result)
+        if si == 0 and "ROLLBACK" in results:
+            problems.append(Problem(f"{sp}.{key}", "the source stage cannot be rolled back"))
+    return problems

@@ -1,0 +1,248 @@
+"""Loading a definition: text or data in any accepted shape, to the declaration dict.
+
+Loaded from CodePipeline JSON (bare, or wrapped as ``aws codepipeline get-pipeline`` prints
+it), the same in YAML, or the Properties of a CloudFormation ``AWS::CodePipeline::Pipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.definition.checks import validate
+from engine.definition.model import PipelineDeclaration
+from engine.errors import DefinitionError, Problem
+from providers.registry import Registry
+
+PIPELINE_RESOURCE_TYPE = "AWS::CodePipeline::Pipeline"
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON object hook: a repeated key would silently win over the first; say so instead."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(f"duplicate key '{key}'")
+        out[key] = value
+    return out
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """SafeLoader that understands CloudFormation's short intrinsic tags (``!Ref X``) and,
+    like CloudFormation, rejects a key repeated in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key}'", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _cfn_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:
+    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if tag_suffix == "GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def parse_document(text: str, *, source: str = "<definition>") -> dict[str, Any]:
+    """Parse JSON or YAML text into the raw camelCase ``PipelineDeclaration`` dict."""
+    data: Any
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKeyError as exc:
+        raise DefinitionError([Problem("", f"{source}: {exc}")]) from None
+    except json.JSONDecodeError:
+        try:
+            data = yaml.load(text, Loader=_CfnLoader)
+        except yaml.YAMLError as exc:
+            msg = f"{source}: not valid JSON or YAML: {exc}"
+            raise DefinitionError([Problem("", msg)]) from None
+    return normalize(data, source=source)
+
+
+def normalize(data: Any, *, source: str = "<definition>") -> dict[str, Any]:
+    """Unwrap get-pipeline output and CloudFormation templates into a declaration dict.
+
+    Accepted shapes: a bare ``PipelineDeclaration``; ``{"pipeline": ..., "metadata": ...}``;
+    a CloudFormation template with exactly one ``AWS::CodePipeline::Pipeline`` resource; one
+    such resource (``{Type, Properties}``); or its bare (PascalCase) ``Properties``.
+    """
+    if not isinstance(data, Mapping):
+        got = "nothing" if data is None else type(data).__name__
+        raise DefinitionError(
+            [Problem("", f"{source}: expected an object at the top level, got {got}")]
+        )
+    out: dict[str, Any] = dict(data)
+    logical_id: str | None = None
+    if isinstance(out.get("Resources"), Mapping):
+        pipelines = [
+            (str(lid), r)
+            for lid, r in out["Resources"].items()
+            if isinstance(r, Mapping) and r.get("Type") == PIPELINE_RESOURCE_TYPE
+        ]
+        if len(pipelines) != 1:
+            msg = f"expected exactly one {PIPELINE_RESOURCE_TYPE}, found {len(pipelines)}"
+            raise DefinitionError([Problem("Resources", msg)])
+        logical_id, resource = pipelines[0]
+        out = dict(resource)
+    if out.get("Type") == PIPELINE_RESOURCE_TYPE:
+        props = out.get("Properties")
+        if not isinstance(props, Mapping):
+            raise DefinitionError([Problem("Properties", "required, an object")])
+        out = dict(props)
+        # CloudFormation names an unnamed pipeline itself; the logical ID is the stable part.
+        if logical_id is not None and "Name" not in out:
+            out["Name"] = logical_id
+    if isinstance(out.get("pipeline"), Mapping):
+        out = dict(out["pipeline"])  # aws codepipeline get-pipeline output
+    if "Stages" in out or "Name" in out:
+        problems: list[Problem] = []
+        converted = _from_cloudformation(out, "", problems)
+        if problems:
+            raise DefinitionError(problems)
+        assert isinstance(converted, dict)
+        out = converted
+    return out
+
+
+# CloudFormation labels the snippet's stage with its property type; it is not data.
+_CFN_TYPE_LABELS = {"StageDeclaration", "ActionDeclaration"}
+
+
+def _camel(key: str) -> str:
+    return key[:1].lower() + key[1:]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _from_cloudformation(node: Any, path: str, problems: list[Problem]) -> Any:
+    """PascalCase CloudFormation keys to CodePipeline's camelCase.
+
+    Configuration keys keep their case (they belong to the provider). Intrinsic functions
+    are resolved as far as they can be without a stack; the rest are reported.
+    """
+    if _is_intrinsic(node):
+        return _intrinsic(node, path, problems)
+    if isinstance(node, list):
+        items: list[Any] = []
+        for i, item in enumerate(node):
+            items.append(_from_cloudformation(_unwrap_labelled(item), f"{path}[{i}]", problems))
+        return items
+    if not isinstance(node, Mapping):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "Type" and _is_label(value):
+            continue
+        new = _camel(str(key))
+        sub = _join(path, new)
+        if new == "configuration" and isinstance(value, Mapping):
+            # The provider's keys: their case is theirs, their values strings.
+            out[new] = {k: _cfn_scalar(v, f"{sub}.{k}", problems) for k, v in value.items()}
+        elif new == "actionTypeId" and isinstance(value, Mapping):
+            out[new] = {
+                _camel(k): _cfn_scalar(v, f"{sub}.{_camel(k)}", problems) for k, v in value.items()
+            }
+        else:
+            out[new] = _from_cloudformation(value, sub, problems)
+    return out
+
+
+def _is_label(value: Any) -> bool:
+    return isinstance(value, str) and value in _CFN_TYPE_LABELS
+
+
+def _unwrap_labelled(item: Any) -> Any:
+    """``- ApprovalStage: {Type: StageDeclaration, Name: ...}`` is the stage it wraps."""
+    if isinstance(item, Mapping) and len(item) == 1:
+        (inner,) = item.values()
+        if isinstance(inner, Mapping) and _is_label(inner.get("Type")):
+            return inner
+    return item
+
+
+def _cfn_scalar(value: Any, path: str, problems: list[Problem]) -> Any:
+    """CloudFormation stringifies scalar property values; CodePipeline wants strings."""
+    if _is_intrinsic(value):
+        return _intrinsic(value, path, problems)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _is_intrinsic(node: Any) -> bool:
+    if not isinstance(node, Mapping) or len(node) != 1:
+        return False
+    (key,) = node.keys()
+    return key == "Ref" or (isinstance(key, str) and key.startswith("Fn::"))
+
+
+def _intrinsic(node: Mapping[str, Any], path: str, problems: list[Problem]) -> Any:
+    """``!Ref Topic`` has no value outside a stack; keep the logical name it names.
+
+    ``Fn::GetAtt`` becomes ``Resource.Attribute``, ``Fn::Sub`` its template, ``Fn::Join``
+    the join of its (resolved) parts. Anything else cannot be evaluated here.
+    """
+    ((fn, arg),) = node.items()
+    if fn == "Ref" and isinstance(arg, str):
+        return arg
+    if fn == "Fn::GetAtt":
+        if isinstance(arg, list) and all(isinstance(a, str) for a in arg):
+            return ".".join(arg)
+        if isinstance(arg, str):
+            return arg
+    if fn == "Fn::Sub":
+        if isinstance(arg, str):
+            return arg
+        if isinstance(arg, list) and arg and isinstance(arg[0], str):
+            return arg[0]
+    if fn == "Fn::Join" and isinstance(arg, list) and len(arg) == 2:
+        sep, parts = arg
+        if isinstance(sep, str) and isinstance(parts, list):
+            before = len(problems)
+            resolved = [_cfn_scalar(p, path, problems) for p in parts]
+            if all(isinstance(p, str) for p in resolved):
+                return sep.join(resolved)
+            if len(problems) > before:
+                return None  # a part already said why
+    problems.append(Problem(path, f"CloudFormation {fn} cannot be resolved outside a stack"))
+    return None
+
+
+def load_file(path: str | Path, registry: Registry) -> PipelineDeclaration:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise DefinitionError([Problem("", f"cannot read {p}: {exc.strerror}")]) from exc
+    return validate(parse_document(text, source=str(p)), registry)
