@@ -1,62 +1,72 @@
 """Driving a pipeline in-process, without Celery, to see where an action's time goes.
 
-The worker's and the engine's own functions are called directly (``run_attempt`` for an
-action, ``advance`` for its completion callback) against the benchmark's real Redis and S3,
-with real providers. Dispatches and callbacks are recorded instead of sent, so nothing
-reaches the broker. A separate Redis database keeps the running beat away from these
-executions: its sweep would otherwise re-dispatch their outbox entries to the real workers.
+Every task the engine dispatches is run by calling the worker's own entry point,
+``workers.runner.run_action`` (what the Celery task runs), against the benchmark's real
+Redis and S3 with real providers. ``run_action`` applies the action's result itself
+(``workers.attempts.report`` -> ``Store.apply``), and that transition dispatches the next
+tasks: the dispatcher installed here queues them instead of sending them, so nothing
+reaches the broker (a ``Revoke`` is ignored; a completion callback to the engine pool, the
+fallback when applying fails, fails the run). A separate Redis database keeps the running
+beat away from these executions: its sweep would otherwise re-dispatch their outbox
+entries to the real workers.
 
-:func:`timers` wraps chosen functions with wall-clock timers for one run; unlike cProfile it
-adds microseconds, not a factor, to Python-heavy code such as ``copy.deepcopy``.
+:class:`benchmarks._timers.Timers` wraps chosen functions with wall-clock and CPU timers;
+:func:`handle` (one dispatched task) is the root a breakdown's rows hang from.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
+import cProfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from benchmarks._stack import Bench
+from benchmarks._timers import Timers
+from engine.messages import Dispatch, Revoke, WorkItem
 from engine.settings import Settings
-from workers import devstack
+from workers import devstack, runner
+from workers.runtime import Runtime
 
 INPROC_DB = 2
-
-# (module, attribute path, label, depth): what timers() wraps; depth is for display only.
-Timed = tuple[str, str, str, int]
 
 
 @dataclass
 class Step:
     stage: str
     action: str
-    worker_s: float  # run_attempt
-    engine_s: float  # advance
+    seconds: float  # wall, the whole task: run_action (worker + applying the result)
+    cpu: float  # CPU of this thread
+
+
+class RecordingRuntime(Runtime):
+    """A Runtime whose dispatches are queued for the driver instead of sent to Celery."""
+
+    pending: list[Dispatch]
+    callbacks: list[WorkItem]
+
+    def dispatch(self, d: Dispatch | Revoke) -> None:
+        if isinstance(d, Dispatch):
+            self.pending.append(d)
+
+    def send_callback(self, item: WorkItem) -> None:
+        self.callbacks.append(item)  # the worker could not apply the result itself
+
+
+def handle(rt: Runtime, d: Dispatch) -> str:
+    """One dispatched task, as a worker runs it (the root row of the breakdowns)."""
+    return runner.run_action(rt, d.execution_id, d.stage, d.action, d.attempt)
 
 
 class InProcess:
     """A Runtime of our own, on its own Redis database, whose dispatches are recorded."""
 
     def __init__(self, bench: Bench) -> None:
-        from workers import tasks
-        from workers.runtime import Runtime
-
-        class RecordingRuntime(Runtime):
-            pending: list[Any]
-
-            def dispatch(self, d: Any) -> None:
-                self.pending.append(d)
-
-            def send_callback(
-                self, execution_id: str, stage: str, action: str, attempt: int
-            ) -> None:
-                pass
-
         settings = Settings(
             redis_url=devstack.with_redis_db(bench.redis.url, INPROC_DB),
             broker_url=bench.env["CONVEYOR_BROKER_URL"],
@@ -68,41 +78,75 @@ class InProcess:
         )
         self.rt = RecordingRuntime(settings)
         self.rt.pending = []
+        self.rt.callbacks = []
         self.rt.store.r.flushdb()
-        tasks._runtime = self.rt  # advance() finds its Runtime here
+        # other processes whose CPU a timed run also counts, per action
+        self.others = {"Redis": bench.redis.pid, "the S3 server (moto)": bench.s3.pid}
 
     def create_pipeline(self, definition: dict[str, Any]) -> str:
         self.rt.service.create_pipeline(definition)
         return str(definition["name"])
 
-    def run(self, name: str) -> list[Step]:
-        """One execution, action by action; fails unless every action and the run succeed."""
-        from workers import runner, tasks
+    def run(
+        self,
+        name: str,
+        timers: Timers | None = None,
+        only: Callable[[Dispatch], bool] | None = None,
+        profile: cProfile.Profile | None = None,
+    ) -> list[Step]:
+        """One execution, task by task; fails unless every action and the run succeed.
 
+        ``timers`` and ``profile`` see only the tasks ``only`` selects (default: all);
+        ``timers.actions`` counts them.
+        """
         rt = self.rt
         steps: list[Step] = []
         state = rt.service.start_execution(name)
         while rt.pending:
             d = rt.pending.pop(0)
-            t0 = time.perf_counter()
-            outcome = runner.run_attempt(rt, d.execution_id, d.stage, d.action, d.attempt)
-            t1 = time.perf_counter()
-            applied = tasks.advance(d.execution_id, d.stage, d.action, d.attempt)
-            t2 = time.perf_counter()
-            if outcome != "succeeded" or applied != "applied":
-                raise RuntimeError(f"in-process {d.stage}.{d.action}: {outcome}/{applied}")
-            steps.append(Step(d.stage, d.action, t1 - t0, t2 - t1))
-        final = rt.store.load(state.execution_id)
-        if final.status.value != "Succeeded":
-            raise RuntimeError(f"in-process execution ended {final.status.value}")
+            chosen = only is None or only(d)
+            if timers is not None:
+                timers.on = chosen
+            others = _cpu(self.others) if timers is not None and chosen else {}
+            if profile is not None and chosen:
+                profile.enable()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            outcome = handle(rt, d)
+            t1, c1 = time.perf_counter(), time.thread_time()
+            if profile is not None and chosen:
+                profile.disable()
+            if timers is not None and chosen:
+                timers.actions += 1
+                for k, v in _cpu(self.others).items():
+                    timers.extra_cpu[k] = timers.extra_cpu.get(k, 0.0) + v - others.get(k, 0.0)
+            if outcome != "succeeded" or rt.callbacks:
+                raise RuntimeError(
+                    f"in-process {d.stage}.{d.action}: {outcome}; results left to the engine "
+                    f"pool: {rt.callbacks}"
+                )
+            steps.append(Step(d.stage, d.action, t1 - t0, c1 - c0))
+        if timers is not None:
+            timers.on = False
+        final = rt.store.runs.load(state.execution_id)
+        if final is None or final.status.value != "Succeeded":
+            status = "gone" if final is None else final.status.value
+            raise RuntimeError(f"in-process execution ended {status}")
         return steps
 
     def close(self) -> None:
-        from workers import tasks
-
         with contextlib.suppress(Exception):
             self.rt.store.r.flushdb()
-        tasks._runtime = None
+
+
+def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
+    out = {}
+    for name, pid in pids.items():
+        if pid is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            out[name] = t.user + t.system
+    return out
 
 
 @contextlib.contextmanager
@@ -116,36 +160,3 @@ def in_process(bench: Bench) -> Iterator[InProcess]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@contextlib.contextmanager
-def timers(spec: list[Timed]) -> Iterator[dict[str, list[float]]]:
-    """Wrap each function in ``spec`` with a wall-clock timer: label -> [calls, seconds]."""
-    acc: dict[str, list[float]] = {label: [0, 0.0] for _m, _a, label, _d in spec}
-    undo: list[tuple[Any, str, Any]] = []
-
-    def timed(orig: Any, label: str) -> Any:
-        @functools.wraps(orig)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return orig(*args, **kwargs)
-            finally:
-                acc[label][0] += 1
-                acc[label][1] += time.perf_counter() - t
-
-        return wrapper
-
-    try:
-        for mod, attr, label, _depth in spec:
-            owner: Any = importlib.import_module(mod)
-            *path, name = attr.split(".")
-            for part in path:
-                owner = getattr(owner, part)
-            orig = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-            setattr(owner, name, timed(orig, label))
-            undo.append((owner, name, orig))
-        yield acc
-    finally:
-        for owner, name, orig in reversed(undo):
-            setattr(owner, name, orig)

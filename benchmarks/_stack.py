@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -24,9 +25,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 import psutil
-from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.config import Config
 
 from workers import devstack
 from workers.devstack import Service
@@ -62,8 +63,10 @@ class Bench:
     env: dict[str, str]
     services: list[Service] = field(default_factory=list)
     conveyor: dict[str, Service] = field(default_factory=dict)
-    raw_worker: Service | None = None
+    raw_worker: Service | None = None  # the overhead benchmark's (raw_celery, -c 1)
+    raw_workers: dict[str, Service] = field(default_factory=dict)  # every raw worker, by name
     api_url: str = ""
+    providers_concurrency: int = 0  # of the running ``--pool all`` worker; 0: not running
 
     # -- clients -------------------------------------------------------------------
 
@@ -77,14 +80,20 @@ class Bench:
             config=Config(s3={"addressing_style": "path"}),
         )
 
-    def codepipeline(self) -> Any:
+    def codepipeline(self, max_attempts: int = 3, pool: int = 10) -> Any:
+        """boto3's ``codepipeline`` client on the API; ``max_attempts=1``: no retries, every
+        error surfaces; ``pool``: connections kept, one per concurrent caller thread."""
         return boto3.client(
             "codepipeline",
             endpoint_url=self.api_url,
             region_name="us-east-1",
             aws_access_key_id="conveyor",
             aws_secret_access_key="conveyor",
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, read_timeout=120),
+            config=Config(
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                read_timeout=120,
+                max_pool_connections=pool,
+            ),
         )
 
     # -- processes -------------------------------------------------------------------
@@ -96,8 +105,9 @@ class Bench:
         self.services.append(svc)
         return svc
 
-    def start_conveyor(self) -> None:
-        """engine pool (c=1) + ``all`` pool (c=1) + beat + api, as real ``conveyor`` processes."""
+    def start_conveyor(self, providers_concurrency: int = 1) -> None:
+        """engine pool (c=1) + ``all`` pool (c=``providers_concurrency``) + beat + api, as
+        real ``conveyor`` processes."""
         port = devstack.free_port()
         self.api_url = f"http://127.0.0.1:{port}"
 
@@ -110,7 +120,14 @@ class Bench:
             "engine", "worker", "--pool", "engine", "--concurrency", "1", "--hostname", "engine@%h"
         )
         providers = conveyor(
-            "providers", "worker", "--pool", "all", "--concurrency", "1", "--hostname", "all@%h"
+            "providers",
+            "worker",
+            "--pool",
+            "all",
+            "--concurrency",
+            str(providers_concurrency),
+            "--hostname",
+            "all@%h",
         )
         conveyor("beat", "beat")
         api = conveyor("api", "api", "--port", str(port))
@@ -122,16 +139,43 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the API at {self.api_url} does not answer:\n{api.tail()}")
             time.sleep(0.1)
+        self.providers_concurrency = providers_concurrency
 
-    def start_raw_worker(self) -> Service:
-        """``celery -A benchmarks.raw_celery worker -c 1 -Q bench``: the plain-Celery side."""
+    def stop_conveyor(self) -> None:
+        """Stop Conveyor's processes (to start them again with another concurrency)."""
+        procs = list(self.conveyor.values())
+        devstack.stop_all(reversed(procs))
+        self.services = [s for s in self.services if s not in procs]
+        self.conveyor.clear()
+        self.providers_concurrency = 0
+
+    def stop_raw_worker(self, name: str) -> None:
+        svc = self.raw_workers.pop(name, None)
+        if svc is None:
+            return
+        devstack.stop_all([svc])
+        self.services = [s for s in self.services if s is not svc]
+        if self.raw_worker is svc:
+            self.raw_worker = None
+
+    def start_raw_worker(
+        self,
+        module: str = "benchmarks.raw_celery",
+        queue: str = RAW_QUEUE,
+        concurrency: int = 1,
+        name: str = "raw-celery",
+    ) -> Service:
+        """``celery -A <module> worker -c <concurrency> -Q <queue>``: a plain-Celery side
+        (by default the overhead benchmark's: raw_celery, -c 1, queue ``bench``)."""
         argv = [
-            sys.executable, "-m", "celery", "-A", "benchmarks.raw_celery", "worker",
-            "-c", "1", "-Q", RAW_QUEUE, "--loglevel", "INFO", "-n", "raw@%h",
+            sys.executable, "-m", "celery", "-A", module, "worker",
+            "-c", str(concurrency), "-Q", queue, "--loglevel", "INFO", "-n", f"{name}@%h",
         ]  # fmt: skip
-        svc = self._spawn("raw-celery", argv, self.env)
+        svc = self._spawn(name, argv, self.env)
         _wait_log(svc, CELERY_READY, 90)
-        self.raw_worker = svc
+        self.raw_workers[name] = svc
+        if name == "raw-celery":
+            self.raw_worker = svc
         return svc
 
     def stop(self) -> None:
@@ -288,6 +332,29 @@ def machine_info() -> dict[str, str]:
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
     }
+
+
+def code_state() -> str:
+    """The code measured: HEAD and how many files outside benchmarks/ differ from it."""
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout if out.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain").splitlines()
+        if line[3:] and not line[3:].startswith("benchmarks/")
+    ]
+    if not changed:
+        return f"git {head}, clean outside benchmarks/"
+    return f"git {head} + {len(changed)} changed or new files outside benchmarks/ (working tree)"
 
 
 def versions() -> dict[str, str]:

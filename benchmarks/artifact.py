@@ -24,9 +24,10 @@ prefork child, and -- grouped -- the bash processes of the build), the API, beat
 transfer process and, as context only, moto's server (which holds objects in memory).
 
 Where the time goes: the same pipeline is run once more in-process (benchmarks/_inproc.py:
-``run_attempt`` and ``advance`` called directly, real Redis, S3 and providers) with
-wall-clock timers around the transfers, hashing, zipping, extraction and copies. As a
-what-if, the file is also zipped with ZIP_STORED (no compression) in-process.
+``run_action`` called for every dispatched task, which applies its result too; real Redis,
+S3 and providers) with wall-clock and CPU timers around the transfers, hashing, zipping,
+extraction and copies. As a what-if, the file is also zipped with ZIP_STORED (no
+compression) in-process.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._inproc import Timed, in_process, timers, unique
+from benchmarks._inproc import in_process, unique
 from benchmarks._stack import REPO_ROOT, Bench, ProcPeak, RssSampler, log
+from benchmarks._timers import Timed, Timers, check, profile_table
 from providers.ziputil import extract_zip, sha256_file
 
 CHUNK = 1024 * 1024
@@ -64,26 +66,32 @@ artifacts:
   files:
     - {PAYLOAD}
 """
-# Code timed during the in-process run of the same pipeline: (module, attr, label, depth).
+# Code timed during the in-process run of the same pipeline (benchmarks/_timers.py):
+# (module, attribute path, label, depth); a row counts the calls made directly under the
+# row above it with one less depth. Checked before anything runs.
 TIMED: list[Timed] = [
-    ("workers.runner", "run_attempt", "worker: `run_attempt`, all three actions", 0),
-    ("engine.artifacts", "ArtifactStore.download_to_dir", "download input artifacts (2)", 1),
-    ("minio", "Minio.fget_object", "S3 GET (minio `fget_object`)", 2),
-    ("engine.artifacts", "sha256_file", "SHA-256 (2 verifies + 2 uploads, plus logs)", 2),
-    ("engine.artifacts", "extract_zip", "extract", 2),
-    ("providers.s3_source", "S3Source.run", "S3 source provider", 1),
-    ("providers.s3_source", "_stream_get", "S3 GET (boto3 `get_object`, streamed)", 2),
-    ("providers.s3_source", "extract_zip", "extract the source zip", 2),
-    ("providers.codebuild", "_CodeBuildBase.run", "CodeBuild provider", 1),
-    ("shutil", "copytree", "copy input into the build dir (`copytree`)", 2),
-    ("providers.bash_session", "BashSession.run", "buildspec commands (`mkdir`, `cp`)", 2),
-    ("providers.codebuild", "collect_artifacts", "collect artifact files (copy)", 2),
-    ("providers.s3_deploy", "S3Deploy.run", "S3 deploy provider", 1),
-    ("boto3.s3.transfer", "S3Transfer.upload_file", "S3 PUT (boto3 `upload_file`)", 2),
-    ("engine.artifacts", "ArtifactStore.upload_dir", "upload output artifacts (2)", 1),
-    ("engine.artifacts", "zip_dir", "zip (`zip_dir`, DEFLATE)", 2),
-    ("minio", "Minio.fput_object", "S3 PUT (minio `fput_object`; also logs)", 2),
-    ("workers.tasks", "advance", "engine: `advance` (3 callbacks)", 0),
+    ("benchmarks._inproc", "handle", "worker: `run_action`, all three actions", 0),
+    ("workers.runner", "execute", "`execute`: inputs, provider, outputs, log", 1),
+    ("workers.artifacts", "ArtifactStore.download_to_dir", "download input artifacts (2)", 2),
+    ("workers.artifacts", "ArtifactStore.fetch", "S3 GET, hashed while streaming (`fetch`)", 3),
+    ("workers.artifacts", "extract_zip", "extract", 3),
+    ("providers.s3_source", "S3Source.run", "S3 source provider", 2),
+    ("providers.s3_source", "S3Source._get", "S3 GET request (boto3 `get_object`)", 3),
+    ("providers.s3_source", "extract_zip", "extract the source zip", 3),
+    ("providers.codebuild", "_CodeBuildBase.run", "CodeBuild provider", 2),
+    ("shutil", "copytree", "copy input into the build dir (`copytree`)", 3),
+    ("providers.bash_session", "BashSession.run", "buildspec commands (`mkdir`, `cp`)", 3),
+    ("providers.codebuild", "collect_artifacts", "collect artifact files (copy)", 3),
+    ("providers.s3_deploy", "S3Deploy.run", "S3 deploy provider", 2),
+    ("providers.s3_deploy", "S3Deploy._put", "S3 PUT (boto3 `upload_file`)", 3),
+    ("workers.artifacts", "ArtifactStore.package_dir", "zip + hash output artifacts (2)", 2),
+    ("workers.artifacts", "zip_dir", "zip (`zip_dir`)", 3),
+    ("workers.artifacts", "sha256_file", "SHA-256 of the zip", 3),
+    ("workers.artifacts", "ArtifactStore.upload_packed", "upload output artifacts (2)", 2),
+    ("minio", "Minio.fput_object", "S3 PUT (minio `fput_object`)", 3),
+    ("workers.artifacts", "ArtifactStore.upload_file", "upload the build log", 2),
+    ("engine.store.runs", "Runs.record_result", "record the results", 1),
+    ("workers.attempts", "report", "apply the results (`report` -> `Store.apply`)", 1),
 ]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MOTO_LINE = re.compile(r'"(GET|PUT|POST|HEAD|DELETE) (/[^ ]*) HTTP/[0-9.]+" (\d+)')
@@ -98,8 +106,8 @@ class ArtifactResult:
     raw_hops: list[dict[str, Any]] = field(default_factory=list)
     raw_total: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds for one pass
-    # (label, depth, calls, seconds) from the in-process run of the same pipeline
-    timed_rows: list[tuple[str, int, int, float]] = field(default_factory=list)
+    # the in-process run of the same pipeline: the timers' table (totals, markdown)
+    timed_table: list[str] = field(default_factory=list)
     inproc_total: float = 0.0
     moto_requests: dict[str, list[str]] = field(default_factory=dict)  # op -> keys
     peaks: list[ProcPeak] = field(default_factory=list)
@@ -320,15 +328,12 @@ def _run_pipeline(bench: Bench, res: ArtifactResult, workdir: Path, source_zip: 
     log("artifact: the same pipeline in-process, with timers (no Celery)")
     with in_process(bench) as ip:
         name = ip.create_pipeline(artifact_pipeline(unique("bench-inproc"), src, key, art, deploy))
+        timed = Timers(TIMED)
         t = time.perf_counter()
-        with timers(TIMED) as acc:
-            ip.run(name)
+        with timed.installed():
+            ip.run(name, timed)
         res.inproc_total = time.perf_counter() - t
-    res.timed_rows = [
-        (label, depth, int(acc[label][0]), acc[label][1])
-        for _m, _a, label, depth in TIMED
-        if acc[label][0]
-    ]
+    res.timed_table = profile_table(timed, totals=True)
     for b in (src, art, deploy):  # free moto's memory
         _empty_bucket(s3, b)
 
@@ -366,6 +371,7 @@ def _time_steps(res: ArtifactResult, workdir: Path) -> None:
 
 
 def run_artifact(bench: Bench, size_mb: int = 200) -> ArtifactResult:
+    check(TIMED)  # a timed function that is gone fails here, not after the pipeline ran
     res = ArtifactResult(size_mb=size_mb)
     workdir = bench.workdir / "artifact"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -13,15 +13,15 @@ Conveyor side (``conveyor worker --pool engine -c 1``, ``conveyor worker --pool 
   ``Build/AWS/CodeBuild`` actions, ``runOrder`` 1..49, input ``SourceOutput``, no outputs;
 - timed from the ``StartPipelineExecution`` call until ``GetPipelineExecution`` (polled
   every 100 ms through the API, as a client would) says ``Succeeded``;
-- what each action costs, all of it counted: the engine's completion callback (load the
-  execution from Redis, ``decide``, compare-and-set write with the outbox, events, dispatch
-  the next action), the Celery hop to the provider pool, and on the worker: load the
-  execution, claim a lease (heartbeat thread), download the ``SourceOutput`` artifact
-  (minio SDK, SHA-256 checked), extract it, copy it to the build's source dir, parse the
-  buildspec, run ``echo ok`` in a ``bash`` process with CodeBuild's state-keeping wrapper,
-  upload two log objects (``build-log`` and ``action-log``), record the result, send the
-  callback. The Source action instead makes a boto3 client, HEADs and GETs the object,
-  extracts it, and zips and uploads ``SourceOutput``.
+- what each action costs, all of it counted: the Celery hop to the provider pool, and on
+  the worker: load the execution, claim the lease (one Lua call; heartbeat thread),
+  download the ``SourceOutput`` artifact (minio SDK, one GET hashed while streaming,
+  SHA-256 checked), extract it, copy it to the build's source dir, parse the buildspec,
+  run ``echo ok`` in a ``bash`` process with CodeBuild's state-keeping wrapper, upload the
+  build log, record the result, then apply it in the worker (``Store.apply``: load the run
+  and the execution, ``decide``, compare-and-set write with the outbox and events, dispatch
+  the next action; no hop through the engine pool). The Source action instead GETs the
+  object with boto3, extracts it, and zips and uploads ``SourceOutput``.
 
 Raw side (``celery -A benchmarks.raw_celery worker -c 1 -Q bench``, see raw_celery.py):
 
@@ -31,15 +31,15 @@ Raw side (``celery -A benchmarks.raw_celery worker -c 1 -Q bench``, see raw_cele
 - timed from ``chain.apply_async()`` until the driver (polling Redis every 100 ms) sees it.
 
 So the ratio charges Conveyor for everything it does beyond that minimum: state in Redis,
-events, leases, integrity checks, the artifact re-zip by the Source action, the second log
-object, the buildspec machinery and the extra process hop per action (provider pool ->
-engine pool -> provider pool, where the raw chain goes worker -> same worker).
+events, leases, integrity checks, the artifact re-zip by the Source action and the
+buildspec machinery.
 
 Where the time goes is then measured in-process, without Celery: the same pipeline is
-driven by calling ``workers.runner.run_attempt`` and ``workers.tasks.advance`` directly
-(real Redis, real S3, real providers), timing the worker's and the engine's share of each
-action, and once more under cProfile for the functions that dominate. The rest of the
-end-to-end per-action time is Celery, the broker, the process hops and polling.
+driven by calling ``workers.runner.run_action`` for every dispatched task (real Redis, real
+S3, real providers; the action's result is applied inside it, as on a worker), timing each
+action, once more with timers around the worker's and the store's functions (wall and CPU,
+benchmarks/_timers.py), and once under cProfile for the functions that dominate. The rest
+of the end-to-end per-action time is Celery, the broker, the process hops and polling.
 """
 
 from __future__ import annotations
@@ -60,33 +60,68 @@ import redis
 from celery import chain
 
 from benchmarks import raw_celery
-from benchmarks._inproc import Timed, in_process, timers, unique
+from benchmarks._inproc import in_process, unique
 from benchmarks._stack import Bench, log
+from benchmarks._timers import Row, Timed, Timers, check, profile_table
 
 BUILDSPEC = "version: 0.2\nphases:\n  build:\n    commands:\n      - echo ok\n"
 POLL_SECONDS = 0.1
 POLLING_PROCESSES = frozenset({"api", "driver (this process)"})
 RUN_TIMEOUT = 300.0
-# Code timed during the in-process run: (module, attribute path, label, depth).
+# Code timed during the in-process run (benchmarks/_timers.py): (module, attribute path,
+# label, depth); a row counts the calls made directly under the row above it with one less
+# depth. Checked before anything runs: a name that is gone fails the benchmark.
+APPLY_LABEL = "applying the result (`Store.apply`): the compare-and-set transition"
 TIMED: list[Timed] = [
-    ("workers.runner", "run_attempt", "worker: `run_attempt`, the whole action", 0),
-    ("engine.store", "Store.try_load", "load execution (Redis GET + JSON parse)", 1),
-    ("engine.store", "Store.claim_lease", "claim lease", 1),
-    ("workers.runner", "_execute", "`_execute`: inputs, provider, outputs, logs", 1),
-    ("engine.artifacts", "ArtifactStore.download_to_dir", "download + SHA-256 + extract", 2),
+    (
+        "benchmarks._inproc",
+        "handle",
+        "worker, whole action incl. applying the result (`run_action`)",
+        0,
+    ),
+    ("engine.store.runs", "Runs.load", "load the execution (`Runs.load`)", 1),
+    ("engine.store.leases", "Leases.claim", "claim the lease (`Leases.claim`, one Lua call)", 1),
+    ("workers.runner", "execute", "`execute`: inputs, provider, outputs, log", 1),
+    (
+        "workers.artifacts",
+        "ArtifactStore.download_to_dir",
+        "download (one GET, hashed while streaming) + extract",
+        2,
+    ),
     ("providers.codebuild", "_CodeBuildBase.run", "CodeBuild provider `run`", 2),
     ("providers.codebuild", "parse_buildspec", "parse buildspec", 3),
     ("providers.bash_session", "BashSession.run", "bash command `echo ok`", 3),
     ("providers.s3_source", "S3Source.run", "S3 source provider `run`", 2),
-    ("engine.artifacts", "ArtifactStore.upload_dir", "zip + upload output artifact", 2),
-    ("engine.artifacts", "ArtifactStore.upload_file", "upload one object (logs, artifacts)", 2),
-    ("engine.store", "Store.record_result", "record result", 1),
-    ("workers.tasks", "advance", "engine: `advance`, the completion callback", 0),
-    ("engine.store", "Store.get_result", "read result", 1),
-    ("engine.store", "Store.apply", "`Store.apply`: compare-and-set transition", 1),
-    ("engine.store", "decide", "`decide` (pure; deep-copies the state)", 2),
-    ("engine.store", "Store._stage_effects", "stage outbox + events", 2),
-    ("engine.store", "Store.release_lease", "release lease", 1),
+    (
+        "workers.artifacts",
+        "ArtifactStore.package_dir",
+        "zip + hash the output artifact (`package_dir`)",
+        2,
+    ),
+    (
+        "workers.artifacts",
+        "ArtifactStore.upload_packed",
+        "upload the output artifact (`upload_packed`)",
+        2,
+    ),
+    ("workers.artifacts", "ArtifactStore.upload_file", "upload the build log (`upload_file`)", 2),
+    ("engine.store.runs", "Runs.record_result", "record the result (`record_result`)", 1),
+    ("workers.attempts", "report", "report: apply the result here, in the worker (`report`)", 1),
+    ("engine.store", "Store.apply", APPLY_LABEL, 2),
+    ("engine.store.runs", "Runs._read", "read: WATCH + one Lua read (`_read`)", 3),
+    ("engine.store.runs", "decide", "`decide` (pure)", 3),
+    (
+        "engine.store.runs",
+        "Runs._write",
+        "queue the MULTI: records, indexes, outbox, events (`_write`)",
+        3,
+    ),
+    (
+        "engine.store.runs",
+        "Runs.carry_out",
+        "dispatch the next task, clear the outbox (`carry_out`)",
+        3,
+    ),
 ]
 
 
@@ -174,9 +209,7 @@ def tree_cpu(pid: int | None) -> float:
 
 
 def cpu_snapshot(bench: Bench) -> dict[str, float]:
-    named = {**bench.conveyor, "redis": bench.redis, "moto-s3": bench.s3}
-    if bench.raw_worker is not None:
-        named["raw-celery"] = bench.raw_worker
+    named = {**bench.conveyor, "redis": bench.redis, "moto-s3": bench.s3, **bench.raw_workers}
     out = {name: tree_cpu(svc.pid) for name, svc in named.items()}
     me = psutil.Process().cpu_times()
     out["driver (this process)"] = me.user + me.system
@@ -200,11 +233,16 @@ class OverheadResult:
     raw_warmup: float = 0.0
     conveyor_cpu: dict[str, float] = field(default_factory=dict)  # CPU s per run
     raw_cpu: dict[str, float] = field(default_factory=dict)
-    inproc_worker_ms: dict[str, float] = field(default_factory=dict)  # per action kind
-    inproc_engine_ms: float = 0.0
+    # the in-process runs (no Celery), per action of each kind: wall and CPU ms of the whole
+    # task (`run_action`: the worker and the applying of the result)
+    inproc_worker_ms: dict[str, float] = field(default_factory=dict)
+    inproc_worker_cpu_ms: dict[str, float] = field(default_factory=dict)
+    inproc_apply_ms: float = 0.0  # applying the result (`Store.apply`), per action
+    inproc_apply_cpu_ms: float = 0.0
     inproc_total_s: float = 0.0
-    # (label, depth, calls per action, ms per action) from the timed in-process run
-    timed_rows: list[tuple[str, int, float, float]] = field(default_factory=list)
+    # the timed in-process run: rows per action, and the table as markdown
+    timed_rows: list[Row] = field(default_factory=list)
+    timed_table: list[str] = field(default_factory=list)
     profile_total_s: float = 0.0
     profile_top: str = ""
 
@@ -270,6 +308,7 @@ def _raw_run(app: Any, r: redis.Redis, actions: int, src: tuple[str, str], logs:
 def run_overhead(bench: Bench, actions: int = 50, runs: int = 3) -> OverheadResult:
     if actions < 2:
         raise ValueError("--actions must be at least 2 (one source + one build)")
+    check(TIMED)  # a timed function that is gone fails here, not after the timed runs
     res = OverheadResult(actions=actions, runs=runs)
     s3 = bench.s3_client()
     tag = uuid.uuid4().hex[:8]
@@ -335,25 +374,26 @@ def _in_process(bench: Bench, res: OverheadResult, src_bucket: str, src_key: str
         steps = ip.run(name)
         res.inproc_total_s = time.perf_counter() - t
         for kind in ("Source", "Build"):
-            xs = [s.worker_s for s in steps if s.stage == kind]
-            if xs:
-                res.inproc_worker_ms[kind.lower()] = 1000 * statistics.fmean(xs)
-        res.inproc_engine_ms = 1000 * statistics.fmean(s.engine_s for s in steps)
+            mine = [s for s in steps if s.stage == kind]
+            if mine:
+                res.inproc_worker_ms[kind.lower()] = 1000 * statistics.fmean(
+                    s.seconds for s in mine
+                )
+                res.inproc_worker_cpu_ms[kind.lower()] = 1000 * statistics.fmean(
+                    s.cpu for s in mine
+                )
 
-        with timers(TIMED) as acc:
-            ip.run(name)
-        n = res.actions
-        res.timed_rows = [
-            (label, depth, acc[label][0] / n, 1000 * acc[label][1] / n)
-            for _mod, _attr, label, depth in TIMED
-            if acc[label][0]
-        ]
+        timed = Timers(TIMED)
+        with timed.installed():
+            ip.run(name, timed)
+        res.timed_rows = timed.rows()
+        res.timed_table = profile_table(timed)
+        apply = next(r for r in res.timed_rows if r.label == APPLY_LABEL)
+        res.inproc_apply_ms, res.inproc_apply_cpu_ms = apply.wall_ms, apply.cpu_ms
 
         prof = cProfile.Profile()
         t = time.perf_counter()
-        prof.enable()
-        ip.run(name)
-        prof.disable()
+        ip.run(name, profile=prof)
         res.profile_total_s = time.perf_counter() - t
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)

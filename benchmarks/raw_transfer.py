@@ -31,12 +31,12 @@ from typing import Any
 
 import boto3
 import psutil
-from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 from minio import Minio
 
-PART_SIZE = 8 * 1024 * 1024  # engine.artifacts.PART_SIZE
-PARALLEL_UPLOADS = 2  # engine.artifacts.PARALLEL_UPLOADS
+PART_SIZE = 8 * 1024 * 1024  # workers.artifacts.PART_SIZE
+PARALLEL_UPLOADS = 2  # workers.artifacts.PARALLEL_UPLOADS
 
 
 class _PeakRss(threading.Thread):

@@ -116,6 +116,12 @@ class ServiceUnavailableError(ConveyorError):
     aws_code = "ServiceUnavailableException"
 
 
+class StoreError(ConveyorError):
+    """Redis answered with an error: a bug or a misconfigured server, not a user's fault."""
+
+    aws_code = "InternalFailure"
+
+
 class NotLatestPipelineExecutionError(ExecutionError):
     aws_code = "NotLatestPipelineExecutionException"
 
@@ -134,7 +140,3 @@ class UnableToRollbackStageError(ExecutionError):
 
 class ConditionNotOverridableError(ExecutionError):
     aws_code = "ConditionNotOverridableException"
-
-
-class LimitExceededError(ConveyorError):
-    aws_code = "LimitExceededException"

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.arns import pipeline_arn
 from engine.execution import ExecutionState
 from engine.messages import Emit
 
@@ -22,32 +23,29 @@ def build(state: ExecutionState, emit: Emit, now: float) -> dict[str, Any]:
         "pipeline": state.pipeline_name,
         "execution-id": state.execution_id,
         "version": state.pipeline_version,
-        "state": emit.state,
+        "state": emit.state.value,
     }
     if emit.level == "pipeline":
-        detail["execution-trigger"] = {"trigger-type": state.trigger_type}
+        detail["execution-trigger"] = {"trigger-type": state.trigger_type.value}
     if emit.stage:
         detail["stage"] = emit.stage
     if emit.action and emit.stage:
         detail["action"] = emit.action
         act = state.action(emit.stage, emit.action)
-        decl = state.definition.stage(emit.stage)
-        ad = next((a for a in decl.actions if a.name == emit.action), None) if decl else None
-        if ad is not None:
-            detail["type"] = {
-                "owner": ad.action_type_id.owner,
-                "provider": ad.action_type_id.provider,
-                "category": ad.action_type_id.category.value,
-                "version": ad.action_type_id.version,
-            }
+        ad = state.action_decl(emit.stage, emit.action)
+        detail["type"] = {
+            "owner": ad.action_type_id.owner,
+            "provider": ad.action_type_id.provider,
+            "category": ad.action_type_id.category.value,
+            "version": ad.action_type_id.version,
+        }
         if act is not None:
             detail["action-execution-id"] = act.action_execution_id
             if act.result and act.result.error_message:
                 detail["execution-result"] = {
                     "external-execution-summary": act.result.error_message,
-                    "external-execution-state": emit.state,
+                    "external-execution-state": emit.state.value,
                 }
-    detail.update(emit.detail)
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
@@ -56,6 +54,6 @@ def build(state: ExecutionState, emit: Emit, now: float) -> dict[str, Any]:
         "account": "000000000000",
         "time": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "region": "local",
-        "resources": [f"arn:conveyor:codepipeline:local:000000000000:{state.pipeline_name}"],
+        "resources": [pipeline_arn(state.pipeline_name)],
         "detail": detail,
     }

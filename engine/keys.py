@@ -4,10 +4,10 @@ from __future__ import annotations
 
 PREFIX = "conveyor"
 
-# Celery queues
+# ---------------------------------------------------------------------------- Celery queues
+
 ENGINE_QUEUE = "conveyor.engine"
 ENGINE_TASK = "conveyor.engine.advance"
-SWEEP_TASK = "conveyor.engine.sweep"
 # Stage-condition rules that run commands go to build workers, like a CodeBuild action.
 COMMANDS_RULE_QUEUE = "conveyor.rule.commands"
 
@@ -27,12 +27,14 @@ def provider_queue(category: str, provider: str) -> str:
     return f"{PREFIX}.{category.lower()}.{provider.lower()}"
 
 
-# Pipelines
+# ---------------------------------------------------------------------------- pipelines
+
 PIPELINES = f"{PREFIX}:pipelines"  # set of names
 
 
 def pipeline(name: str) -> str:
-    """Hash: field ``current`` (version number), ``v<N>`` (definition JSON), ``meta``."""
+    """Hash: ``current`` (latest version), ``digest`` (of the latest), ``created``,
+    ``updated``, and per version N ``v<N>`` (definition JSON) and ``h<N>`` (its SHA-256)."""
     return f"{PREFIX}:pipeline:{name}"
 
 
@@ -41,12 +43,37 @@ def pipeline_executions(name: str) -> str:
     return f"{PREFIX}:pipeline:{name}:executions"
 
 
+def tokens(name: str) -> str:
+    """Hash: clientRequestToken -> the execution it started (idempotent starts)."""
+    return f"{PREFIX}:pipeline:{name}:tokens"
+
+
+def tokens_order(name: str) -> str:
+    """List of the tokens in ``tokens`` oldest first, so the oldest can be forgotten."""
+    return f"{PREFIX}:pipeline:{name}:tokens:order"
+
+
+def approvals(name: str) -> str:
+    """Hash: approval token -> the execution that issued it (PutApprovalResult's lookup)."""
+    return f"{PREFIX}:pipeline:{name}:approvals"
+
+
+def source_revisions(pipeline: str) -> str:
+    """Hash: ``<stage>/<action>`` -> the last revision seen of that source action (JSON)."""
+    return f"{PREFIX}:pipeline:{pipeline}:sources"
+
+
+def pipeline_lock(name: str) -> str:
+    """String with TTL: held while a contended transition of the pipeline runs."""
+    return f"{PREFIX}:pipeline:{name}:lock"
+
+
+# ---------------------------------------------------------------------------- executions
+
+
 def run(name: str) -> str:
-    """String: the pipeline's run record (stage locks, transitions, active executions)."""
+    """String: the pipeline's run record (stage locks, transitions, active execution ids)."""
     return f"{PREFIX}:run:{name}"
-
-
-ACTIVE_RUNS = f"{PREFIX}:runs:active"  # set of pipeline names with active executions
 
 
 def execution(execution_id: str) -> str:
@@ -54,28 +81,28 @@ def execution(execution_id: str) -> str:
     return f"{PREFIX}:execution:{execution_id}"
 
 
-def result(execution_id: str, action_execution_id: str, attempt: int) -> str:
-    """String: a worker's recorded result for one attempt (JSON)."""
-    return f"{PREFIX}:result:{execution_id}:{action_execution_id}:{attempt}"
+def result(member: str) -> str:
+    """String: a worker's recorded result for one attempt (WorkItem member)."""
+    return f"{PREFIX}:result:{member}"
 
 
-def lease(execution_id: str, action_execution_id: str, attempt: int) -> str:
-    """String with TTL: held by the worker running that attempt."""
-    return f"{PREFIX}:lease:{execution_id}:{action_execution_id}:{attempt}"
+# Deadlines: member JSON [pipeline, execution id] -> the execution's next deadline (seconds).
+TIMERS = f"{PREFIX}:timers"
 
+# ---------------------------------------------------------------------------- leases
 
-LEASES = f"{PREFIX}:leases"  # sorted set: lease member -> expiry (epoch seconds)
+LEASES = f"{PREFIX}:leases"  # sorted set: WorkItem member -> lease expiry (ms, Redis clock)
+LEASE_HOLDERS = f"{PREFIX}:leases:holders"  # hash: WorkItem member -> holder id
+# Sorted set: dispatched attempts no worker has claimed yet -> when to look for them (ms).
+CLAIMS = f"{PREFIX}:claims"
 
-# Transactional outbox
-OUTBOX = f"{PREFIX}:outbox"  # hash: effect id -> effect JSON
-OUTBOX_DUE = f"{PREFIX}:outbox:due"  # sorted set: effect id -> time it was written
+# ---------------------------------------------------------------------------- outbox
 
-# Events
+OUTBOX = f"{PREFIX}:outbox"  # hash: entry id -> effect JSON
+OUTBOX_DUE = f"{PREFIX}:outbox:due"  # sorted set: entry id -> time it was written (s)
+OUTBOX_DEAD = f"{PREFIX}:outbox:dead"  # hash: entry id -> what could not be read, and why
+
+# ---------------------------------------------------------------------------- events, stats
+
 EVENTS = f"{PREFIX}:events"  # stream of EventBridge-shaped events
-
-# Source change detection (engine.triggers)
-
-
-def source_revisions(pipeline: str) -> str:
-    """Hash: ``<stage>/<action>`` -> the last revision seen of that source action (JSON)."""
-    return f"{PREFIX}:pipeline:{pipeline}:sources"
+CAS_RETRIES = f"{PREFIX}:stats:cas_retries"  # counter: compare-and-set conflicts

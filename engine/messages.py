@@ -1,28 +1,50 @@
-"""What flows into the transition function (events) and out of it (effects), and the
-deterministic ids both sides derive from them."""
+"""What flows into the transition function (events) and out of it (effects).
+
+Events carry no clock of their own choosing: the store stamps ``now`` with Redis's clock
+inside the compare-and-set, so every host agrees on time. An event names the executions it
+is about (:meth:`_Event.execution_ids`) so the store loads exactly those (plus the ones
+waiting at stage transitions, which any transition may admit or supersede).
+"""
 
 from __future__ import annotations
 
-import uuid
-from typing import Annotated, Literal
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from engine.definition import PipelineDeclaration
-from engine.execution import ActionResult, ActionState, ExecutionState, StageState
+from engine.execution import ActionResult, ExecutionState, RetryMode, TriggerType
+from engine.ids import task_id
+from engine.records import Record
 
-_ID_NS = uuid.UUID("6f1d2a8e-3c1b-4c5e-9a57-2f0b8d7e4c10")
+
+class WorkKind(StrEnum):
+    """What a worker task runs: an action, or a stage-condition rule (Commands)."""
+
+    ACTION = "action"
+    RULE = "rule"
 
 
 # ---------------------------------------------------------------------------- events
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    now: float
+class _Event(Record):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Stamped by the store (Redis TIME) inside the compare-and-set; callers leave it 0.
+    now: float = 0.0
+    # Whether the transition needs every active execution of the pipeline loaded.
+    loads_active: ClassVar[bool] = False
+
+    def execution_ids(self) -> tuple[str, ...]:
+        """Existing executions this event is about: the store loads them for ``decide``."""
+        return ()
 
 
 class Started(_Event):
+    """StartPipelineExecution (or a trigger): ``execution`` is new, definition attached."""
+
     kind: Literal["started"] = "started"
     execution: ExecutionState
 
@@ -35,16 +57,25 @@ class ActionCompleted(_Event):
     attempt: int
     result: ActionResult
 
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,)
+
 
 class ApprovalAnswered(_Event):
+    """PutApprovalResult. ``execution_id`` is the execution the token was issued in, found
+    by the token index, or None when no execution ever issued it."""
+
     kind: Literal["approval_answered"] = "approval_answered"
-    execution_id: str
+    execution_id: str | None
     stage: str
     action: str
     token: str
     approved: bool
     summary: str = ""
     answered_by: str | None = None
+
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,) if self.execution_id else ()
 
 
 class StopRequested(_Event):
@@ -53,9 +84,18 @@ class StopRequested(_Event):
     abandon: bool = False
     reason: str | None = None
 
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,)
+
 
 class TimerFired(_Event):
+    """A deadline of this execution (action, approval or rule timeout) may have passed."""
+
     kind: Literal["timer_fired"] = "timer_fired"
+    execution_id: str
+
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,)
 
 
 class LeaseExpired(_Event):
@@ -64,36 +104,49 @@ class LeaseExpired(_Event):
     kind: Literal["lease_expired"] = "lease_expired"
     execution_id: str
     stage: str
-    action: str
+    name: str  # the action, or the rule execution id
     attempt: int
+    work: WorkKind = WorkKind.ACTION
+
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,)
 
 
 class RetryRequested(_Event):
-    """RetryStageExecution: ``execution`` is the failed execution as last persisted."""
+    """RetryStageExecution."""
 
     kind: Literal["retry_requested"] = "retry_requested"
-    execution: ExecutionState
+    execution_id: str
     stage: str
-    mode: Literal["FAILED_ACTIONS", "ALL_ACTIONS"]
+    mode: RetryMode
+
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,)
 
 
 class TransitionChanged(_Event):
+    """Enable/DisableStageTransition; an Outbound transition is the next stage's Inbound."""
+
     kind: Literal["transition_changed"] = "transition_changed"
     stage: str
+    transition_type: Literal["Inbound", "Outbound"] = "Inbound"
     enabled: bool
     reason: str | None = None
     changed_by: str | None = None
 
 
 class RollbackRequested(_Event):
-    """RollbackStage: redeploy ``target``'s artifacts and variables for ``stage``."""
+    """RollbackStage: redeploy the target execution's artifacts and variables for ``stage``."""
 
     kind: Literal["rollback_requested"] = "rollback_requested"
-    target: ExecutionState
+    target_execution_id: str
     stage: str
     rollback_id: str  # chosen by the caller, so a repeated request is recognised
-    trigger_type: str = "ManualRollback"
+    trigger_type: TriggerType = TriggerType.MANUAL_ROLLBACK
     trigger_detail: str | None = None
+
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.target_execution_id, self.rollback_id)
 
 
 class RuleCompleted(_Event):
@@ -103,15 +156,31 @@ class RuleCompleted(_Event):
     execution_id: str
     stage: str
     rule_execution_id: str
+    attempt: int
     succeeded: bool
     summary: str = ""
 
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,)
+
 
 class ConditionOverridden(_Event):
+    """OverrideStageCondition; ``condition_type`` as the API names it (BEFORE_ENTRY...)."""
+
     kind: Literal["condition_overridden"] = "condition_overridden"
     execution_id: str
     stage: str
-    condition_type: str  # BEFORE_ENTRY | ON_SUCCESS
+    condition_type: str
+
+    def execution_ids(self) -> tuple[str, ...]:
+        return (self.execution_id,)
+
+
+class PipelineDeleted(_Event):
+    """DeletePipeline: every active execution is abandoned before its records go."""
+
+    kind: Literal["pipeline_deleted"] = "pipeline_deleted"
+    loads_active: ClassVar[bool] = True
 
 
 Event = Annotated[
@@ -125,7 +194,8 @@ Event = Annotated[
     | TransitionChanged
     | RollbackRequested
     | RuleCompleted
-    | ConditionOverridden,
+    | ConditionOverridden
+    | PipelineDeleted,
     Field(discriminator="kind"),
 ]
 
@@ -133,117 +203,126 @@ Event = Annotated[
 # ---------------------------------------------------------------------------- effects
 
 
-class Dispatch(BaseModel):
-    """Enqueue one attempt of one action (or one rule run) on its queue."""
+class EventState(StrEnum):
+    """``detail.state`` of the EventBridge events CodePipeline emits."""
 
-    model_config = ConfigDict(frozen=True)
+    STARTED = "STARTED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    RESUMED = "RESUMED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    SUPERSEDED = "SUPERSEDED"
+    ABANDONED = "ABANDONED"
+    SKIPPED = "SKIPPED"
+
+
+EventLevel = Literal["pipeline", "stage", "action"]
+
+
+class _Effect(Record):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Dispatch(_Effect):
+    """Enqueue one attempt of one action (or of a worker-run rule) on its queue."""
+
     kind: Literal["dispatch"] = "dispatch"
     execution_id: str
     stage: str
     action: str  # for a rule: the rule execution id
     attempt: int
     queue: str
+    work: WorkKind = WorkKind.ACTION
+
+    def item(self, pipeline: str) -> WorkItem:
+        return WorkItem(
+            pipeline, self.execution_id, self.stage, self.action, self.attempt, self.work
+        )
 
 
-class Emit(BaseModel):
+class Emit(_Effect):
     """A state change to publish as an EventBridge-shaped event."""
 
-    model_config = ConfigDict(frozen=True)
     kind: Literal["emit"] = "emit"
     execution_id: str
-    level: Literal["pipeline", "stage", "action"]
-    state: str  # CAPITALS, as CodePipeline's events say
+    level: EventLevel
+    state: EventState
     stage: str | None = None
     action: str | None = None
-    detail: dict[str, str] = Field(default_factory=dict)
 
 
-class Revoke(BaseModel):
-    """Revoke an abandoned attempt's Celery task and terminate what it runs."""
+class Revoke(_Effect):
+    """Revoke an abandoned attempt's Celery task; its worker stops what it runs."""
 
-    model_config = ConfigDict(frozen=True)
     kind: Literal["revoke"] = "revoke"
     execution_id: str
     stage: str
     action: str
     attempt: int
+    work: WorkKind = WorkKind.ACTION
+
+    def item(self, pipeline: str) -> WorkItem:
+        return WorkItem(
+            pipeline, self.execution_id, self.stage, self.action, self.attempt, self.work
+        )
 
 
 Effect = Annotated[Dispatch | Emit | Revoke, Field(discriminator="kind")]
 
 
-def task_id(execution_id: str, stage: str, action: str, attempt: int) -> str:
-    """The Celery task id of one attempt: deterministic, so it can be revoked."""
-    return str(uuid.uuid5(_ID_NS, f"task/{execution_id}/{stage}/{action}/{attempt}"))
+# ---------------------------------------------------------------------------- work items
 
 
-def rollback_execution_id(failed_execution_id: str, stage: str, retries: int) -> str:
-    """The id of the ROLLBACK execution an automatic rollback of a failed stage creates:
-    one per failure of that stage in that execution, whatever the clock says."""
-    return str(uuid.uuid5(_ID_NS, f"rollback/{failed_execution_id}/{stage}/{retries}"))
+@dataclass(frozen=True)
+class WorkItem:
+    """One attempt a worker runs: the unit that leases, results and tasks are keyed by."""
 
+    pipeline: str
+    execution_id: str
+    stage: str
+    name: str  # the action, or the rule execution id
+    attempt: int
+    kind: WorkKind = WorkKind.ACTION
 
-def approval_token(action_execution_id: str, attempt: int, now: float) -> str:
-    """An approval's token: new for every attempt, so a stale answer never matches."""
-    return str(uuid.uuid5(_ID_NS, f"{action_execution_id}/{attempt}/{now!r}"))
-
-
-def rule_execution_id(
-    execution_id: str, stage: str, kind: str, condition: int, rule: str, retries: int, now: float
-) -> str:
-    return str(
-        uuid.uuid5(_ID_NS, f"{execution_id}/{stage}/{kind}/{condition}/{rule}/{retries}/{now!r}")
-    )
-
-
-def action_execution_id(execution_id: str, stage: str, action: str) -> str:
-    return str(uuid.uuid5(_ID_NS, f"{execution_id}/{stage}/{action}"))
-
-
-def new_execution(
-    *,
-    execution_id: str,
-    definition: PipelineDeclaration,
-    version: int,
-    artifact_bucket: str,
-    now: float,
-    variables: dict[str, str],
-    trigger_type: str = "StartPipelineExecution",
-    trigger_detail: str | None = None,
-    source_revisions: list[dict[str, str]] | None = None,
-    client_request_token: str | None = None,
-) -> ExecutionState:
-    stages = [
-        StageState(
-            name=s.name,
-            actions=[
-                ActionState(
-                    stage=s.name,
-                    name=a.name,
-                    action_execution_id=action_execution_id(execution_id, s.name, a.name),
-                )
-                for a in s.actions
-            ],
+    def member(self) -> str:
+        """Its name in the lease, claim and result indexes."""
+        return json.dumps(
+            [self.pipeline, self.execution_id, self.stage, self.name, self.attempt, self.kind]
         )
-        for s in definition.stages
-    ]
-    resolved = {
-        v.name: v.default_value for v in definition.variables if v.default_value is not None
-    }
-    resolved.update(variables)
-    return ExecutionState(
-        execution_id=execution_id,
-        pipeline_name=definition.name,
-        pipeline_version=version,
-        definition=definition,
-        artifact_bucket=artifact_bucket,
-        start_time=now,
-        last_update_time=now,
-        trigger_type=trigger_type,
-        trigger_detail=trigger_detail,
-        variables=resolved,
-        stages=stages,
-        source_revisions=list(source_revisions or []),
-        client_request_token=client_request_token,
-        execution_mode=definition.execution_mode,
+
+    @classmethod
+    def from_member(cls, member: str) -> WorkItem:
+        pipeline, execution_id, stage, name, attempt, kind = json.loads(member)
+        return cls(
+            str(pipeline), str(execution_id), str(stage), str(name), int(attempt), WorkKind(kind)
+        )
+
+    @property
+    def task_id(self) -> str:
+        return task_id(self.execution_id, self.stage, self.name, self.attempt)
+
+    def task_args(self) -> list[str | int]:
+        """The Celery task's arguments, in the order the task functions take them."""
+        return [self.execution_id, self.stage, self.name, self.attempt]
+
+
+def completion(item: WorkItem, result: ActionResult) -> ActionCompleted | RuleCompleted:
+    """The event that applies a worker's recorded result of one attempt."""
+    if item.kind is WorkKind.RULE:
+        return RuleCompleted(
+            execution_id=item.execution_id,
+            stage=item.stage,
+            rule_execution_id=item.name,
+            attempt=item.attempt,
+            succeeded=result.succeeded,
+            summary=result.summary or result.error_message or "",
+        )
+    return ActionCompleted(
+        execution_id=item.execution_id,
+        stage=item.stage,
+        action=item.name,
+        attempt=item.attempt,
+        result=result,
     )

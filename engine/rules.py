@@ -15,16 +15,19 @@ the two kinds apart.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from engine.cron import CronError, in_window, load_zone, next_window_start, parse_cron
 from engine.errors import Problem
+from engine.records import Declaration
+from engine.variables import Lookup, has_reference, substitute
 from providers.base import ProviderConfig
 
 __all__ = [
@@ -51,25 +54,46 @@ __all__ = [
     "rule_type",
 ]
 
-ConditionKind = Literal["beforeEntry", "onSuccess", "onFailure"]
+
+class ConditionKind(StrEnum):
+    """Where a stage's conditions sit; the values are the declaration's keys."""
+
+    BEFORE_ENTRY = "beforeEntry"
+    ON_SUCCESS = "onSuccess"
+    ON_FAILURE = "onFailure"
+
+    @property
+    def api_name(self) -> str:
+        """The ConditionType name the API uses (OverrideStageCondition)."""
+        return _API_NAMES[self]
+
+    @classmethod
+    def from_api(cls, name: str) -> ConditionKind | None:
+        """The kind an API ConditionType names, or None for a name that is not one."""
+        return next((k for k, v in _API_NAMES.items() if v == name), None)
+
+
+_API_NAMES = {
+    ConditionKind.BEFORE_ENTRY: "BEFORE_ENTRY",
+    ConditionKind.ON_SUCCESS: "ON_SUCCESS",
+    ConditionKind.ON_FAILURE: "ON_FAILURE",
+}
+
 ResultName = Literal["ROLLBACK", "FAIL", "RETRY", "SKIP"]
 
 # Which results each kind of condition may engage (AWS's stage-conditions guide).
-ALLOWED_RESULTS: dict[str, frozenset[str]] = {
-    "beforeEntry": frozenset({"FAIL", "SKIP"}),
-    "onSuccess": frozenset({"ROLLBACK", "FAIL"}),
-    "onFailure": frozenset({"ROLLBACK", "RETRY"}),
+ALLOWED_RESULTS: dict[ConditionKind, frozenset[str]] = {
+    ConditionKind.BEFORE_ENTRY: frozenset({"FAIL", "SKIP"}),
+    ConditionKind.ON_SUCCESS: frozenset({"ROLLBACK", "FAIL"}),
+    ConditionKind.ON_FAILURE: frozenset({"ROLLBACK", "RETRY"}),
 }
 MAX_RULES_PER_CONDITION = 5
 MAX_COMMANDS = 50
 MAX_COMMAND_LENGTH = 1000
 RULE_NAME_RE = re.compile(r"^[A-Za-z0-9.@\-_]{1,100}$")
-_REF_RE = re.compile(r"#\{([A-Za-z0-9@\-_]+)\.([A-Za-z0-9@\-_.]+)\}")
 
 
-class _Model(BaseModel):
-    # Unknown keys are errors, as in engine.definition: a typo must not pass unnoticed.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+_Model = Declaration
 
 
 # ---------------------------------------------------------------------------- declarations
@@ -136,7 +160,7 @@ class FailureConditions(_Model):
 
 def _deferred(value: str) -> bool:
     """A value holding ``#{ns.var}`` is known only at run time: judge it then, not now."""
-    return "#{" in value
+    return has_reference(value)
 
 
 def _java_regex(pattern: str) -> re.Pattern[str]:
@@ -471,25 +495,24 @@ class _Unresolved(Exception):
         self.reference = reference
 
 
-def _resolve(value: str, variables: Callable[[str], str | None]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        found = variables(m.group(0))
+def _resolve(value: str, variables: Lookup) -> str:
+    def lookup(namespace: str, variable: str) -> str:
+        found = variables(namespace, variable)
         if found is None:
-            raise _Unresolved(m.group(0))
+            raise _Unresolved(f"#{{{namespace}.{variable}}}")
         return found
 
-    return _REF_RE.sub(sub, value)
+    return substitute(value, lookup)
 
 
-def evaluate(
-    rule: RuleDeclaration, *, now: float, variables: Callable[[str], str | None]
-) -> RuleOutcome:
+def evaluate(rule: RuleDeclaration, *, now: float, variables: Lookup) -> RuleOutcome:
     """Run a rule that needs no worker, at ``now`` (epoch seconds).
 
-    ``variables`` is called with each reference as written (``"#{SourceVariables.Branch}"``,
-    ``"#{variables.env}"``, ``"#{codepipeline.PipelineExecutionId}"``) and returns its value,
-    or None when it has none. Every reference in the configuration is resolved first; one
-    that cannot be fails the rule, since comparing against its literal text would be a lie.
+    ``variables`` is called with each reference's namespace and name (``"SourceVariables",
+    "Branch"``; ``"variables", "env"``; ``"codepipeline", "PipelineExecutionId"``) and
+    returns its value, or None when it has none. Every reference in the configuration is
+    resolved first; one that cannot be fails the rule, since comparing against its literal
+    text would be a lie.
     Raises ValueError for a Commands rule or an unknown type: the definition check and
     ``needs_worker`` keep those away.
     """

@@ -1,37 +1,45 @@
-"""A pipeline's run record: the state the transition function works on.
+"""A pipeline's run record: what its executions share.
 
-One record per pipeline holds its stage locks ("lanes"), inbound transitions, rollback
-targets and every execution still active, so that superseding and queueing are atomic: an
-execution leaving a stage and the one waiting for it move in the same transition.
+One small record per pipeline holds its stage locks ("lanes"), inbound transitions, rollback
+targets and the ids of its active executions, so superseding and queueing are atomic: an
+execution leaving a stage and the one waiting for it move in the same transition. The
+executions themselves live in records of their own, so the run record stays small however
+many executions are in flight, and a transition reads and writes only what it touches.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from engine.execution import ArtifactLocation, ExecutionState
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from engine.definition.model import ExecutionMode
+from engine.execution import ArtifactLocation
+from engine.records import Record
 
 
-class Lane(_Record):
-    """A stage's lock: who is in it, and who waits at its inbound transition, in order."""
+class Lane(Record):
+    """A stage's lock: who is in it, and who waits at its inbound transition, in order.
 
-    occupant: str | None = None
+    Outside PARALLEL mode at most one execution occupies a stage; PARALLEL executions share
+    it, and are listed so that "is the stage idle" (for a rollback) is one look.
+    """
+
+    occupants: list[str] = Field(default_factory=list)
     waiting: list[str] = Field(default_factory=list)
 
+    @property
+    def idle(self) -> bool:
+        return not self.occupants and not self.waiting
 
-class TransitionState(_Record):
+
+class TransitionState(Record):
     enabled: bool = True
     reason: str | None = None
     changed_by: str | None = None
     changed_at: float | None = None
 
 
-class StageSnapshot(_Record):
-    """What a stage last ran with successfully: the target of a rollback."""
+class StageSnapshot(Record):
+    """What a stage last ran with successfully: the target of an automatic rollback."""
 
     execution_id: str
     pipeline_version: int
@@ -41,21 +49,17 @@ class StageSnapshot(_Record):
     at: float
 
 
-class PipelineRun(_Record):
+class PipelineRun(Record):
     name: str
-    mode: str = "SUPERSEDED"
+    mode: ExecutionMode = "SUPERSEDED"
     lanes: dict[str, Lane] = Field(default_factory=dict)
     transitions: dict[str, TransitionState] = Field(default_factory=dict)
-    executions: dict[str, ExecutionState] = Field(default_factory=dict)  # active only
+    active: list[str] = Field(default_factory=list)  # executions not yet finished
     latest: dict[str, str] = Field(default_factory=dict)  # stage -> last execution to enter
     snapshots: dict[str, StageSnapshot] = Field(default_factory=dict)
-    tokens: dict[str, str] = Field(default_factory=dict)  # clientRequestToken -> execution
-    # Executions this transition finished: persisted by the store, then dropped from here.
-    finished: dict[str, ExecutionState] = Field(default_factory=dict)
-    seq: int = 0
-    # The clock of the last transition. An event is stamped before its compare-and-set, so
-    # one that lost a race to another engine worker may carry an older time: it is applied
-    # at this time instead, and timestamps never run backwards against the commit order.
+    # The clock of the last transition. The store stamps events with Redis's clock, which
+    # may step back after a failover: an event is applied at no earlier than this, so
+    # timestamps never run backwards against the commit order.
     clock: float = 0.0
 
     def lane(self, stage: str) -> Lane:
@@ -63,3 +67,7 @@ class PipelineRun(_Record):
 
     def transition(self, stage: str) -> TransitionState:
         return self.transitions.get(stage) or TransitionState()
+
+    def waiting_ids(self) -> list[str]:
+        """Every execution waiting at any stage's inbound transition."""
+        return [eid for lane in self.lanes.values() for eid in lane.waiting]

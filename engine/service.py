@@ -1,63 +1,79 @@
-"""The one API every front end calls: the HTTP API, the CLI (through it) and the client."""
+"""The one API every front end calls: the HTTP API, the CLI (through it) and the client.
+
+The service judges nothing itself: it validates definitions, turns each request into an
+event, lets the store apply it (``decide`` judges, inside the compare-and-set), and maps a
+refusal onto CodePipeline's error for it. Reads go straight to the store.
+"""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from engine.definition import PipelineDeclaration, normalize, validate
+from engine.definition import ActionDeclaration, PipelineDeclaration, normalize, validate
 from engine.errors import (
     ActionNotFoundError,
     ApprovalAlreadyCompletedError,
     ConcurrentExecutionsLimitError,
     ConditionNotOverridableError,
+    ConveyorError,
     DuplicatedStopRequestError,
     ExecutionNotFoundError,
     ExecutionNotStoppableError,
     InvalidApprovalTokenError,
     NotLatestPipelineExecutionError,
-    PipelineNameInUseError,
     PipelineNotFoundError,
-    PipelineVersionNotFoundError,
     StageNotFoundError,
     StageNotRetryableError,
     UnableToRollbackStageError,
     ValidationError,
 )
 from engine.execution import (
+    ActionRun,
     ActionState,
     ActionStatus,
     ExecutionState,
-    ExecutionStatus,
+    RetryMode,
     RuleRun,
-    StageStatus,
+    TriggerType,
+    new_execution,
 )
 from engine.messages import (
     ApprovalAnswered,
     ConditionOverridden,
+    Event,
     RetryRequested,
     RollbackRequested,
     Started,
     StopRequested,
     TransitionChanged,
-    new_execution,
 )
 from engine.run import PipelineRun, TransitionState
-from engine.scheduler import MAX_ACTIVE_EXECUTIONS
-from engine.store import Store
-from providers.base import Category
+from engine.scheduler import Decision, RejectionCode
+from engine.store import PipelineRecord, Store
 from providers.registry import Registry
 
+# How each refusal of ``decide`` reaches the client.
+_ERRORS: dict[RejectionCode, type[ConveyorError]] = {
+    RejectionCode.PIPELINE_NOT_FOUND: PipelineNotFoundError,
+    RejectionCode.EXECUTION_NOT_FOUND: ExecutionNotFoundError,
+    RejectionCode.STAGE_NOT_FOUND: StageNotFoundError,
+    RejectionCode.ACTION_NOT_FOUND: ActionNotFoundError,
+    RejectionCode.INVALID: ValidationError,
+    RejectionCode.NOT_STOPPABLE: ExecutionNotStoppableError,
+    RejectionCode.DUPLICATE_STOP: DuplicatedStopRequestError,
+    RejectionCode.NOT_LATEST: NotLatestPipelineExecutionError,
+    RejectionCode.STAGE_NOT_RETRYABLE: StageNotRetryableError,
+    RejectionCode.LIMIT_EXCEEDED: ConcurrentExecutionsLimitError,
+    RejectionCode.UNABLE_TO_ROLLBACK: UnableToRollbackStageError,
+    RejectionCode.CONDITION_NOT_OVERRIDABLE: ConditionNotOverridableError,
+    RejectionCode.APPROVAL_ALREADY_COMPLETED: ApprovalAlreadyCompletedError,
+    RejectionCode.INVALID_APPROVAL_TOKEN: InvalidApprovalTokenError,
+}
 
-@dataclass
-class PipelineRecord:
-    declaration: PipelineDeclaration
-    version: int
-    created: float
-    updated: float
+__all__ = ["PipelineRecord", "Service", "StageView"]
 
 
 @dataclass
@@ -79,31 +95,25 @@ class Service:
         *,
         default_bucket: str,
         ensure_bucket: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        minute_seconds: float = 60.0,
     ) -> None:
         self.store = store
         self.registry = registry
         self.default_bucket = default_bucket
         self.ensure_bucket = ensure_bucket
-        self.clock = clock
+        self.minute_seconds = minute_seconds
 
     # ------------------------------------------------------------------ pipelines
 
     def create_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
         decl = validate(normalize(raw), self.registry)
         self._ensure_store(decl)
-        version = self.store.put_pipeline(decl.name, decl.to_aws(), create=True)
-        if version < 0:
-            raise PipelineNameInUseError(f"pipeline {decl.name} already exists")
-        return self.get_pipeline(decl.name)
+        return self.store.definitions.create(decl)
 
     def update_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
         decl = validate(normalize(raw), self.registry)
         self._ensure_store(decl)
-        version = self.store.put_pipeline(decl.name, decl.to_aws(), create=False)
-        if version == 0:
-            raise PipelineNotFoundError(f"pipeline {decl.name} not found")
-        return self.get_pipeline(decl.name)
+        return self.store.definitions.update(decl)
 
     def _ensure_store(self, decl: PipelineDeclaration) -> None:
         if self.ensure_bucket is not None:
@@ -113,18 +123,11 @@ class Service:
         return decl.artifact_store.location if decl.artifact_store else self.default_bucket
 
     def get_pipeline(self, name: str, version: int | None = None) -> PipelineRecord:
-        found = self.store.get_pipeline(name, version)
-        if found is None:
-            if version is not None and self.store.get_pipeline(name) is not None:
-                raise PipelineVersionNotFoundError(f"pipeline {name} has no version {version}")
-            raise PipelineNotFoundError(f"pipeline {name} not found")
-        raw, meta = found
-        decl = PipelineDeclaration.model_validate(raw)
-        return PipelineRecord(decl, int(raw["version"]), meta["created"], meta["updated"])
+        return self.store.definitions.get(name, version)
 
     def list_pipelines(self) -> list[PipelineRecord]:
         out = []
-        for name in self.store.list_pipelines():
+        for name in self.store.definitions.names():
             try:
                 out.append(self.get_pipeline(name))
             except PipelineNotFoundError:
@@ -132,8 +135,9 @@ class Service:
         return out
 
     def delete_pipeline(self, name: str) -> None:
-        # AWS answers success for a pipeline that does not exist; so do we.
-        self.store.delete_pipeline(name)
+        """Abandon its executions and remove it. AWS answers success for a pipeline that
+        does not exist; so do we."""
+        self.store.runs.delete_pipeline(name)
 
     # ------------------------------------------------------------------ executions
 
@@ -142,133 +146,63 @@ class Service:
         name: str,
         variables: dict[str, str] | None = None,
         *,
-        trigger_type: str = "StartPipelineExecution",
+        trigger_type: TriggerType = TriggerType.START_PIPELINE_EXECUTION,
         trigger_detail: str | None = None,
         source_revisions: list[dict[str, str]] | None = None,
         client_request_token: str | None = None,
     ) -> ExecutionState:
         rec = self.get_pipeline(name)
-        if client_request_token:
-            known = self.store.load_run(name).tokens.get(client_request_token)
-            if known is not None:
-                return self.get_execution(name, known)
-        variables = variables or {}
-        declared = {v.name for v in rec.declaration.variables}
-        unknown = sorted(set(variables) - declared)
-        if unknown:
-            raise ValidationError(
-                f"variables: {', '.join(unknown)} not declared by pipeline {name}"
-            )
-        missing = [
-            v.name
-            for v in rec.declaration.variables
-            if v.default_value is None and v.name not in variables
-        ]
-        if missing:
-            raise ValidationError(f"variables: {', '.join(missing)} have no default and no value")
-        now = self.clock()
         state = new_execution(
             execution_id=str(uuid.uuid4()),
             definition=rec.declaration,
             version=rec.version,
+            digest=rec.digest,
             artifact_bucket=self.bucket_of(rec.declaration),
-            now=now,
-            variables=variables,
+            variables=variables or {},
+            timeout_minutes=self.timeout_minutes,
             trigger_type=trigger_type,
             trigger_detail=trigger_detail,
             source_revisions=source_revisions,
             client_request_token=client_request_token,
+            minute_seconds=self.minute_seconds,
         )
-        run = self.store.apply(name, Started(now=now, execution=state))
-        started = run.executions.get(state.execution_id) or run.finished.get(state.execution_id)
-        if started is not None:
-            return started
-        if client_request_token and client_request_token in run.tokens:
-            return self.get_execution(name, run.tokens[client_request_token])
-        raise ConcurrentExecutionsLimitError(
-            f"pipeline {name} already has {len(run.executions)} active executions "
-            f"({rec.declaration.execution_mode} allows {MAX_ACTIVE_EXECUTIONS})"
-        )
+        return self._resolved(name, self._apply(name, Started(execution=state)))
+
+    def timeout_minutes(self, action: ActionDeclaration) -> int:
+        """An action's timeout: its own, else the default AWS documents for its provider."""
+        if action.timeout_in_minutes:
+            return action.timeout_in_minutes
+        provider = self.registry.get(action.action_type_id)
+        return provider.default_timeout_minutes if provider is not None else 60
 
     def get_execution(self, name: str, execution_id: str) -> ExecutionState:
-        state = self.store.try_load(execution_id)
+        state = self.store.runs.load(execution_id)
         if state is None or state.pipeline_name != name:
             raise ExecutionNotFoundError(f"execution {execution_id} not found in pipeline {name}")
         return state
 
     def list_executions(self, name: str, limit: int = 100) -> list[ExecutionState]:
         self.get_pipeline(name)
-        out = []
-        for eid in self.store.execution_ids(name, limit):
-            state = self.store.try_load(eid)
-            if state is not None:
-                out.append(state)
-        return out
+        ids = self.store.runs.execution_ids(name, limit)
+        found = self.store.runs.load_many(ids)
+        return [found[e] for e in ids if e in found]
 
     def stop_execution(
         self, name: str, execution_id: str, *, abandon: bool = False, reason: str | None = None
     ) -> ExecutionState:
-        state = self.get_execution(name, execution_id)
-        if state.status.terminal:
-            raise ExecutionNotStoppableError(
-                f"execution {execution_id} is {state.status.value} and cannot be stopped"
-            )
-        if state.stop_mode == "wait" and not abandon:
-            raise DuplicatedStopRequestError(f"execution {execution_id} is already stopping")
-        if state.stop_mode == "abandon":
-            raise DuplicatedStopRequestError(f"execution {execution_id} is already being abandoned")
-        event = StopRequested(
-            now=self.clock(), execution_id=execution_id, abandon=abandon, reason=reason
-        )
-        self.store.apply(name, event)
-        return self.get_execution(name, execution_id)
+        event = StopRequested(execution_id=execution_id, abandon=abandon, reason=reason)
+        return self._resolved(name, self._apply(name, event))
 
     def retry_stage(self, name: str, stage: str, execution_id: str, mode: str) -> ExecutionState:
         """RetryStageExecution: rerun a failed stage of the latest execution to reach it."""
-        rec = self.get_pipeline(name)
-        if rec.declaration.stage(stage) is None:
-            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
-        if mode not in ("FAILED_ACTIONS", "ALL_ACTIONS"):
-            raise ValidationError(f"retryMode {mode!r} must be FAILED_ACTIONS or ALL_ACTIONS")
-        state = self.get_execution(name, execution_id)
-        run = self.store.load_run(name)
-        if run.latest.get(stage) != execution_id:
-            raise NotLatestPipelineExecutionError(
-                f"execution {execution_id} is not the latest in stage {stage}"
-            )
-        st = state.stage(stage)
-        if (
-            state.status is not ExecutionStatus.FAILED
-            or st is None
-            or st.status is not StageStatus.FAILED
-        ):
-            raise StageNotRetryableError(
-                f"stage {stage} of execution {execution_id} has not failed; nothing to retry"
-            )
-        if state.pipeline_version != rec.version:
-            raise StageNotRetryableError(
-                f"pipeline {name} changed since execution {execution_id} (version "
-                f"{state.pipeline_version} -> {rec.version}); start a new execution"
-            )
-        retry_mode: Literal["FAILED_ACTIONS", "ALL_ACTIONS"] = (
-            "ALL_ACTIONS" if mode == "ALL_ACTIONS" else "FAILED_ACTIONS"
-        )
-        run = self.store.apply(
-            name, RetryRequested(now=self.clock(), execution=state, stage=stage, mode=retry_mode)
-        )
-        if execution_id not in run.executions and execution_id not in run.finished:
-            if run.latest.get(stage) != execution_id:
-                raise NotLatestPipelineExecutionError(
-                    f"execution {execution_id} is no longer the latest in stage {stage}"
-                )
-            if run.mode in ("QUEUED", "PARALLEL") and len(run.executions) >= MAX_ACTIVE_EXECUTIONS:
-                raise ConcurrentExecutionsLimitError(
-                    f"pipeline {name} already has {len(run.executions)} active executions"
-                )
-            raise StageNotRetryableError(
-                f"stage {stage} of execution {execution_id} changed; retry"
-            )
-        return self.get_execution(name, execution_id)
+        try:
+            retry_mode = RetryMode(mode)
+        except ValueError:
+            raise ValidationError(
+                f"retryMode {mode!r} must be FAILED_ACTIONS or ALL_ACTIONS"
+            ) from None
+        event = RetryRequested(execution_id=execution_id, stage=stage, mode=retry_mode)
+        return self._resolved(name, self._apply(name, event))
 
     def set_transition(
         self,
@@ -281,27 +215,13 @@ class Service:
         changed_by: str | None = None,
     ) -> None:
         """Enable/DisableStageTransition. An Outbound transition is the next stage's Inbound."""
-        rec = self.get_pipeline(name)
-        names = [s.name for s in rec.declaration.stages]
-        if stage not in names:
-            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
         if transition_type not in ("Inbound", "Outbound"):
             raise ValidationError(f"transitionType {transition_type!r} must be Inbound or Outbound")
-        target = stage
-        if transition_type == "Outbound":
-            i = names.index(stage)
-            if i + 1 >= len(names):
-                raise ValidationError(
-                    f"stage {stage} is the last stage: it has no outbound transition"
-                )
-            target = names[i + 1]
-        if not enabled and not reason:
-            raise ValidationError("reason is required to disable a transition")
-        self.store.apply(
+        self._apply(
             name,
             TransitionChanged(
-                now=self.clock(),
-                stage=target,
+                stage=stage,
+                transition_type="Inbound" if transition_type == "Inbound" else "Outbound",
                 enabled=enabled,
                 reason=reason,
                 changed_by=changed_by,
@@ -309,93 +229,63 @@ class Service:
         )
 
     def rollback_stage(self, name: str, stage: str, target_execution_id: str) -> ExecutionState:
-        rec = self.get_pipeline(name)
-        names = [s.name for s in rec.declaration.stages]
-        if stage not in names:
-            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
-        if names.index(stage) == 0:
-            raise UnableToRollbackStageError("the source stage cannot be rolled back")
-        target = self.get_execution(name, target_execution_id)
-        if target.execution_type != "STANDARD":
-            raise UnableToRollbackStageError(
-                f"execution {target_execution_id} is a rollback; roll back to a standard one"
-            )
-        if target.pipeline_version != rec.version:
-            raise UnableToRollbackStageError(
-                f"execution {target_execution_id} ran pipeline version "
-                f"{target.pipeline_version}, not the current {rec.version}"
-            )
-        st = target.stage(stage)
-        if st is None or st.status is not StageStatus.SUCCEEDED:
-            raise UnableToRollbackStageError(
-                f"stage {stage} did not succeed in execution {target_execution_id}"
-            )
-        lane = self.store.load_run(name).lanes.get(stage)
-        if lane is not None and (lane.occupant or lane.waiting):
-            raise UnableToRollbackStageError(
-                f"stage {stage} is running or has executions waiting; roll back once it is idle"
-            )
-        rid = str(uuid.uuid4())
-        event = RollbackRequested(now=self.clock(), target=target, stage=stage, rollback_id=rid)
-        run = self.store.apply(name, event)
-        created = run.executions.get(rid) or run.finished.get(rid)
-        if created is not None:
-            return created
-        raise UnableToRollbackStageError(f"stage {stage} could not be rolled back")
+        event = RollbackRequested(
+            target_execution_id=target_execution_id, stage=stage, rollback_id=str(uuid.uuid4())
+        )
+        return self._resolved(name, self._apply(name, event))
 
     def override_condition(
         self, name: str, stage: str, execution_id: str, condition_type: str
     ) -> None:
-        self.get_pipeline(name)
-        state = self.get_execution(name, execution_id)
-        st = state.stage(stage)
-        if st is None:
-            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
-        kind = {"BEFORE_ENTRY": "beforeEntry", "ON_SUCCESS": "onSuccess"}.get(condition_type)
-        if kind is None or st.evaluating != kind:
-            raise ConditionNotOverridableError(
-                f"no {condition_type} condition of stage {stage} is being evaluated"
-            )
-        if self.store.load_run(name).latest.get(stage) != execution_id:
-            raise NotLatestPipelineExecutionError(
-                f"execution {execution_id} is not the latest in stage {stage}"
-            )
-        self.store.apply(
+        self._apply(
             name,
             ConditionOverridden(
-                now=self.clock(),
-                execution_id=execution_id,
-                stage=stage,
-                condition_type=condition_type,
+                execution_id=execution_id, stage=stage, condition_type=condition_type
             ),
         )
 
     def run_state(self, name: str) -> PipelineRun:
-        return self.store.load_run(name)
+        return self.store.runs.load_run(name)
 
-    def pipeline_state(self, name: str) -> tuple[PipelineRecord, list[StageView]]:
+    def pipeline_state(
+        self, name: str
+    ) -> tuple[PipelineRecord, list[StageView], dict[str, list[ExecutionState]]]:
+        """GetPipelineState's parts: the pipeline, one view per stage, and per stage every
+        execution waiting at its inbound transition, in admission order."""
         rec = self.get_pipeline(name)
-        run = self.store.load_run(name)
+        run = self.store.runs.load_run(name)
+        wanted = [run.latest[s.name] for s in rec.declaration.stages if s.name in run.latest]
+        loaded = self.store.runs.load_many(list(dict.fromkeys([*wanted, *run.waiting_ids()])))
         views = []
+        waiting: dict[str, list[ExecutionState]] = {}
         for s in rec.declaration.stages:
-            latest = run.latest.get(s.name)
-            ex = self.store.try_load(latest) if latest else None
             lane = run.lanes.get(s.name)
-            inbound = self.store.try_load(lane.waiting[0]) if lane and lane.waiting else None
-            views.append(StageView(s.name, ex, inbound, run.transition(s.name)))
-        return rec, views
+            queued = [loaded[e] for e in (lane.waiting if lane else []) if e in loaded]
+            waiting[s.name] = queued
+            latest = run.latest.get(s.name)
+            views.append(
+                StageView(
+                    s.name,
+                    loaded.get(latest) if latest else None,
+                    queued[0] if queued else None,
+                    run.transition(s.name),
+                )
+            )
+        return rec, views, waiting
 
     def action_executions(
         self, name: str, execution_id: str | None = None, limit: int = 100
-    ) -> list[tuple[ExecutionState, ActionState]]:
+    ) -> list[tuple[ExecutionState, ActionState, ActionRun]]:
+        """Every run of every action, each under its own id, the newest first."""
         states = (
             [self.get_execution(name, execution_id)]
             if execution_id
             else self.list_executions(name, limit=limit)
         )
-        return [
-            (s, a) for s in states for st in s.stages for a in st.actions if a.status is not None
+        runs = [
+            (s, a, run) for s in states for st in s.stages for a in st.actions for run in a.runs()
         ]
+        return sorted(runs, key=lambda r: -(r[2].start_time or 0.0))
 
     def rule_executions(
         self, name: str, execution_id: str | None = None, limit: int = 100
@@ -412,13 +302,14 @@ class Service:
     def pending_approvals(
         self, name: str | None = None
     ) -> list[tuple[ExecutionState, ActionState]]:
-        names = [name] if name else self.store.list_pipelines()
+        names = [name] if name else self.store.definitions.names()
         out = []
         for n in names:
-            for state in self.list_executions(n, limit=50):
+            active = self.store.runs.load_many(self.store.runs.load_run(n).active)
+            for state in active.values():
                 for st in state.stages:
                     for a in st.actions:
-                        if a.token and a.status is ActionStatus.IN_PROGRESS:
+                        if a.approval_token and a.status is ActionStatus.IN_PROGRESS:
                             out.append((state, a))
         return out
 
@@ -433,38 +324,30 @@ class Service:
         summary: str = "",
         answered_by: str | None = None,
     ) -> float:
-        rec = self.get_pipeline(name)
-        sdecl = rec.declaration.stage(stage)
-        if sdecl is None:
-            raise StageNotFoundError(f"stage {stage} not found in pipeline {name}")
-        adecl = next((a for a in sdecl.actions if a.name == action), None)
-        if adecl is None:
-            raise ActionNotFoundError(f"action {action} not found in stage {stage}")
-        if adecl.action_type_id.category is not Category.APPROVAL:
-            raise ValidationError(f"action {stage}.{action} is not an approval action")
-        for state in self.list_executions(name, limit=100):
-            act = state.action(stage, action)
-            if act is None or act.token != token:
-                continue
-            if act.status is not ActionStatus.IN_PROGRESS:
-                raise ApprovalAlreadyCompletedError(
-                    f"the approval for {stage}.{action} has already been answered or expired"
-                )
-            now = self.clock()
-            event = ApprovalAnswered(
-                now=now,
-                execution_id=state.execution_id,
-                stage=stage,
-                action=action,
-                token=token,
-                approved=approved,
-                summary=summary,
-                answered_by=answered_by,
-            )
-            _, applied = self.store.apply_changed(name, event)
-            if not applied:  # another answer, the timeout or a stop got there first
-                raise ApprovalAlreadyCompletedError(
-                    f"the approval for {stage}.{action} has already been answered or expired"
-                )
-            return now
-        raise InvalidApprovalTokenError(f"the token is not valid for {stage}.{action}")
+        """Answer an approval; returns when the answer was applied (Redis's clock)."""
+        event = ApprovalAnswered(
+            execution_id=self.store.runs.approval_owner(name, token),
+            stage=stage,
+            action=action,
+            token=token,
+            approved=approved,
+            summary=summary,
+            answered_by=answered_by,
+        )
+        decision = self._apply(name, event)
+        return decision.run.clock
+
+    # ------------------------------------------------------------------ helpers
+
+    def _apply(self, name: str, event: Event) -> Decision:
+        decision = self.store.apply(name, event)
+        if decision.rejection is not None:
+            raise _ERRORS[decision.rejection.code](decision.rejection.message)
+        return decision
+
+    def _resolved(self, name: str, decision: Decision) -> ExecutionState:
+        """The execution a request resolved to, as it stands after the transition."""
+        eid = decision.subject
+        if eid is None:
+            raise ExecutionNotFoundError(f"no execution resulted in pipeline {name}")
+        return decision.executions.get(eid) or self.get_execution(name, eid)

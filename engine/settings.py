@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     api_port: int = 8484
 
     # Leases: a worker renews every lease_seconds/3; the sweep re-dispatches after expiry.
+    # A dispatched attempt no worker claimed within this long is sent again, too.
     lease_seconds: float = 15.0
     sweep_interval_seconds: float = 3.0
     # An outbox entry older than this is carried out again by the sweep.
@@ -31,6 +32,17 @@ class Settings(BaseSettings):
     source_poll_interval_seconds: float = 30.0
     # Broker redelivery of unacked tasks; far above the longest action (leases recover sooner).
     visibility_timeout_seconds: int = 12 * 3600
+
+    # Seconds in one minute of an action's ``timeoutInMinutes`` (and the default timeouts):
+    # 60. Tests shorten it to see timeouts happen; nothing else should change it.
+    minute_seconds: float = 60.0
+
+    # A step of an action (one download, the provider's run, one upload) that fails
+    # transiently (S3 unreachable, throttled, 5xx) is tried again with exponential backoff
+    # and full jitter: for at most this long and this many tries per step, never past the
+    # action's timeout. 0 seconds or 1 attempt: fail at the first transient failure.
+    transient_retry_seconds: float = Field(default=60.0, ge=0)
+    transient_retry_attempts: int = Field(default=10, ge=1)
 
     # Artifact hardening
     max_artifact_bytes: int = 5 * 1024**3

@@ -39,9 +39,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table

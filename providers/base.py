@@ -16,6 +16,8 @@ from typing import Any, ClassVar, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
+from providers.ziputil import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES
+
 
 class ActionFailed(Exception):
     """Raised by a provider to fail its action with a message for the pipeline's user.
@@ -60,7 +62,7 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class S3Access:
     """How a provider reaches S3-compatible buckets outside the artifact store."""
 
@@ -92,6 +94,10 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     # A source action's pinned revision (the one a trigger detected), else the latest.
     revision: str | None = None
+    # The artifact limits (CONVEYOR_MAX_ARTIFACT_BYTES / _FILES), for providers that unpack
+    # or pack anything themselves; the worker fills them from its settings.
+    max_artifact_bytes: int = DEFAULT_MAX_BYTES
+    max_artifact_files: int = DEFAULT_MAX_FILES
 
     @property
     def primary_input(self) -> Path | None:
@@ -128,6 +134,9 @@ class Provider(ABC):
     max_inputs: ClassVar[int] = 0
     min_outputs: ClassVar[int] = 0
     max_outputs: ClassVar[int] = 0
+    # How long an action may run when its declaration sets no ``timeoutInMinutes``: the
+    # default AWS documents for the action type ("all other actions: 1 hour").
+    default_timeout_minutes: ClassVar[int] = 60
 
     @abstractmethod
     def run(self, job: Job) -> Result:

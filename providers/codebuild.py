@@ -42,6 +42,7 @@ from providers.buildspec import (
     parse_buildspec,
 )
 from providers.s3_source import bool_string
+from providers.ziputil import UnsafeArchiveError, check_tree
 
 LOG_NAME = "build-log"
 
@@ -324,6 +325,14 @@ class _CodeBuildRunner:
             for name, artifact, dest in self._artifact_plan(spec):
                 count = collect_artifacts(artifact, src, dest)
                 log.line(f"Collected {count} files into output artifact {name}")
+                try:
+                    check_tree(
+                        dest,
+                        max_bytes=self.job.max_artifact_bytes,
+                        max_files=self.job.max_artifact_files,
+                    )
+                except UnsafeArchiveError as exc:
+                    raise ArtifactPathError(f"output artifact {name} is too large: {exc}") from exc
         except ArtifactPathError as exc:
             log.line(f"Phase complete: UPLOAD_ARTIFACTS State: FAILED ({exc})")
             self.state.fail("UPLOAD_ARTIFACTS", str(exc))

@@ -31,6 +31,8 @@ class ManualApproval(Provider):
     )
     Config = ManualApprovalConfig
     runs_on_worker = False
+    # AWS: the account-level default for manual approval actions is 7 days.
+    default_timeout_minutes = 7 * 24 * 60
 
     def run(self, job: Job) -> Result:
         raise ActionFailed(

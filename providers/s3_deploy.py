@@ -16,7 +16,8 @@ from providers._s3 import (
     TRANSFER_CONFIG,
     BotoCoreError,
     ClientError,
-    is_missing,
+    S3UploadFailedError,
+    error_code,
     s3_client,
     to_failure,
 )
@@ -30,7 +31,12 @@ from providers.base import (
     Result,
 )
 from providers.s3_source import bool_string
-from providers.ziputil import UnsafeArchiveError, zip_dir
+from providers.ziputil import (
+    MAX_BYTES_SETTING,
+    MAX_FILES_SETTING,
+    UnsafeArchiveError,
+    zip_dir,
+)
 
 CannedAcl = Literal[
     "private",
@@ -89,11 +95,27 @@ def _files(directory: Path) -> list[Path]:
     return found
 
 
+def _check_limits(files: list[Path], job: Job) -> None:
+    """The worker extracted the input within the limits; a deploy never publishes more."""
+    if len(files) > job.max_artifact_files:
+        raise ActionFailed(
+            f"the input artifact has {len(files)} files; the limit is "
+            f"{job.max_artifact_files} files ({MAX_FILES_SETTING})"
+        )
+    size = sum(path.stat().st_size for path in files)
+    if size > job.max_artifact_bytes:
+        raise ActionFailed(
+            f"the input artifact has {size} bytes; the limit is "
+            f"{job.max_artifact_bytes} bytes ({MAX_BYTES_SETTING})"
+        )
+
+
 class S3Deploy(Provider):
     action_type = ActionTypeId(category=Category.DEPLOY, owner="AWS", provider="S3", version="1")
     Config = S3DeployConfig
     min_inputs = 1
     max_inputs = 1
+    default_timeout_minutes = 90  # AWS: "Amazon S3 deployment action: 90 minutes"
 
     def run(self, job: Job) -> Result:
         config: S3DeployConfig = job.configuration
@@ -102,16 +124,11 @@ class S3Deploy(Provider):
             raise ActionFailed("Deploy/S3 needs one input artifact")
         client = s3_client(job.s3)
         bucket = config.BucketName
-        self._check_bucket(client, bucket, job.s3.endpoint_url)
         base_args = _upload_args(config)
 
         if config.Extract == "false":
             key = config.ObjectKey or ""  # validated: present when not extracting
-            archive = job.workdir / "s3-deploy.zip"
-            try:
-                zip_dir(source, archive)
-            except UnsafeArchiveError as exc:
-                raise ActionFailed(f"cannot package the input artifact: {exc}") from exc
+            archive = self._package(job, source)
             self._put(
                 client, job, archive, bucket, key, {**base_args, "ContentType": "application/zip"}
             )
@@ -119,37 +136,68 @@ class S3Deploy(Provider):
 
         prefix = (config.ObjectKey or "").strip("/")
         files = _files(source)
-        for path in files:
-            if job.cancelled.is_set():
-                raise ActionFailed("Deploy/S3 was stopped", retryable=False)
-            rel = path.relative_to(source).as_posix()
-            key = f"{prefix}/{rel}" if prefix else rel
-            content_type = mimetypes.guess_type(rel)[0] or "application/octet-stream"
-            self._put(client, job, path, bucket, key, {**base_args, "ContentType": content_type})
+        _check_limits(files, job)
+        # The worker runs this again after a transient failure: files an earlier try of
+        # this attempt uploaded (same input, same keys) are not uploaded twice.
+        journal = job.workdir / "s3-deploy-uploaded.txt"
+        done = set(journal.read_text().splitlines()) if journal.exists() else set()
+        if done:
+            job.log.write(f"{len(done)} files were uploaded by an earlier try; not again\n")
+        with journal.open("a") as record:
+            for path in files:
+                if job.cancelled.is_set():
+                    raise ActionFailed("Deploy/S3 was stopped", retryable=False)
+                rel = path.relative_to(source).as_posix()
+                key = f"{prefix}/{rel}" if prefix else rel
+                if key in done:
+                    continue
+                content_type = mimetypes.guess_type(rel)[0] or "application/octet-stream"
+                args = {**base_args, "ContentType": content_type}
+                self._put(client, job, path, bucket, key, args)
+                record.write(key + "\n")
+                record.flush()
         target = f"s3://{bucket}/{prefix + '/' if prefix else ''}"
         return Result(summary=f"Deployed {len(files)} files to {target}")
 
     @staticmethod
-    def _check_bucket(client: Any, bucket: str, endpoint: str) -> None:
+    def _package(job: Job, source: Path) -> Path:
+        """The input zipped once per attempt (a retried try reuses it), within the limits."""
+        archive = job.workdir / "s3-deploy.zip"
+        if archive.exists():
+            return archive
+        partial = archive.with_suffix(".zip.part")
         try:
-            client.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            if is_missing(exc):
-                raise ActionFailed(
-                    f"target bucket s3://{bucket} does not exist; Deploy/S3 does not create "
-                    "buckets, create it first"
-                ) from exc
-            raise to_failure(exc, f"checking bucket s3://{bucket}", endpoint) from exc
-        except BotoCoreError as exc:
-            raise to_failure(exc, f"checking bucket s3://{bucket}", endpoint) from exc
+            zip_dir(
+                source,
+                partial,
+                max_bytes=job.max_artifact_bytes,
+                max_files=job.max_artifact_files,
+            )
+        except UnsafeArchiveError as exc:
+            raise ActionFailed(f"cannot package the input artifact: {exc}") from exc
+        partial.replace(archive)
+        return archive
 
     @staticmethod
     def _put(
         client: Any, job: Job, path: Path, bucket: str, key: str, args: dict[str, str]
     ) -> None:
-        # upload_file streams from disk and switches to multipart for big files.
+        """One PUT for a small file; upload_file (multipart, streamed from disk, on a thread
+        pool of its own) only for one big enough to need it. Like CodePipeline, the target
+        bucket must exist: a missing one fails the action with a clear message (creating it
+        here would hide a typo behind a brand-new, empty bucket)."""
         try:
-            client.upload_file(str(path), bucket, key, ExtraArgs=args, Config=TRANSFER_CONFIG)
-        except (ClientError, BotoCoreError) as exc:
+            if path.stat().st_size < TRANSFER_CONFIG.multipart_threshold:
+                with path.open("rb") as body:
+                    client.put_object(Bucket=bucket, Key=key, Body=body, **args)
+            else:
+                client.upload_file(str(path), bucket, key, ExtraArgs=args, Config=TRANSFER_CONFIG)
+        except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+            cause = exc.__context__ if isinstance(exc, S3UploadFailedError) else exc
+            if isinstance(cause, ClientError) and error_code(cause) == "NoSuchBucket":
+                raise ActionFailed(
+                    f"target bucket s3://{bucket} does not exist; Deploy/S3 does not create "
+                    "buckets, create it first"
+                ) from exc
             raise to_failure(exc, f"uploading s3://{bucket}/{key}", job.s3.endpoint_url) from exc
         job.log.write(f"upload: {path.name} -> s3://{bucket}/{key}\n")

@@ -9,12 +9,19 @@ upload cannot give the execution a revision id that does not match its files.
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import field_validator
 
-from providers._s3 import BotoCoreError, ClientError, is_missing, s3_client, to_failure
+from providers._s3 import (
+    BotoCoreError,
+    ClientError,
+    error_code,
+    is_missing,
+    s3_client,
+    to_failure,
+)
 from providers.base import (
     ActionFailed,
     ActionTypeId,
@@ -24,7 +31,7 @@ from providers.base import (
     ProviderConfig,
     Result,
 )
-from providers.ziputil import UnsafeArchiveError, extract_zip
+from providers.ziputil import MAX_BYTES_SETTING, UnsafeArchiveError, extract_zip
 
 # CodePipeline puts an optional human summary of the revision in this user metadata key.
 REVISION_SUMMARY_METADATA = "codepipeline-artifact-revision-summary"
@@ -65,26 +72,49 @@ class S3Source(Provider):
         where = f"s3://{bucket}/{key}"
         (output,) = job.outputs.values()
         client = s3_client(job.s3)
-        head = self._head(client, bucket, key, job.s3.endpoint_url, job.revision)
-        version = head.get("VersionId")
+        # One GET: its response names the version (and ETag) of exactly the bytes it
+        # carries, so the revision recorded always matches the files. A pinned revision (a
+        # poll trigger's) is a version id; an ETag (unversioned bucket) cannot be fetched by
+        # value, so the latest object is read then.
+        pinned = {"VersionId": job.revision} if job.revision and '"' not in job.revision else {}
+        got = self._get(client, bucket, key, job.s3.endpoint_url, pinned)
+        body = got["Body"]
+        version = got.get("VersionId")
         if version == "null":  # an object written before versioning was turned on
             version = None
-        etag = str(head.get("ETag", "")).strip('"') or None
+        etag = str(got.get("ETag", "")).strip('"') or None
+        is_zip = key.lower().endswith(".zip")
+        size = got.get("ContentLength")
+        if not is_zip and isinstance(size, int) and size > job.max_artifact_bytes:
+            body.close()
+            # Placed as-is, the object is the artifact: refuse it before fetching its bytes.
+            raise ActionFailed(
+                f"{where} is {size} bytes; the limit is {job.max_artifact_bytes} bytes "
+                f"({MAX_BYTES_SETTING})"
+            )
         job.log.write(f"Fetching {where} (version {version or '-'}, ETag {etag or '-'})\n")
 
         name = PurePosixPath(key).name or "source"
         download = job.workdir / f"s3-source-{name}"
-        extra = {"VersionId": version} if version else {}
         try:
-            _stream_get(client, bucket, key, download, extra)
+            with download.open("wb") as fh:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    fh.write(chunk)
         except (ClientError, BotoCoreError) as exc:
             raise to_failure(exc, f"downloading {where}", job.s3.endpoint_url) from exc
+        finally:
+            body.close()
 
-        if key.lower().endswith(".zip"):
+        if is_zip:
             if not zipfile.is_zipfile(download):
                 raise ActionFailed(f"{where} has a .zip key but is not a zip archive")
             try:
-                stats = extract_zip(download, output)
+                stats = extract_zip(
+                    download,
+                    output,
+                    max_bytes=job.max_artifact_bytes,
+                    max_files=job.max_artifact_files,
+                )
             except UnsafeArchiveError as exc:
                 raise ActionFailed(f"refusing to extract {where}: {exc}") from exc
             download.unlink()
@@ -94,7 +124,7 @@ class S3Source(Provider):
             job.log.write(f"Placed {name} as-is (not a .zip)\n")
 
         variables = {"ETag": etag, "VersionId": version, "BucketName": bucket, "ObjectKey": key}
-        summary = (head.get("Metadata") or {}).get(REVISION_SUMMARY_METADATA)
+        summary = (got.get("Metadata") or {}).get(REVISION_SUMMARY_METADATA)
         return Result(
             summary=f"Fetched {where}",
             revision_id=version or etag,
@@ -104,37 +134,22 @@ class S3Source(Provider):
         )
 
     @staticmethod
-    def _head(
-        client: Any, bucket: str, key: str, endpoint: str, version_id: str | None = None
+    def _get(
+        client: Any, bucket: str, key: str, endpoint: str, pinned: dict[str, str]
     ) -> dict[str, Any]:
+        """The object's GET response (its body not read yet), or a clear failure: a GET's
+        error names what is missing (unlike a HEAD's), so no second request is needed."""
         where = f"s3://{bucket}/{key}"
-        # A pinned revision is a version id; an ETag (unversioned bucket) cannot be fetched
-        # by value, so the latest object is read then.
-        pinned = {"VersionId": version_id} if version_id and '"' not in version_id else {}
         try:
-            head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key, **pinned)
-            return head
+            got: dict[str, Any] = client.get_object(Bucket=bucket, Key=key, **pinned)
+            return got
         except ClientError as exc:
-            if not is_missing(exc):
-                raise to_failure(exc, f"reading {where}", endpoint) from exc
-        except BotoCoreError as exc:
-            raise to_failure(exc, f"reading {where}", endpoint) from exc
-        # HEAD has no error body, so ask the bucket to tell a missing bucket from a missing key.
-        try:
-            client.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            if is_missing(exc):
+            if error_code(exc) == "NoSuchBucket":
                 raise ActionFailed(
                     f"source bucket s3://{bucket} does not exist (reading {where})"
                 ) from exc
-        except BotoCoreError:
-            pass
-        raise ActionFailed(f"source object {where} does not exist")
-
-
-def _stream_get(client: Any, bucket: str, key: str, dest: Path, extra: dict[str, str]) -> None:
-    """One GET streamed to ``dest``: bounded memory, no ranged re-reads of a large object."""
-    body = client.get_object(Bucket=bucket, Key=key, **extra)["Body"]
-    with dest.open("wb") as fh:
-        for chunk in body.iter_chunks(1024 * 1024):
-            fh.write(chunk)
+            if is_missing(exc):
+                raise ActionFailed(f"source object {where} does not exist") from exc
+            raise to_failure(exc, f"reading {where}", endpoint) from exc
+        except BotoCoreError as exc:
+            raise to_failure(exc, f"reading {where}", endpoint) from exc

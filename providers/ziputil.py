@@ -3,7 +3,7 @@
 Artifacts travel as zip files, like CodePipeline's. Both directions stream through files
 on disk so an artifact is never held whole in memory. Extraction treats every archive as
 hostile: it comes from a bucket that other actions (and people) can write to. It lives
-here rather than in ``engine.artifacts`` because providers (the S3 source, the S3 deploy)
+here rather than in ``workers.artifacts`` because providers (the S3 source, the S3 deploy)
 need the same code and providers may not import the engine; the engine imports it from
 here and converts :class:`UnsafeArchiveError` into its own ``ArtifactError``.
 """
@@ -23,6 +23,9 @@ CHUNK_SIZE = 1024 * 1024
 # The same defaults as engine.settings.Settings, for callers (providers) that cannot see it.
 DEFAULT_MAX_BYTES = 5 * 1024**3
 DEFAULT_MAX_FILES = 100_000
+# The settings that raise them, named in every refusal so an operator knows what to change.
+MAX_BYTES_SETTING = "CONVEYOR_MAX_ARTIFACT_BYTES"
+MAX_FILES_SETTING = "CONVEYOR_MAX_ARTIFACT_FILES"
 
 
 class UnsafeArchiveError(ValueError):
@@ -44,17 +47,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def zip_dir(directory: Path, dest: Path) -> int:
+def _over_files(what: str, max_files: int) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"{what}; the limit is {max_files} files ({MAX_FILES_SETTING})")
+
+
+def _over_bytes(what: str, max_bytes: int) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"{what}; the limit is {max_bytes} bytes ({MAX_BYTES_SETTING})")
+
+
+def zip_dir(
+    directory: Path,
+    dest: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> int:
     """Zip the contents of ``directory`` (not the directory itself) into ``dest``.
 
     Returns the number of entries. Files are streamed from disk by ``ZipFile.write``.
     Symlinked files are stored as the file they point to, but only if that file is inside
     ``directory``: following a link to ``/etc/passwd`` would leak the worker's host into
     an artifact. Symlinked directories are skipped (their targets are walked anyway, and
-    following them could loop).
+    following them could loop). An artifact over the limits is refused as soon as the walk
+    gets there, before its bytes are compressed: whoever extracts it would refuse it anyway.
     """
     root = directory.resolve()
     count = 0
+    total = 0
     # strict_timestamps=False: files dated before 1980 (e.g. from reproducible builds with
     # SOURCE_DATE_EPOCH=0) get clamped instead of failing the whole artifact.
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, strict_timestamps=False) as zf:
@@ -63,8 +82,10 @@ def zip_dir(directory: Path, dest: Path) -> int:
             dirnames.sort()
             rel_dir = here.relative_to(root).as_posix()
             if rel_dir != "." and not filenames and not dirnames:
-                zf.writestr(zipfile.ZipInfo(rel_dir + "/"), b"")  # keep empty directories
                 count += 1
+                if count > max_files:
+                    raise _over_files(f"more than {max_files} entries", max_files)
+                zf.writestr(zipfile.ZipInfo(rel_dir + "/"), b"")  # keep empty directories
             for name in sorted(filenames):
                 path = here / name
                 if path.is_symlink():
@@ -77,9 +98,35 @@ def zip_dir(directory: Path, dest: Path) -> int:
                         continue
                 elif not path.is_file():
                     continue  # sockets, fifos: nothing to archive
-                zf.write(path, path.relative_to(root).as_posix(), compress_type=_method_for(path))
                 count += 1
+                total += path.stat().st_size
+                if count > max_files:
+                    raise _over_files(f"more than {max_files} entries", max_files)
+                if total > max_bytes:
+                    raise _over_bytes(f"more than {max_bytes} bytes", max_bytes)
+                zf.write(path, path.relative_to(root).as_posix(), compress_type=_method_for(path))
     return count
+
+
+def check_tree(
+    directory: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_files: int = DEFAULT_MAX_FILES
+) -> ExtractStats:
+    """Count the files and bytes under ``directory``; UnsafeArchiveError past a limit.
+
+    For providers that fill an output directory themselves (a build's artifacts): the
+    failure names the limit while the provider can still say which artifact broke it.
+    Symlinks are not followed (``zip_dir`` stores only links that stay inside).
+    """
+    files = size = 0
+    for dirpath, _dirnames, filenames in os.walk(directory):
+        for name in filenames:
+            files += 1
+            size += os.lstat(os.path.join(dirpath, name)).st_size
+            if files > max_files:
+                raise _over_files(f"more than {max_files} files", max_files)
+            if size > max_bytes:
+                raise _over_bytes(f"more than {max_bytes} bytes", max_bytes)
+    return ExtractStats(files=files, bytes=size)
 
 
 # Deflating data that does not shrink (archives, images, encrypted or random bytes) costs
@@ -156,10 +203,10 @@ def safe_member_path(root: Path, name: str) -> Path:
 
 def _check_headers(infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int) -> None:
     if len(infos) > max_files:
-        raise UnsafeArchiveError(f"archive has {len(infos)} entries; the limit is {max_files}")
+        raise _over_files(f"archive has {len(infos)} entries", max_files)
     declared = sum(i.file_size for i in infos if not i.is_dir())
     if declared > max_bytes:
-        raise UnsafeArchiveError(f"archive expands to {declared} bytes; the limit is {max_bytes}")
+        raise _over_bytes(f"archive expands to {declared} bytes", max_bytes)
     for info in infos:
         if _is_symlink(info):
             raise UnsafeArchiveError(f"{info.filename!r}: symlink entries are not allowed")
@@ -175,7 +222,7 @@ def _copy_limited(
         if written > info.file_size:
             raise UnsafeArchiveError(f"{info.filename!r}: larger than its header says")
         if written > budget:
-            raise UnsafeArchiveError(f"archive expands beyond the limit of {max_bytes} bytes")
+            raise _over_bytes(f"archive expands to more than {max_bytes} bytes", max_bytes)
         dst.write(chunk)
     return written
 

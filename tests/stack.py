@@ -44,9 +44,14 @@ class Stack:
 
 
 def start_stack(
-    spawn: Any, settings_env: dict[str, str], *, workers: dict[str, tuple[str, int]] | None = None
+    spawn: Any,
+    settings_env: dict[str, str],
+    *,
+    workers: dict[str, tuple[str, int]] | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> Stack:
-    """Start the engine pool, the given provider pools (name -> (pool, concurrency)), beat, api."""
+    """Start the engine pool, the given provider pools (name -> (pool, concurrency)), beat,
+    api. ``worker_env`` is added to the provider pools' environment only."""
     port = devstack.free_port()
     stack = Stack(
         f"http://127.0.0.1:{port}", settings_env["CONVEYOR_S3_ENDPOINT_URL"], settings_env
@@ -62,6 +67,7 @@ def start_stack(
             "--hostname",
             f"{name}@%h",
             name=name,
+            env=worker_env if name != "engine" else None,
         )
     stack.processes["beat"] = spawn("beat", name="beat")
     stack.processes["api"] = spawn("api", "--port", str(port), name="api")
@@ -127,6 +133,43 @@ def s3_source_stage(bucket: str, key: str = "app.zip") -> dict[str, Any]:
                 config={"S3Bucket": bucket, "S3ObjectKey": key},
                 outs=("SourceOutput",),
             )
+        ],
+    }
+
+
+ROLE_ARN = "arn:aws:iam::000000000000:role/conveyor"
+
+
+def build_and_deploy(
+    name: str, src: str, artifacts: str, target: str, *, project: str = "project"
+) -> dict[str, Any]:
+    """Source (S3, not polled) -> Build (CodeBuild, ``BuildOutput``) -> Deploy (S3 to
+    ``target``, extracted): the smallest pipeline that moves an artifact through a build."""
+    source = s3_source_stage(src)
+    source["actions"][0]["configuration"]["PollForSourceChanges"] = "false"
+    build = action(
+        "Build",
+        "Build",
+        "CodeBuild",
+        config={"ProjectName": project},
+        ins=("SourceOutput",),
+        outs=("BuildOutput",),
+    )
+    deploy = action(
+        "Deploy",
+        "Deploy",
+        "S3",
+        config={"BucketName": target, "Extract": "true"},
+        ins=("BuildOutput",),
+    )
+    return {
+        "name": name,
+        "roleArn": ROLE_ARN,
+        "artifactStore": {"type": "S3", "location": artifacts},
+        "stages": [
+            source,
+            {"name": "Build", "actions": [build]},
+            {"name": "Deploy", "actions": [deploy]},
         ],
     }
 

@@ -9,6 +9,7 @@ from engine import keys
 from engine.settings import Settings
 from providers.base import Category
 from providers.registry import Registry
+from workers.transport import transport_for
 
 
 def provider_queues(registry: Registry) -> dict[str, str]:
@@ -37,6 +38,8 @@ def make_app(settings: Settings, registry: Registry) -> Celery:
     app = Celery("conveyor", broker=settings.broker, set_as_current=False)
     all_queues = [keys.ENGINE_QUEUE, *provider_queues(registry), keys.COMMANDS_RULE_QUEUE]
     app.conf.update(
+        # kombu's Redis transport with one client object per channel (workers.transport).
+        broker_transport=transport_for(settings.broker),
         task_queues=[Queue(q, routing_key=q) for q in all_queues],  # type: ignore[no-untyped-call]
         task_default_queue=keys.ENGINE_QUEUE,
         task_serializer="json",
@@ -49,13 +52,22 @@ def make_app(settings: Settings, registry: Registry) -> Celery:
         # Results live in the store; Celery's result backend is not used.
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
-        # Flower needs task events.
+        # Flower needs the workers' task events (received, started, succeeded...). Not the
+        # "sent" event: it would cost every dispatch another message, and Flower lists a task
+        # from the moment a worker receives it anyway.
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,
         # Redelivery of unacked tasks comes only after this; leases recover much sooner, and an
         # action that runs for hours is never redelivered while its worker lives.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
+        # A worker waits for its broker as long as it takes (Redis restarted, failed over,
+        # down for maintenance) instead of giving up after Celery's default 100 attempts.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        # Celery's consumer, made to survive a Redis restart while it holds an unacked
+        # (acks_late) task: see workers/consumer.py for the kombu bug it works around.
+        worker_consumer="workers.consumer:ReconnectingConsumer",
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,

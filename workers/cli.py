@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -64,7 +64,37 @@ def worker(pool: str, concurrency: int | None, hostname: str | None, loglevel: s
     ]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    rt.celery.worker_main(argv)
+    sys.exit(run_celery(rt.celery, argv))
+
+
+def run_celery(app: Any, argv: list[str]) -> int:
+    """Run a ``celery`` sub-command for ``app`` and return its exit status.
+
+    Not ``app.worker_main(argv)``: neither it nor ``app.start`` (which it calls) returns
+    the exit code of the ``celery`` command, so a worker stopped by an "Unrecoverable
+    error" (exit code 1) would end with status 0, and a supervisor that restarts only on
+    failure would leave it down. This is ``app.start`` with the code kept.
+    """
+    from celery.bin.celery import celery as celery_command
+    from click.exceptions import Exit
+
+    celery_command.params[0].default = app
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except Exit as stop:
+        code = stop.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return exit_status(code)
+
+
+def exit_status(code: object) -> int:
+    """A process exit status from what a click command returned or exited with."""
+    if code is None:
+        return 0
+    if isinstance(code, bool) or not isinstance(code, int):
+        return 1
+    return code
 
 
 @cli.command()
@@ -80,28 +110,17 @@ def worker(pool: str, concurrency: int | None, hostname: str | None, loglevel: s
 def beat(interval: float | None, poll_interval: float | None, loglevel: str) -> None:
     """Run the sweep (outbox recovery, expired leases, approval and action timeouts) and
     poll source actions for new revisions (PollForSourceChanges)."""
-    from engine.sweep import sweep
-    from engine.triggers import S3ObjectPoller, SourcePoller
+    from workers.beat import Beat
     from workers.runtime import Runtime
 
     _logging(loglevel)
     settings = Settings()
-    rt = Runtime(settings)
     every = interval or settings.sweep_interval_seconds
     poll_every = settings.source_poll_interval_seconds if poll_interval is None else poll_interval
-    # Each pass polls for at most one sweep interval; a longer round resumes next pass.
-    sources = SourcePoller(
-        rt.store.r,
-        rt.service,
-        [S3ObjectPoller.from_settings(settings)],
-        interval=poll_every,
-        budget=every,
-    )
-    stopping = False
+    beat = Beat(Runtime(settings), settings, interval=every, poll_interval=poll_every)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        beat.stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -110,19 +129,7 @@ def beat(interval: float | None, poll_interval: float | None, loglevel: str) -> 
         every,
         f"every {poll_every:.1f}s" if poll_every > 0 else "off",
     )
-    while not stopping:
-        started = time.time()
-        try:
-            report = sweep(rt.store, started, outbox_grace=settings.outbox_grace_seconds)
-            if report.redispatched or report.leases_expired or report.results_recovered:
-                log.info("sweep: %s", report)
-        except Exception:  # Redis down: keep sweeping, nothing is lost meanwhile
-            log.exception("sweep failed")
-        try:
-            sources.tick(time.time())
-        except Exception:  # Redis down: the next round retries
-            log.exception("source polling failed")
-        time.sleep(max(0.0, every - (time.time() - started)))
+    beat.run()
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import click
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table

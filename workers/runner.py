@@ -1,110 +1,49 @@
-"""One attempt of one action on a worker: inputs down, provider run, outputs up, result recorded.
+"""What one attempt of an action does on a worker: inputs down, provider run, outputs up.
 
-Idempotent by (execution, action execution, attempt): a stale or finished attempt is a no-op,
-a recorded result is only re-announced, and a lease keeps two workers off the same attempt.
+The attempt's life around it (lease, heartbeat, recording and applying the result) is
+:mod:`workers.attempts`.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
+import shutil
 import threading
-import time
-import uuid
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import TextIO, TypeVar
 
-from engine.artifacts import ArtifactRef, artifact_key
-from engine.errors import ConveyorError
-from engine.execution import ActionResult, ActionStatus, ArtifactLocation, ExecutionState
-from engine.store import Store
-from providers.base import ActionFailed, Job, Result, S3Access
+from engine.errors import ConveyorError, ProviderError
+from engine.execution import ActionResult, ArtifactLocation, ExecutionState
+from engine.messages import WorkKind
+from providers.base import ActionFailed, Job, Provider, Result, S3Access
+from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
+from workers.attempts import run_attempt
+from workers.retry import RetriesExhausted, Retry, RetryPolicy, retrying
 from workers.runtime import Runtime
+
+T = TypeVar("T")
 
 log = logging.getLogger("conveyor.worker")
 
 
-# How often a running attempt checks whether it was abandoned (stop-and-abandon).
-CANCEL_CHECK_SECONDS = 1.0
 # CodePipeline's quota: all output variables of one action, names and values in UTF-8.
 MAX_OUTPUT_VARIABLES_BYTES = 122_880
 
 
-class Heartbeat(threading.Thread):
-    """Renews an action's lease while its attempt runs, and cancels the attempt once the
-    execution no longer wants it (abandoned, timed out, superseded by a newer attempt)."""
+def run_action(rt: Runtime, execution_id: str, stage: str, action: str, attempt: int) -> str:
+    """One attempt of one action (a Celery task's body)."""
 
-    def __init__(
-        self,
-        store: Store,
-        member: str,
-        holder: str,
-        ttl: float,
-        cancelled: threading.Event,
-        still_wanted: Callable[[], bool],
-    ) -> None:
-        super().__init__(daemon=True, name="conveyor-heartbeat")
-        self.store, self.member, self.holder, self.ttl = store, member, holder, ttl
-        self.cancelled, self.still_wanted = cancelled, still_wanted
-        self.stopped = threading.Event()
+    def work(state: ExecutionState, cancelled: threading.Event) -> ActionResult:
+        return execute(rt, state, stage, action, attempt, cancelled)
 
-    def run(self) -> None:
-        last_renewal = time.monotonic()
-        while not self.stopped.wait(min(CANCEL_CHECK_SECONDS, self.ttl / 3)):
-            try:
-                if not self.cancelled.is_set() and not self.still_wanted():
-                    log.info("%s is no longer wanted; cancelling it", self.member)
-                    self.cancelled.set()
-                if time.monotonic() - last_renewal >= self.ttl / 3:
-                    last_renewal = time.monotonic()
-                    if not self.store.renew_lease(self.member, self.holder, self.ttl):
-                        log.warning("lease %s lost; the sweep may re-dispatch it", self.member)
-            except Exception:  # Redis blips must not kill the build; the next beat retries
-                log.exception("heartbeat failed")
-
-    def stop(self) -> None:
-        self.stopped.set()
+    return run_attempt(rt, execution_id, stage, action, attempt, WorkKind.ACTION, work)
 
 
-def run_attempt(rt: Runtime, execution_id: str, stage: str, action: str, attempt: int) -> str:
-    """Run one attempt if it is still the current one. Returns what happened, for logs/tests."""
-    store = rt.store
-    state = store.try_load(execution_id)
-    act = state.action(stage, action) if state else None
-    if state is None or act is None:
-        return "unknown"
-    if act.status is not ActionStatus.IN_PROGRESS or act.attempt != attempt:
-        return "stale"
-    aeid = act.action_execution_id
-    if store.get_result(execution_id, aeid, attempt) is not None:
-        rt.send_callback(execution_id, stage, action, attempt)
-        return "already-done"
-    member = store.lease_member(execution_id, stage, action, aeid, attempt)
-    holder = uuid.uuid4().hex
-    ttl = rt.settings.lease_seconds
-    if not store.claim_lease(member, holder, ttl):
-        return "leased-elsewhere"
-    cancelled = threading.Event()
-
-    def still_wanted() -> bool:
-        now = store.try_load(execution_id)
-        current = now.action(stage, action) if now else None
-        return bool(
-            current and current.status is ActionStatus.IN_PROGRESS and current.attempt == attempt
-        )
-
-    beat = Heartbeat(store, member, holder, ttl, cancelled, still_wanted)
-    beat.start()
-    try:
-        result = _execute(rt, state, stage, action, attempt, cancelled)
-    finally:
-        beat.stop()
-    store.record_result(execution_id, aeid, attempt, result)
-    rt.send_callback(execution_id, stage, action, attempt)
-    return "succeeded" if result.succeeded else "failed"
-
-
-def _execute(
+def execute(
     rt: Runtime,
     state: ExecutionState,
     stage: str,
@@ -112,10 +51,11 @@ def _execute(
     attempt: int,
     cancelled: threading.Event,
 ) -> ActionResult:
+    """Inputs down, the provider's run, outputs up, the log up: each step retried on its own
+    through transient failures (workers.retry), so a step that finished is never redone."""
     act = state.action(stage, action)
-    sdecl = state.definition.stage(stage)
-    assert act is not None and sdecl is not None
-    decl = next(a for a in sdecl.actions if a.name == action)
+    assert act is not None and act.action_execution_id is not None
+    decl = state.action_decl(stage, action)
     provider_cls = rt.registry.get(decl.action_type_id)
     if provider_cls is None:
         return ActionResult(
@@ -125,23 +65,26 @@ def _execute(
         )
     s = rt.settings
     bucket = state.artifact_bucket
-    with tempfile.TemporaryDirectory(prefix="conveyor-", dir=s.workdir) as tmp_name:
-        tmp = Path(tmp_name)
+    policy = RetryPolicy(
+        max_attempts=s.transient_retry_attempts, budget_seconds=s.transient_retry_seconds
+    )
+    with rt.scratch.directory() as tmp:
         log_path = tmp / "action.log"
         outputs: list[ArtifactLocation] = []
+        attachments: dict[str, Path] = {}  # the provider's logs, kept if a later step fails
         with log_path.open("w", encoding="utf-8") as log_file:
+            steps = _Steps(policy, act.deadline, cancelled, _Notes(log_file), f"{stage}.{action}")
             try:
                 config = provider_cls.Config.model_validate(act.resolved_configuration)
                 inputs: dict[str, Path] = {}
                 for loc in act.input_artifacts:
+                    ref = ArtifactRef(**loc.model_dump(exclude={"name"}))
                     inputs[loc.name] = tmp / "in" / loc.name
-                    inputs[loc.name].mkdir(parents=True)
-                    rt.artifacts.download_to_dir(
-                        ArtifactRef(**loc.model_dump(exclude={"name"})), inputs[loc.name]
+                    steps.run(
+                        f"downloading input artifact {loc.name}",
+                        partial(_download, rt.artifacts, ref, inputs[loc.name]),
                     )
                 out_dirs = {a.name: tmp / "out" / a.name for a in decl.output_artifacts}
-                for d in out_dirs.values():
-                    d.mkdir(parents=True)
                 (tmp / "work").mkdir()
                 job = Job(
                     pipeline_name=state.pipeline_name,
@@ -161,40 +104,53 @@ def _execute(
                     deadline=act.deadline,
                     cancelled=cancelled,
                     revision=_pinned_revision(state, action),
+                    max_artifact_bytes=s.max_artifact_bytes,
+                    max_artifact_files=s.max_artifact_files,
                 )
-                res = provider_cls().run(job)
+                res = steps.run("running the provider", partial(_run_provider, provider_cls(), job))
+                attachments = dict(res.attachments)
                 if res.succeeded:
+                    (tmp / "zip").mkdir()
                     for name, d in out_dirs.items():
+                        # Zipped once; only the upload of that zip is retried.
+                        packed = rt.artifacts.package_dir(d, tmp / "zip" / f"{name}.zip", name=name)
                         key = artifact_key(
                             state.pipeline_name, name, act.action_execution_id, attempt
                         )
-                        ref = rt.artifacts.upload_dir(d, bucket, key)
+                        ref = steps.run(
+                            f"uploading output artifact {name}",
+                            partial(rt.artifacts.upload_packed, packed, bucket, key),
+                        )
                         outputs.append(
                             ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"}))
                         )
-            except ActionFailed as exc:
-                res = Result(succeeded=False, error_code="JobFailed", error_message=exc.message)
-            except ConveyorError as exc:
-                res = Result(
-                    succeeded=False, error_code=type(exc).__name__, error_message=exc.message
-                )
-            except Exception as exc:  # a provider bug must fail the action, not wedge it
-                log.exception("action %s.%s crashed", stage, action)
-                res = Result(
-                    succeeded=False,
-                    error_code="InternalError",
-                    error_message=f"{type(exc).__name__}: {exc}",
-                )
+            except RetriesExhausted as exc:
+                steps.notes.line(f"Giving up: {exc.message}")
+                log.warning("%s.%s: %s", stage, action, exc.message)
+                res = _failure(exc.error, exc.message)
+            except Exception as exc:
+                res = _failure(exc)
+                if res.error_code == "InternalError":  # a bug must fail the action, not wedge it
+                    log.exception("action %s.%s crashed", stage, action)
         log_loc = None
         # One log per action: the provider's own (a build log) when it has one, which the
-        # worker's lines also go to (job.log); otherwise the worker's action log.
-        attachments = dict(res.attachments) or {"action-log": log_path}
+        # worker's lines also go to (job.log, then steps.notes); else the worker's action log,
+        # kept when there is something to read in it: the action failed or met transient
+        # failures. (CodePipeline keeps no log of an S3 deploy either; one object less per
+        # action is a good part of what the lightest action costs.)
+        if not attachments and (not res.succeeded or steps.retried):
+            attachments = {"action-log": log_path}
+        if attachments:
+            steps.notes.also_to(attachments[_primary_name(attachments)])
         prefix = f"{state.pipeline_name[:20]}/logs/{act.action_execution_id}-{attempt}"
         for name, path in attachments.items():
             try:
-                ref = rt.artifacts.upload_file(path, bucket, f"{prefix}/{name}.log")
-            except Exception:
-                log.exception("could not store %s for %s.%s", name, stage, action)
+                ref = steps.run(
+                    f"uploading the {name}",
+                    partial(rt.artifacts.upload_file, path, bucket, f"{prefix}/{name}.log"),
+                )
+            except Exception as exc:  # the action's outcome stands without its log
+                log.warning("could not store %s for %s.%s: %s", name, stage, action, exc)
                 continue
             if log_loc is None or name != "action-log":
                 log_loc = ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"}))
@@ -211,9 +167,12 @@ def _execute(
                 f"the action's output variables total {size} bytes; CodePipeline allows at "
                 f"most {MAX_OUTPUT_VARIABLES_BYTES} bytes for all output variables of an action"
             )
+    summary = res.summary
+    if succeeded and steps.retried:
+        summary = _with_retries(summary, steps.retried)
     return ActionResult(
         succeeded=succeeded,
-        summary=res.summary,
+        summary=summary,
         error_code=error_code,
         error_message=error_message,
         external_execution_id=res.external_execution_id,
@@ -226,13 +185,140 @@ def _execute(
     )
 
 
+class _Notes:
+    """The worker's own lines in the action's log (retries), stamped like a build log's.
+
+    They go to ``job.log`` while it is open. A provider's own log (a build log), when it has
+    one, is the log that is stored: once it is complete, every line noted so far is
+    appended to it, and later ones (retries of the log's own upload) go there as well.
+    """
+
+    def __init__(self, log_file: TextIO) -> None:
+        self._log_file = log_file
+        self._own = Path(log_file.name)
+        self._stored: Path | None = None
+        self._lines: list[str] = []
+
+    def line(self, text: str) -> None:
+        stamp = datetime.now(UTC).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
+        entry = f"[Conveyor] {stamp} {text}\n"
+        self._lines.append(entry)
+        if not self._log_file.closed:
+            self._log_file.write(entry)
+            self._log_file.flush()
+        elif self._stored == self._own:
+            _append(self._own, [entry])
+        if self._stored is not None and self._stored != self._own:
+            _append(self._stored, [entry])
+
+    def also_to(self, stored: Path) -> None:
+        """``stored`` is the log that will be uploaded: make it hold every line."""
+        if stored != self._own and stored.exists():
+            _append(stored, self._lines)
+        self._stored = stored
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.writelines(lines)
+
+
+class _Steps:
+    """Runs each step of the attempt under the retry policy, noting every retry."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        deadline: float | None,
+        cancelled: threading.Event,
+        notes: _Notes,
+        action: str,
+    ) -> None:
+        self.policy, self.deadline, self.cancelled = policy, deadline, cancelled
+        self.notes, self.action = notes, action
+        self.retried = 0  # transient failures retried, over all steps
+        self.gave_up = False
+
+    def run(self, what: str, op: Callable[[], T]) -> T:
+        """Run one step. Once a step has used up its retries (the endpoint stayed down for
+        the whole budget), later steps (the log's upload) get one try: the action has
+        failed already, and its report should not wait another budget for a log."""
+        policy = replace(self.policy, max_attempts=1) if self.gave_up else self.policy
+        failures = 0
+
+        def note(retry: Retry) -> None:
+            nonlocal failures
+            failures += 1
+            self.retried += 1
+            text = retry.describe()
+            self.notes.line(f"{what}: {text}")
+            log.warning("%s: %s: %s", self.action, what, text)
+
+        try:
+            result = retrying(
+                op,
+                policy,
+                deadline=self.deadline,
+                on_retry=note,
+                transient=_is_transient,
+                wait=self.cancelled.wait,
+            )
+        except RetriesExhausted:
+            self.gave_up = True
+            raise
+        if failures:
+            self.notes.line(f"{what}: succeeded on attempt {failures + 1}")
+        return result
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, ActionFailed | ProviderError) and exc.retryable
+
+
+def _download(store: ArtifactStore, ref: ArtifactRef, directory: Path) -> None:
+    _fresh_dir(directory)
+    store.download_to_dir(ref, directory)
+
+
+def _run_provider(provider: Provider, job: Job) -> Result:
+    for directory in job.outputs.values():
+        _fresh_dir(directory)  # a retried run starts from empty outputs
+    return provider.run(job)
+
+
+def _fresh_dir(directory: Path) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+
+
+def _primary_name(attachments: dict[str, Path]) -> str:
+    """Which attachment becomes the action's log: a provider's own over the action log."""
+    names = [n for n in attachments if n != "action-log"]
+    return names[-1] if names else "action-log"
+
+
+def _failure(exc: BaseException, message: str | None = None) -> Result:
+    """A failed step as the attempt's result: the message people see, a code by type."""
+    if isinstance(exc, ActionFailed):
+        code, text = "JobFailed", exc.message
+    elif isinstance(exc, ConveyorError):
+        code, text = type(exc).__name__, exc.message
+    else:
+        code, text = "InternalError", f"{type(exc).__name__}: {exc}"
+    return Result(succeeded=False, error_code=code, error_message=message or text)
+
+
+def _with_retries(summary: str | None, retried: int) -> str:
+    failures = f"{retried} transient failure{'s' if retried != 1 else ''}"
+    if summary:
+        return f"{summary} (after retrying {failures})"
+    return f"Succeeded after retrying {failures}"
+
+
 def _pinned_revision(state: ExecutionState, action: str) -> str | None:
     """The object version a poll trigger detected for this source action, if any."""
     for rev in state.source_revisions:
         if rev.get("actionName") == action and rev.get("revisionType") == "S3_OBJECT_VERSION_ID":
             return str(rev.get("revisionId"))
     return None
-
-
-def now() -> float:
-    return time.time()

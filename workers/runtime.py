@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -9,14 +10,17 @@ from functools import cached_property
 from celery import Celery
 
 from engine import keys
-from engine.artifacts import ArtifactStore
-from engine.messages import Dispatch, Revoke, task_id
+from engine.messages import Dispatch, Revoke, WorkItem
 from engine.service import Service
 from engine.settings import Settings
 from engine.store import Store
 from providers import default_registry
 from providers.registry import Registry
 from workers.app import make_app
+from workers.artifacts import ArtifactStore
+from workers.scratch import ScratchSpace
+
+log = logging.getLogger("conveyor.runtime")
 
 
 @dataclass
@@ -31,11 +35,19 @@ class Runtime:
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(self.settings.redis_url, dispatcher=self.dispatch)
+        return Store.from_url(
+            self.settings.redis_url,
+            dispatcher=self.dispatch,
+            claim_seconds=self.settings.lease_seconds,
+        )
 
     @cached_property
     def artifacts(self) -> ArtifactStore:
         return ArtifactStore(self.settings)
+
+    @cached_property
+    def scratch(self) -> ScratchSpace:
+        return ScratchSpace(self.settings.workdir)
 
     @cached_property
     def service(self) -> Service:
@@ -44,13 +56,14 @@ class Runtime:
             self.registry,
             default_bucket=self.settings.default_artifact_bucket,
             ensure_bucket=self.artifacts.ensure_bucket,
+            minute_seconds=self.settings.minute_seconds,
         )
 
     def dispatch(self, d: Dispatch | Revoke) -> None:
         """Carry out an effect that leaves Redis: enqueue a task, or revoke one."""
-        tid = task_id(d.execution_id, d.stage, d.action, d.attempt)
+        tid = WorkItem("", d.execution_id, d.stage, d.action, d.attempt, d.work).task_id
         if isinstance(d, Revoke):
-            # No terminate: the worker's heartbeat sees the action abandoned and stops the
+            # No terminate: the worker's heartbeat sees the attempt abandoned and stops the
             # provider's whole process group itself (a killed pool child could not).
             self.celery.control.revoke(tid)
             return
@@ -62,10 +75,22 @@ class Runtime:
             task_id=tid,
         )
 
-    def send_callback(self, execution_id: str, stage: str, action: str, attempt: int) -> None:
+    def send_callback(self, item: WorkItem) -> None:
+        """Ask the engine pool to apply an attempt's recorded result."""
         self.celery.send_task(
             keys.ENGINE_TASK,
-            args=[execution_id, stage, action, attempt],
+            args=[*item.task_args(), item.kind.value],
             queue=keys.ENGINE_QUEUE,
             routing_key=keys.ENGINE_QUEUE,
         )
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in a queue (Redis: every priority list; RabbitMQ: the queue's
+        count), or None when the broker cannot tell right now."""
+        try:
+            with self.celery.connection_for_read() as conn:
+                ok = conn.default_channel.queue_declare(queue=queue, passive=True)
+                return int(ok.message_count)
+        except Exception:
+            log.debug("cannot read the depth of %s", queue, exc_info=True)
+            return None

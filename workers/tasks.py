@@ -1,25 +1,24 @@
 """Celery tasks: one per provider (named after its queue, so Flower shows each provider's
-counts and runtimes) and the engine's completion callback."""
+counts and runtimes), the Commands rule, and the engine's completion callback.
+
+A worker applies an attempt's result itself (:func:`workers.attempts.report`); the engine
+callback is the fallback when it could not, and the sweep the fallback after that.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from typing import Any
 
 from celery import Celery
 
 from engine import keys
-from engine.errors import ExecutionNotFoundError
-from engine.messages import ActionCompleted
+from engine.messages import WorkItem, WorkKind, completion
 from engine.settings import Settings
 from workers.app import provider_queues
 from workers.rule_runner import run_rule
-from workers.runner import run_attempt
+from workers.runner import run_action
 from workers.runtime import Runtime
-
-log = logging.getLogger("conveyor.tasks")
 
 _runtime: Runtime | None = None
 
@@ -33,44 +32,32 @@ def runtime(settings: Settings | None = None) -> Runtime:
     return _runtime
 
 
-def advance(execution_id: str, stage: str, action: str, attempt: int) -> str:
+def advance(
+    execution_id: str, stage: str, name: str, attempt: int, kind: str = WorkKind.ACTION
+) -> str:
     """Completion callback: apply the recorded result of one attempt to its execution."""
     rt = runtime()
-    state = rt.store.try_load(execution_id)
-    act = state.action(stage, action) if state else None
-    if state is None or act is None:
+    state = rt.store.runs.load(execution_id)
+    if state is None:
         return "unknown"
-    result = rt.store.get_result(execution_id, act.action_execution_id, attempt)
+    item = WorkItem(state.pipeline_name, execution_id, stage, name, attempt, WorkKind(kind))
+    result = rt.store.runs.get_result(item)
     if result is None:
         return "no-result"
-    try:
-        rt.store.apply(
-            state.pipeline_name,
-            ActionCompleted(
-                now=time.time(),
-                execution_id=execution_id,
-                stage=stage,
-                action=action,
-                attempt=attempt,
-                result=result,
-            ),
-        )
-    except ExecutionNotFoundError:
-        return "unknown"
-    rt.store.release_lease(
-        rt.store.lease_member(execution_id, stage, action, act.action_execution_id, attempt)
-    )
+    decision = rt.store.apply(item.pipeline, completion(item, result))
+    if not decision.changed:
+        rt.store.leases.release(item)
     return "applied"
 
 
 def run_provider_action(execution_id: str, stage: str, action: str, attempt: int) -> str:
-    return run_attempt(runtime(), execution_id, stage, action, attempt)
+    return run_action(runtime(), execution_id, stage, action, attempt)
 
 
 def run_commands_rule_task(
     execution_id: str, stage: str, rule_execution_id: str, attempt: int
 ) -> str:
-    return run_rule(runtime(), execution_id, stage, rule_execution_id)
+    return run_rule(runtime(), execution_id, stage, rule_execution_id, attempt)
 
 
 def register_tasks(app: Celery, rt: Runtime) -> None:

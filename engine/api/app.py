@@ -19,14 +19,13 @@ import json
 import logging
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from engine.api.operations import OPERATIONS
 from engine.api.validation import TARGET_PREFIX, check_input, known_operations
-from engine.errors import ConveyorError, ServiceUnavailableError
+from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
 
 log = logging.getLogger(__name__)
@@ -93,11 +92,11 @@ def _call(service: Service, operation: str, body: dict[str, Any]) -> Response:
         return _json(OPERATIONS[operation](service, body))
     except ServiceUnavailableError as exc:
         return _error(exc.aws_code, exc.message, 503)
+    except StoreError as exc:
+        log.error("%s: %s", operation, exc.message)
+        return _error(exc.aws_code, f"{operation} failed; see the server log", 500)
     except ConveyorError as exc:
         return _error(exc.aws_code, exc.message)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log.warning("%s: Redis unavailable: %s", operation, exc)
-        return _error("ServiceUnavailableException", f"Redis is unreachable: {exc}", 503)
     except Exception:
         log.exception("%s failed", operation)
         return _error(
@@ -128,11 +127,11 @@ def create_app(service: Service) -> FastAPI:
     ) -> JSONResponse:
         """Events after stream id ``after``; pass the last ``id`` back to read on."""
         try:
-            rows = service.store.read_events(after, count)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            return JSONResponse({"error": f"Redis is unreachable: {exc}"}, status_code=503)
-        except redis.ResponseError as exc:
-            return JSONResponse({"error": f"bad 'after' id: {exc}"}, status_code=400)
+            rows = service.store.events.read(after, count)
+        except ServiceUnavailableError as exc:
+            return JSONResponse({"error": exc.message}, status_code=503)
+        except StoreError as exc:
+            return JSONResponse({"error": f"bad 'after' id: {exc.message}"}, status_code=400)
         return JSONResponse(
             {
                 "events": [{"id": rid, "event": event} for rid, event in rows],

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from engine import rules
 from engine.api import shapes
 from engine.errors import ValidationError
-from engine.execution import ExecutionState
+from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
 
 Body = dict[str, Any]
@@ -105,18 +105,20 @@ def list_pipeline_executions(svc: Service, body: Body) -> Body:
     states = svc.list_executions(body["pipelineName"], limit=MAX_EXECUTIONS_SCANNED)
     stage = (body.get("filter") or {}).get("succeededInStage", {}).get("stageName")
     if stage:
-        states = [s for s in states if (st := s.stage(stage)) and st.status == "Succeeded"]
+        states = [
+            s for s in states if (st := s.stage(stage)) and st.status is StageStatus.SUCCEEDED
+        ]
     rows, more = _page(states, body)
     return {"pipelineExecutionSummaries": [shapes.execution_summary(s) for s in rows], **more}
 
 
+def _succeeded_in(state: ExecutionState, stage: str) -> bool:
+    st = state.stage(stage)
+    return st is not None and st.status is StageStatus.SUCCEEDED
+
+
 def get_pipeline_state(svc: Service, body: Body) -> Body:
-    rec, views = svc.pipeline_state(body["name"])
-    run = svc.run_state(body["name"])
-    waiting: dict[str, list[ExecutionState]] = {
-        stage: [run.executions[eid] for eid in lane.waiting if eid in run.executions]
-        for stage, lane in run.lanes.items()
-    }
+    rec, views, waiting = svc.pipeline_state(body["name"])
     return shapes.pipeline_state(rec, views, waiting)
 
 
@@ -130,10 +132,10 @@ def _filtered_execution(body: Body) -> str | None:
 def list_action_executions(svc: Service, body: Body) -> Body:
     execution_id = _filtered_execution(body)
     svc.get_pipeline(body["pipelineName"])  # PipelineNotFound before ExecutionNotFound
-    pairs = svc.action_executions(body["pipelineName"], execution_id, limit=MAX_EXECUTIONS_SCANNED)
-    rows, more = _page(pairs, body)
+    runs = svc.action_executions(body["pipelineName"], execution_id, limit=MAX_EXECUTIONS_SCANNED)
+    rows, more = _page(runs, body)
     return {
-        "actionExecutionDetails": [shapes.action_execution_detail(s, a) for s, a in rows],
+        "actionExecutionDetails": [shapes.action_execution_detail(s, a, r) for s, a, r in rows],
         **more,
     }
 

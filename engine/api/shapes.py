@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.arns import pipeline_arn
 from engine.definition.model import ActionDeclaration, PipelineDeclaration
-from engine.execution import ActionState, ArtifactLocation, ExecutionState, RuleRun, StageState
-from engine.rules import RuleDeclaration
+from engine.execution import (
+    ActionRun,
+    ActionState,
+    ArtifactLocation,
+    ExecutionState,
+    RuleRun,
+    RuleStatus,
+    StageState,
+    StageStatus,
+)
+from engine.rules import ConditionKind, RuleDeclaration
 from engine.service import PipelineRecord, StageView
-
-ARN_PREFIX = "arn:conveyor:codepipeline:local:000000000000:"
-
-
-def pipeline_arn(name: str) -> str:
-    """The same ARN form the event stream puts in ``resources``."""
-    return f"{ARN_PREFIX}{name}"
 
 
 def _prune(d: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def pipeline_summary(rec: PipelineRecord) -> dict[str, Any]:
 
 
 def _trigger(s: ExecutionState) -> dict[str, Any]:
-    return _prune({"triggerType": s.trigger_type, "triggerDetail": s.trigger_detail})
+    return _prune({"triggerType": s.trigger_type.value, "triggerDetail": s.trigger_detail})
 
 
 def _source_revisions(s: ExecutionState) -> list[dict[str, Any]]:
@@ -70,7 +73,7 @@ def _artifact_revisions(s: ExecutionState) -> list[dict[str, Any]]:
     """CodePipeline names a revision after the artifact its source action produced."""
     out = []
     for rev in s.source_revisions:
-        decl = _find_action(s.definition, str(rev.get("actionName", "")))
+        decl = _find_action(s.decl, str(rev.get("actionName", "")))
         name = decl.output_artifacts[0].name if decl and decl.output_artifacts else None
         out.append(
             _prune(
@@ -141,14 +144,14 @@ def _s3_url(loc: ArtifactLocation | None) -> str | None:
     return f"s3://{loc.bucket}/{loc.key}" if loc else None
 
 
-def _external_url(a: ActionState) -> str | None:
+def _external_url(a: ActionState | ActionRun) -> str | None:
     """A provider's own URL wins; else the build log in the artifact bucket."""
     if a.result is None:
         return None
     return a.result.external_execution_url or _s3_url(a.result.log_location)
 
 
-def _summary(a: ActionState) -> str | None:
+def _summary(a: ActionState | ActionRun) -> str | None:
     if a.approval_summary:
         return a.approval_summary
     if a.result is None:
@@ -156,7 +159,7 @@ def _summary(a: ActionState) -> str | None:
     return a.result.summary or a.result.error_message
 
 
-def _error_details(a: ActionState) -> dict[str, Any] | None:
+def _error_details(a: ActionState | ActionRun) -> dict[str, Any] | None:
     r = a.result
     if r is None or r.succeeded:
         return None
@@ -165,14 +168,14 @@ def _error_details(a: ActionState) -> dict[str, Any] | None:
 
 def latest_action_execution(a: ActionState) -> dict[str, Any]:
     """``ActionExecution`` of GetPipelineState; the token only while an approval waits."""
-    waiting = a.token is not None and a.status is not None and not a.status.terminal
+    waiting = a.approval_token is not None and a.status is not None and not a.status.terminal
     return _prune(
         {
             "actionExecutionId": a.action_execution_id,
             "status": a.status.value if a.status else None,
             "summary": _summary(a),
             "lastStatusChange": a.last_update_time,
-            "token": a.token if waiting else None,
+            "token": a.approval_token if waiting else None,
             "lastUpdatedBy": a.approved_by,
             "externalExecutionId": a.result.external_execution_id if a.result else None,
             "externalExecutionUrl": _external_url(a),
@@ -201,21 +204,21 @@ def _transition(view: StageView) -> dict[str, Any]:
 
 
 # ConditionExecutionStatus of a set of rule runs, worst first.
-_CONDITION_ORDER = ("InProgress", "Failed", "Abandoned")
+_CONDITION_ORDER = (RuleStatus.IN_PROGRESS, RuleStatus.FAILED, RuleStatus.ABANDONED)
 
 
 def _condition_status(runs: list[RuleRun], overridden: bool) -> str:
     if overridden:
         return "Overridden"
     statuses = {rr.status for rr in runs}
-    return next((s for s in _CONDITION_ORDER if s in statuses), "Succeeded")
+    return next((s.value for s in _CONDITION_ORDER if s in statuses), RuleStatus.SUCCEEDED.value)
 
 
 def _failure_summary(runs: list[RuleRun]) -> str | None:
     failed = [
         f"{rr.rule}: {rr.summary}" if rr.summary else rr.rule
         for rr in runs
-        if rr.status == "Failed"
+        if rr.status is RuleStatus.FAILED
     ]
     return "; ".join(failed) or None
 
@@ -234,7 +237,7 @@ def _rule_state(rr: RuleRun) -> dict[str, Any]:
     }
 
 
-def condition_state(st: StageState, kind: str) -> dict[str, Any] | None:
+def condition_state(st: StageState, kind: ConditionKind) -> dict[str, Any] | None:
     """``StageConditionState`` of one kind (beforeEntry, onSuccess, onFailure) of a stage's
     latest execution, from its rule runs; None when that kind never ran."""
     runs = [rr for rr in st.rules if rr.kind == kind]
@@ -264,11 +267,7 @@ def condition_state(st: StageState, kind: str) -> dict[str, Any] | None:
     }
 
 
-_CONDITION_KEYS = {
-    "beforeEntry": "beforeEntryConditionState",
-    "onSuccess": "onSuccessConditionState",
-    "onFailure": "onFailureConditionState",
-}
+_CONDITION_KEYS = {kind: f"{kind.value}ConditionState" for kind in ConditionKind}
 
 
 def _retry_metadata(st: StageState) -> dict[str, Any] | None:
@@ -288,9 +287,9 @@ def _stage_state(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"stageName": view.name}
     if view.inbound is not None:
-        out["inboundExecution"] = _stage_execution(view.inbound, "InProgress")
+        out["inboundExecution"] = _stage_execution(view.inbound, StageStatus.IN_PROGRESS)
     if waiting:
-        out["inboundExecutions"] = [_stage_execution(ex, "InProgress") for ex in waiting]
+        out["inboundExecutions"] = [_stage_execution(ex, StageStatus.IN_PROGRESS) for ex in waiting]
     out["inboundTransitionState"] = _transition(view)
     st: StageState | None = view.execution.stage(view.name) if view.execution else None
     if view.execution is not None and st is not None and st.status is not None:
@@ -338,8 +337,9 @@ def _artifact(loc: ArtifactLocation) -> dict[str, Any]:
     return {"name": loc.name, "s3location": {"bucket": loc.bucket, "key": loc.key}}
 
 
-def action_execution_detail(s: ExecutionState, a: ActionState) -> dict[str, Any]:
-    decl = _find_action(s.definition, a.name, a.stage)
+def action_execution_detail(s: ExecutionState, a: ActionState, run: ActionRun) -> dict[str, Any]:
+    """One run of one action (``a`` is the action, ``run`` the run being shown)."""
+    decl = _find_action(s.decl, a.name, a.stage)
     inp: dict[str, Any] = {}
     if decl is not None:
         inp = _prune(
@@ -351,34 +351,34 @@ def action_execution_detail(s: ExecutionState, a: ActionState) -> dict[str, Any]
                 "namespace": decl.namespace,
             }
         )
-    inp["resolvedConfiguration"] = a.resolved_configuration
-    inp["inputArtifacts"] = [_artifact(x) for x in a.input_artifacts]
+    inp["resolvedConfiguration"] = run.resolved_configuration
+    inp["inputArtifacts"] = [_artifact(x) for x in run.input_artifacts]
     detail = _prune(
         {
             "pipelineExecutionId": s.execution_id,
-            "actionExecutionId": a.action_execution_id,
+            "actionExecutionId": run.action_execution_id,
             "pipelineVersion": s.pipeline_version,
             "stageName": a.stage,
             "actionName": a.name,
-            "startTime": a.start_time,
-            "lastUpdateTime": a.last_update_time,
-            "updatedBy": a.approved_by,
-            "status": a.status.value if a.status else None,
+            "startTime": run.start_time,
+            "lastUpdateTime": run.last_update_time,
+            "updatedBy": run.approved_by,
+            "status": run.status.value,
             "input": inp,
         }
     )
-    if a.result is not None:
+    if run.result is not None:
         detail["output"] = {
-            "outputArtifacts": [_artifact(x) for x in a.result.output_artifacts],
+            "outputArtifacts": [_artifact(x) for x in run.result.output_artifacts],
             "executionResult": _prune(
                 {
-                    "externalExecutionId": a.result.external_execution_id,
-                    "externalExecutionSummary": _summary(a),
-                    "externalExecutionUrl": _external_url(a),
-                    "errorDetails": _error_details(a),
+                    "externalExecutionId": run.result.external_execution_id,
+                    "externalExecutionSummary": _summary(run),
+                    "externalExecutionUrl": _external_url(run),
+                    "errorDetails": _error_details(run),
                 }
             ),
-            "outputVariables": a.result.output_variables,
+            "outputVariables": run.result.output_variables,
         }
     return detail
 
@@ -386,32 +386,15 @@ def action_execution_detail(s: ExecutionState, a: ActionState) -> dict[str, Any]
 # ---------------------------------------------------------------------------- rules
 
 
-def _rule_stage(s: ExecutionState, rr: RuleRun) -> str | None:
-    """The stage a rule run belongs to (a RuleRun does not carry its stage's name)."""
-    for st in s.stages:
-        if any(x.rule_execution_id == rr.rule_execution_id for x in st.rules):
-            return st.name
-    return None
-
-
-def _rule_declaration(s: ExecutionState, stage: str, rr: RuleRun) -> RuleDeclaration | None:
-    sdecl = s.definition.stage(stage)
-    if sdecl is None:
-        return None
-    source = {
-        "beforeEntry": sdecl.before_entry,
-        "onSuccess": sdecl.on_success,
-        "onFailure": sdecl.on_failure,
-    }.get(rr.kind)
-    if source is None or rr.condition >= len(source.conditions):
-        return None
-    return next((r for r in source.conditions[rr.condition].rules if r.name == rr.rule), None)
+def _rule_declaration(s: ExecutionState, rr: RuleRun) -> RuleDeclaration | None:
+    sdecl = s.decl.stage(rr.stage)
+    return sdecl.rule(rr.kind, rr.condition, rr.rule) if sdecl is not None else None
 
 
 def rule_execution_detail(s: ExecutionState, rr: RuleRun) -> dict[str, Any]:
     """``RuleExecutionDetail`` of ListRuleExecutions."""
-    stage = _rule_stage(s, rr)
-    decl = _rule_declaration(s, stage, rr) if stage else None
+    stage = rr.stage
+    decl = _rule_declaration(s, rr)
     inp: dict[str, Any] = {}
     if decl is not None:
         inp = _prune(
@@ -446,6 +429,6 @@ def rule_execution_detail(s: ExecutionState, rr: RuleRun) -> dict[str, Any]:
             "input": inp,
         }
     )
-    if rr.status != "InProgress":
+    if not rr.in_progress:
         detail["output"] = {"executionResult": _prune({"externalExecutionSummary": rr.summary})}
     return detail

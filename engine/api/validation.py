@@ -16,7 +16,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-import botocore.session  # type: ignore[import-untyped]
+import botocore.session
 
 SERVICE = "codepipeline"
 TARGET_PREFIX = "CodePipeline_20150709"

@@ -2,14 +2,16 @@
 
 - :mod:`engine.definition.model`: the declaration as pydantic models;
 - :mod:`engine.definition.loading`: JSON, YAML and CloudFormation to the declaration dict;
-- :mod:`engine.definition.checks`: validation, reporting every problem with its path.
+- :mod:`engine.definition.checks`: validation, reporting every problem with its path;
+- :mod:`engine.definition.files`: reading a definition file (the package's only I/O).
 
 The names callers use are re-exported here, so ``from engine.definition import ...`` is
 all most code needs.
 """
 
 from engine.definition.checks import check, validate
-from engine.definition.loading import load_file, normalize, parse_document
+from engine.definition.files import load_file
+from engine.definition.loading import normalize, parse_document
 from engine.definition.model import (
     ActionDeclaration,
     ArtifactRefDecl,

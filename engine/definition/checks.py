@@ -5,7 +5,6 @@ Validation happens once, here, and reports every problem with its path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +26,13 @@ from engine.definition.model import (
 )
 from engine.errors import DefinitionError, Problem
 from engine.rules import Conditions, FailureConditions
+from engine.variables import (
+    CODEPIPELINE,
+    PIPELINE_VARIABLES,
+    RESERVED_NAMESPACES,
+    has_reference,
+    references,
+)
 from providers.base import Category
 from providers.registry import Registry
 
@@ -95,8 +101,6 @@ def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
 
 
 NAME_RULE = "must be 1-100 characters of A-Za-z0-9.@-_"
-RESERVED_NAMESPACES = ("codepipeline", "variables")
-VARIABLE_REF_RE = re.compile(r"#\{([A-Za-z0-9@\-_]+)\.([A-Za-z0-9@\-_.]+)\}")
 
 
 def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
@@ -156,7 +160,9 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
             add(f"{sp}.actions", "a stage must contain at least one action")
         if len(stage.actions) > MAX_ACTIONS_PER_STAGE:
             add(f"{sp}.actions", f"at most {MAX_ACTIONS_PER_STAGE} actions per stage")
-        problems.extend(_check_stage_conditions(stage, si, sp))
+        problems.extend(
+            _check_stage_conditions(stage, si, sp, parallel=decl.execution_mode == "PARALLEL")
+        )
         action_names: set[str] = set()
         for ai, action in enumerate(stage.actions):
             ap = f"{sp}.actions[{ai}]"
@@ -210,13 +216,13 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
                     add(op, f"output artifact name '{art.name}' is already used")
                 outputs_seen.add(art.name)
             for key, value in action.configuration.items():
-                for m in VARIABLE_REF_RE.finditer(value):
+                for ref_ns, ref_var in references(value):
                     msg = _reference_problem(
-                        m.group(1),
-                        m.group(2),
+                        ref_ns,
+                        ref_var,
                         variable_names,
-                        ns_by.get(m.group(1)),
-                        visible(ns_by.get(m.group(1)), si, action.run_order),
+                        ns_by.get(ref_ns),
+                        visible(ns_by.get(ref_ns), si, action.run_order),
                     )
                     if msg:
                         add(f"{ap}.configuration.{key}", msg)
@@ -229,9 +235,9 @@ def _reference_problem(
     ns: str, var: str, variables: set[str], at: tuple[int, int] | None, is_visible: bool
 ) -> str | None:
     """Why ``#{ns.var}`` could never resolve where it is used, or None if it can."""
-    if ns == "codepipeline":
+    if ns == CODEPIPELINE:
         return None
-    if ns == "variables":
+    if ns == PIPELINE_VARIABLES:
         return None if var in variables else f"pipeline variable '{var}' is not declared"
     if is_visible:
         return None
@@ -266,7 +272,9 @@ def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> l
         provider.Config.model_validate(action.configuration)
     except PydanticValidationError as exc:
         # A value holding ``#{ns.var}`` is only known at run time; judge it then, not here.
-        deferred = {f"{ap}.configuration.{k}" for k, v in action.configuration.items() if "#{" in v}
+        deferred = {
+            f"{ap}.configuration.{k}" for k, v in action.configuration.items() if has_reference(v)
+        }
         problems.extend(
             p
             for p in _pydantic_problems(exc, prefix=f"{ap}.configuration")
@@ -296,12 +304,14 @@ def _range(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo} to {hi}"
 
 
-def _check_stage_conditions(stage: StageDeclaration, si: int, sp: str) -> list[Problem]:
+def _check_stage_conditions(
+    stage: StageDeclaration, si: int, sp: str, *, parallel: bool
+) -> list[Problem]:
     problems: list[Problem] = []
     blocks: list[tuple[rules.ConditionKind, Conditions | FailureConditions | None, str]] = [
-        ("beforeEntry", stage.before_entry, "beforeEntry"),
-        ("onSuccess", stage.on_success, "onSuccess"),
-        ("onFailure", stage.on_failure, "onFailure"),
+        (rules.ConditionKind.BEFORE_ENTRY, stage.before_entry, "beforeEntry"),
+        (rules.ConditionKind.ON_SUCCESS, stage.on_success, "onSuccess"),
+        (rules.ConditionKind.ON_FAILURE, stage.on_failure, "onFailure"),
     ]
     for kind, block, key in blocks:
         if block is None:
@@ -312,4 +322,8 @@ def _check_stage_conditions(stage: StageDeclaration, si: int, sp: str) -> list[P
             results.add(block.result)
         if si == 0 and "ROLLBACK" in results:
             problems.append(Problem(f"{sp}.{key}", "the source stage cannot be rolled back"))
+        elif parallel and "ROLLBACK" in results:
+            problems.append(
+                Problem(f"{sp}.{key}", "a PARALLEL pipeline cannot roll back (no ROLLBACK results)")
+            )
     return problems

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from engine.definition.checks import validate
-from engine.definition.model import PipelineDeclaration
 from engine.errors import DefinitionError, Problem
-from providers.registry import Registry
 
 PIPELINE_RESOURCE_TYPE = "AWS::CodePipeline::Pipeline"
 
@@ -237,12 +233,3 @@ def _intrinsic(node: Mapping[str, Any], path: str, problems: list[Problem]) -> A
                 return None  # a part already said why
     problems.append(Problem(path, f"CloudFormation {fn} cannot be resolved outside a stack"))
     return None
-
-
-def load_file(path: str | Path, registry: Registry) -> PipelineDeclaration:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise DefinitionError([Problem("", f"cannot read {p}: {exc.strerror}")]) from exc
-    return validate(parse_document(text, source=str(p)), registry)

@@ -7,11 +7,13 @@ enforces across fields live in :mod:`engine.definition.checks`.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from engine.rules import Conditions, FailureConditions
+from engine.records import Declaration
+from engine.rules import Condition, ConditionKind, Conditions, FailureConditions, RuleDeclaration
 from providers.base import ActionTypeId
 
 NAME_RE = re.compile(r"^[A-Za-z0-9.@\-_]{1,100}$")
@@ -37,9 +39,10 @@ NOT_YET_SUPPORTED = frozenset(
 IGNORED_TOP_LEVEL = frozenset({"tags", "restartExecutionOnUpdate", "metadata"})
 
 
-class _Model(BaseModel):
-    # Unknown keys are errors: a typo such as ``runorder`` must not pass unnoticed.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+_Model = Declaration
+
+# How executions of a pipeline share its stages (CodePipeline's ``executionMode``).
+ExecutionMode = Literal["SUPERSEDED", "QUEUED", "PARALLEL"]
 
 
 class ArtifactRefDecl(_Model):
@@ -68,8 +71,31 @@ class StageDeclaration(_Model):
 
     def groups(self) -> list[list[int]]:
         """Action indexes grouped by runOrder, groups in ascending runOrder."""
-        orders = sorted({a.run_order for a in self.actions})
-        return [[i for i, a in enumerate(self.actions) if a.run_order == o] for o in orders]
+        return self._groups
+
+    @cached_property
+    def _groups(self) -> list[list[int]]:
+        # Declarations are shared and never change: every transition reads this, so once.
+        by_order: dict[int, list[int]] = {}
+        for i, a in enumerate(self.actions):
+            by_order.setdefault(a.run_order, []).append(i)
+        return [by_order[o] for o in sorted(by_order)]
+
+    def conditions(self, kind: ConditionKind) -> list[Condition]:
+        """The stage's conditions of one kind (beforeEntry, onSuccess, onFailure)."""
+        block = {
+            ConditionKind.BEFORE_ENTRY: self.before_entry,
+            ConditionKind.ON_SUCCESS: self.on_success,
+            ConditionKind.ON_FAILURE: self.on_failure,
+        }[kind]
+        return list(block.conditions) if block is not None else []
+
+    def rule(self, kind: ConditionKind, condition: int, name: str) -> RuleDeclaration | None:
+        """One rule of one of the stage's conditions, if it exists."""
+        conds = self.conditions(kind)
+        if not 0 <= condition < len(conds):
+            return None
+        return next((r for r in conds[condition].rules if r.name == name), None)
 
 
 class ArtifactStore(_Model):
@@ -90,9 +116,7 @@ class PipelineDeclaration(_Model):
     stages: list[StageDeclaration]
     version: int | None = None
     pipeline_type: Literal["V1", "V2"] = Field(default="V2", alias="pipelineType")
-    execution_mode: Literal["SUPERSEDED", "QUEUED", "PARALLEL"] = Field(
-        default="SUPERSEDED", alias="executionMode"
-    )
+    execution_mode: ExecutionMode = Field(default="SUPERSEDED", alias="executionMode")
     variables: list[PipelineVariable] = Field(default_factory=list)
     triggers: list[dict[str, Any]] = Field(default_factory=list)
 

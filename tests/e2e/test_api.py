@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -56,7 +57,9 @@ def complete(api: ApiServer, execution_id: str, stage: str, action: str, **resul
         attempt=1,
         result=ActionResult(succeeded=True, **result),
     )
-    api.service.store.apply(api.service.store.load(execution_id).pipeline_name, event)
+    state = api.service.store.runs.load(execution_id)
+    assert state is not None
+    api.service.store.apply(state.pipeline_name, event)
 
 
 def stage_states(cp: Any, name: str) -> dict[str, dict[str, Any]]:
@@ -200,11 +203,12 @@ def test_variables_are_checked(cp: Any) -> None:
 
 
 def test_missing_pipeline_and_execution(cp: Any) -> None:
-    for call in (
+    calls: tuple[Callable[[], Any], ...] = (
         lambda: cp.start_pipeline_execution(name="ghost"),
         lambda: cp.get_pipeline_state(name="ghost"),
         lambda: cp.list_pipeline_executions(pipelineName="ghost"),
-    ):
+    )
+    for call in calls:
         with pytest.raises(ClientError) as exc:
             call()
         assert code_of(exc) == "PipelineNotFoundException"

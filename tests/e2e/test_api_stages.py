@@ -59,7 +59,8 @@ def finish(
 ) -> None:
     """Complete the current attempt of an action, as its worker's callback would."""
     store = api.service.store
-    state = store.load(eid)
+    state = store.runs.load(eid)
+    assert state is not None
     act = state.action(stage, action)
     assert act is not None
     if not succeeded:
@@ -162,7 +163,7 @@ def test_retry_stage_execution(api: ApiServer, cp: Any) -> None:
         "manualStageRetryAttempt": 1,
         "latestRetryTrigger": "ManualStageRetry",
     }
-    assert api.service.store.load(eid).action("Build", "Compile").attempt == 2  # type: ignore[union-attr]
+    assert api.service.store.runs.load(eid).action("Build", "Compile").attempt == 2  # type: ignore[union-attr]
 
     finish(api, eid, "Build", "Compile", output_artifacts=[build_out(eid)])
     finish(api, eid, "Release", "Publish")
@@ -176,6 +177,29 @@ def test_retry_stage_execution(api: ApiServer, cp: Any) -> None:
             retryMode="ALL_ACTIONS",
         )
     assert code_of(exc) == "StageNotRetryableException"
+
+
+def test_an_automatic_retry_lists_each_attempt_under_its_own_id(api: ApiServer, cp: Any) -> None:
+    d = definition("autoretry", approval=False)
+    d["stages"][1]["onFailure"] = {"result": "RETRY"}
+    cp.create_pipeline(pipeline=d)
+    eid = cp.start_pipeline_execution(name="autoretry")["pipelineExecutionId"]
+    through_source(api, eid)
+    finish(api, eid, "Build", "Compile", succeeded=False)  # onFailure RETRY runs it again
+    finish(api, eid, "Build", "Compile", output_artifacts=[build_out(eid)])
+    finish(api, eid, "Release", "Publish")
+    assert execution(cp, "autoretry", eid)["status"] == "Succeeded"
+    details = cp.list_action_executions(
+        pipelineName="autoretry", filter={"pipelineExecutionId": eid}
+    )["actionExecutionDetails"]
+    compile_runs = [d for d in details if d["actionName"] == "Compile"]
+    assert [d["status"] for d in compile_runs] == ["Succeeded", "Failed"]  # newest first
+    assert len({d["actionExecutionId"] for d in compile_runs}) == 2
+    assert compile_runs[1]["output"]["executionResult"]["errorDetails"]["message"] == "it broke"
+    state = stage_states(cp, "autoretry")["Build"]
+    latest = state["actionStates"][0]["latestExecution"]
+    assert latest["actionExecutionId"] == compile_runs[0]["actionExecutionId"]
+    assert state["retryStageMetadata"]["autoStageRetryAttempt"] == 1
 
 
 def test_retry_of_an_execution_that_is_no_longer_the_latest(api: ApiServer, cp: Any) -> None:
@@ -496,6 +520,7 @@ def test_override_stage_condition(api: ApiServer, cp: Any) -> None:
         execution_id=eid,
         stage="Build",
         rule_execution_id=rid,
+        attempt=1,
         succeeded=False,
         summary="late",
     )

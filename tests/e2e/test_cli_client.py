@@ -36,7 +36,9 @@ def complete(api: ApiServer, eid: str, stage: str, action: str, *outputs: str) -
     event = ActionCompleted(
         now=time.time(), execution_id=eid, stage=stage, action=action, attempt=1, result=result
     )
-    api.service.store.apply(api.service.store.load(eid).pipeline_name, event)
+    state = api.service.store.runs.load(eid)
+    assert state is not None
+    api.service.store.apply(state.pipeline_name, event)
 
 
 def test_pipelines_create_list_get(api: ApiServer, conveyor: click.Group, tmp_path: Path) -> None:
@@ -183,16 +185,15 @@ def _pascal(node: object) -> object:
 
 def finish(api: ApiServer, eid: str, stage: str, action: str, *, succeeded: bool = True) -> None:
     """Complete an action's current attempt (retries raise it past 1)."""
-    state = api.service.store.load(eid)
+    state = api.service.store.runs.load(eid)
+    assert state is not None
     act = state.action(stage, action)
     assert act is not None
     result = ActionResult(
         succeeded=succeeded,
         output_artifacts=[
             ArtifactLocation(name=o.name, bucket=BUCKET, key=f"demo/{o.name}/{eid[:8]}.zip")
-            for o in next(
-                a for s in state.definition.stages for a in s.actions if a.name == action
-            ).output_artifacts
+            for o in state.action_decl(stage, action).output_artifacts
         ],
         error_message=None if succeeded else "broken",
     )

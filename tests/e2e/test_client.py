@@ -25,7 +25,9 @@ def finish(api: ApiServer, eid: str, stage: str, action: str) -> None:
         attempt=1,
         result=ActionResult(succeeded=True),
     )
-    api.service.store.apply(api.service.store.load(eid).pipeline_name, event)
+    state = api.service.store.runs.load(eid)
+    assert state is not None
+    api.service.store.apply(state.pipeline_name, event)
 
 
 def test_client_round_trip(api: ApiServer, tmp_path: Path) -> None:

@@ -17,10 +17,9 @@ import json
 import os
 import sys
 import threading
-import time
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -224,7 +223,11 @@ def action_runs(cp: Any, name: str, eid: str | None = None) -> list[dict[str, An
 
 
 def by_action(cp: Any, name: str, eid: str) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(d["stageName"], d["actionName"]): d for d in action_runs(cp, name, eid)}
+    """The latest run of each action (ListActionExecutions lists newest first)."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for d in action_runs(cp, name, eid):
+        latest.setdefault((d["stageName"], d["actionName"]), d)
+    return latest
 
 
 def stage_state(cp: Any, name: str, stage_name: str) -> dict[str, Any]:
@@ -242,7 +245,7 @@ def pipeline_events(stack: Stack, eid: str) -> list[str]:
     """The pipeline-level states the event stream recorded for one execution, in order."""
     store = Store.from_url(stack.env["CONVEYOR_REDIS_URL"])
     try:
-        events = store.read_events(count=100_000)
+        events = store.events.read(count=100_000)
     finally:
         store.r.close()
     return [
@@ -252,12 +255,30 @@ def pipeline_events(stack: Stack, eid: str) -> list[str]:
     ]
 
 
-def holds(check: Callable[[], Any], seconds: float, message: str) -> None:
-    """``check`` stays truthy for ``seconds`` (sampled): what "nothing happens" looks like."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert check(), message
-        time.sleep(0.2)
+def stream(stack: Stack) -> list[tuple[str, dict[str, Any]]]:
+    """The whole event stream: (stream id, event), in commit order."""
+    store = Store.from_url(stack.env["CONVEYOR_REDIS_URL"])
+    try:
+        return store.events.read(count=100_000)
+    finally:
+        store.r.close()
+
+
+def stage_events(stack: Stack, eid: str, after: str = "0") -> list[tuple[str, str]]:
+    """(stage, state) of one execution's stage events recorded after stream id ``after``."""
+    return [
+        (e["detail"]["stage"], e["detail"]["state"])
+        for rid, e in stream(stack)
+        if e["detail"].get("execution-id") == eid
+        and "stage" in e["detail"]
+        and "action" not in e["detail"]
+        and (after == "0" or _stream_order(rid) > _stream_order(after))
+    ]
+
+
+def _stream_order(stream_id: str) -> tuple[int, int]:
+    ms, seq = stream_id.split("-")
+    return int(ms), int(seq)
 
 
 def released(marks: Path, eid: str) -> None:
@@ -599,6 +620,10 @@ def test_retry_failed_actions_reruns_only_the_failed_one_and_only_for_the_latest
     assert (marks / f"good-{newer}").read_text().split() == ["run"]
     assert (marks / f"flaky-{newer}").read_text().split() == ["run", "run"]
     assert after[("Build", "Flaky")]["status"] == "Succeeded"
+    # Each run of the retried action is listed under its own id, as on AWS.
+    flaky = [d for d in action_runs(cp, name, newer) if d["actionName"] == "Flaky"]
+    assert [d["status"] for d in flaky] == ["Succeeded", "Failed"]
+    assert len({d["actionExecutionId"] for d in flaky}) == 2
     assert after[("After", "After")]["status"] == "Succeeded"
     assert (marks / f"after-{newer}").exists()
     retry = stage_state(cp, name, "Build")["retryStageMetadata"]
@@ -641,16 +666,23 @@ def test_disabled_inbound_transition_holds_the_execution_until_enabled(
     assert "latestExecution" not in deploy
     assert stage_state(cp, name, "Build")["latestExecution"]["status"] == "Succeeded"
 
-    def waiting() -> bool:
-        return execution(cp, name, eid)["status"] == "InProgress" and (
-            "Deploy",
-            "Ship",
-        ) not in by_action(cp, name, eid)
-
-    holds(waiting, 3, "Deploy started behind a disabled transition")
+    # Up to the moment the transition is enabled, the stream recorded Build succeeding and
+    # nothing of Deploy: the execution waited behind the disabled transition.
+    before_enable = stream(stack)[-1][0]
+    assert stage_events(stack, eid) == [
+        ("Source", "STARTED"),
+        ("Source", "SUCCEEDED"),
+        ("Build", "STARTED"),
+        ("Build", "SUCCEEDED"),
+    ]
+    assert execution(cp, name, eid)["status"] == "InProgress"
     cp.enable_stage_transition(pipelineName=name, stageName="Deploy", transitionType="Inbound")
     assert finish(cp, name, eid) == "Succeeded"
     assert by_action(cp, name, eid)[("Deploy", "Ship")]["status"] == "Succeeded"
+    assert stage_events(stack, eid, after=before_enable) == [
+        ("Deploy", "STARTED"),
+        ("Deploy", "SUCCEEDED"),
+    ]
     deploy = stage_state(cp, name, "Deploy")
     assert deploy["inboundTransitionState"]["enabled"] is True
     assert "inboundExecution" not in deploy
@@ -833,7 +865,6 @@ def test_a_new_source_object_version_starts_exactly_one_polled_execution(
     assert polled["sourceRevisions"][0]["actionName"] == "Fetch"
     assert polled["sourceRevisions"][0]["revisionId"] == second
     assert finish(cp, name, eid) == "Succeeded"
-    holds(lambda: len(summaries(cp, name)) == 1, 3, "one new version started two executions")
 
     # It built what that version held.
     fetched = by_action(cp, name, eid)[("Source", "Fetch")]["output"]["outputArtifacts"][0]
@@ -841,3 +872,23 @@ def test_a_new_source_object_version_starts_exactly_one_polled_execution(
     artifact = s3.get_object(Bucket=loc["bucket"], Key=loc["key"])["Body"].read()
     with zipfile.ZipFile(io.BytesIO(artifact)) as zf:
         assert zf.read("VERSION") == b"2"
+
+    # Beat went on polling (every second) while that execution ran and after: version 2
+    # was seen again and again. A third version then starts exactly one more execution, and
+    # the stream holds exactly two starts, one per version.
+    third = s3.put_object(Bucket=src, Key="app.zip", Body=zip_bytes({**files, "VERSION": "3"}))
+    newest = wait_for(
+        lambda: [x for x in summaries(cp, name) if x["pipelineExecutionId"] != eid],
+        30,
+        message="the third version was never polled",
+    )
+    assert [x["sourceRevisions"][0]["revisionId"] for x in newest] == [third["VersionId"]]
+    assert finish(cp, name, newest[0]["pipelineExecutionId"]) == "Succeeded"
+    starts = [
+        e["detail"]["execution-id"]
+        for _, e in stream(stack)
+        if e["detail"]["pipeline"] == name
+        and e["detail-type"] == "CodePipeline Pipeline Execution State Change"
+        and e["detail"]["state"] == "STARTED"
+    ]
+    assert starts == [eid, newest[0]["pipelineExecutionId"]]

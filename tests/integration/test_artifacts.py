@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from engine.errors import ArtifactError
 from engine.settings import Settings
 from tests.integration._s3_local import ACCESS_KEY, REGION, SECRET_KEY, s3_endpoint
+from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 
 pytestmark = pytest.mark.integration
 
@@ -209,7 +209,7 @@ _LARGE_TRANSFER = textwrap.dedent(
     import hashlib, json, os, resource, sys
     from pathlib import Path
     import psutil
-    from engine.artifacts import ArtifactStore
+    from workers.artifacts import ArtifactStore
 
     endpoint, bucket, root, size_mb = sys.argv[1:5]
     root = Path(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import uuid
@@ -165,11 +166,11 @@ def test_missing_redis_server_says_what_to_install(tmp_path: Path) -> None:
 def test_missing_redis_server_with_patched_which(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(devstack.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(ServiceUnavailable, match="install redis-server"):
-        devstack.resolve_redis(tmp_path, environ={}, use_docker=False, which=devstack.shutil.which)
+        devstack.resolve_redis(tmp_path, environ={}, use_docker=False, which=shutil.which)
     with pytest.raises(ServiceUnavailable, match="`redis-server` not found on PATH"):
-        devstack.resolve_binary("redis-server", devstack.REDIS_INSTALL, which=devstack.shutil.which)
+        devstack.resolve_binary("redis-server", devstack.REDIS_INSTALL, which=shutil.which)
 
 
 def test_missing_s3_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

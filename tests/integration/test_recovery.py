@@ -7,13 +7,13 @@ from typing import Any
 import redis
 
 from engine import keys
-from engine.artifacts import ArtifactStore
 from engine.service import Service
 from engine.settings import Settings
 from engine.store import Store
 from providers import default_registry
 from tests.helpers import wait_for
 from tests.stack import action, put_source, s3_source_stage, start_stack, unique
+from workers.artifacts import ArtifactStore
 
 BUILDSPEC = "version: 0.2\nphases:\n  build:\n    commands:\n      - echo ok\n"
 

@@ -939,3 +939,14 @@ def test_unknown_keys_are_errors_not_silently_dropped() -> None:
 def test_harmless_top_level_fields_are_accepted() -> None:
     raw = {**reference(), "tags": [{"key": "team", "value": "x"}], "restartExecutionOnUpdate": True}
     assert validate(normalize(raw), REGISTRY).name == raw["name"]
+
+
+def test_a_parallel_pipeline_cannot_roll_back() -> None:
+    """AWS: "For pipelines in PARALLEL mode, stage rollback is not available. Similarly,
+    failure conditions with a rollback result type cannot be added"."""
+    raw = reference()
+    raw["executionMode"] = "PARALLEL"
+    raw["stages"][2]["onFailure"] = {"result": "ROLLBACK"}
+    assert_problem(problems_of(raw), "stages[2].onFailure", "PARALLEL pipeline cannot roll back")
+    raw["executionMode"] = "QUEUED"
+    assert validate(normalize(raw), REGISTRY).stages[2].on_failure is not None

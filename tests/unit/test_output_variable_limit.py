@@ -8,12 +8,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
-from engine.artifacts import ArtifactRef
 from engine.definition import PipelineDeclaration
-from engine.messages import new_execution
+from engine.execution import new_execution
+from engine.settings import Settings
 from providers.base import ActionTypeId, Category, Job, Provider, ProviderConfig, Result
 from workers import runner
+from workers.artifacts import ArtifactRef
 from workers.runner import MAX_OUTPUT_VARIABLES_BYTES
+from workers.scratch import ScratchSpace
 
 
 class _NoConfig(ProviderConfig):
@@ -80,24 +82,21 @@ def _run(tmp_path: Path, variables: dict[str, str], *, succeeds: bool = True) ->
         execution_id="e-1",
         definition=decl,
         version=1,
+        digest="d",
         artifact_bucket="b",
-        now=0.0,
         variables={},
+        timeout_minutes=lambda action: 60,
     )
+    state.stages[0].actions[0].action_execution_id = "e-1-emit-1"
     rt = SimpleNamespace(
         registry=_Registry(),
         artifacts=_Artifacts(),
-        settings=SimpleNamespace(
-            workdir=str(tmp_path),
-            s3_endpoint_url=None,
-            s3_access_key_id=None,
-            s3_secret_access_key=None,
-            s3_region=None,
-        ),
+        settings=Settings(workdir=str(tmp_path)),
+        scratch=ScratchSpace(str(tmp_path)),
     )
     _Emitter.variables = variables
     _Emitter.succeeds = succeeds
-    return runner._execute(rt, state, "Build", "Emit", 1, threading.Event())  # type: ignore[arg-type]
+    return runner.execute(rt, state, "Build", "Emit", 1, threading.Event())  # type: ignore[arg-type]
 
 
 def _sized(total: int) -> dict[str, str]:

@@ -18,6 +18,7 @@ from engine.cron import CronError, in_window, next_window_start, parse_cron, qua
 from engine.rules import (
     ALLOWED_RESULTS,
     RULE_TYPES,
+    ConditionKind,
     Conditions,
     FailureConditions,
     RuleDeclaration,
@@ -53,7 +54,7 @@ def problems(block: dict[str, Any], where: str = "beforeEntry") -> dict[str, str
         model = FailureConditions.model_validate(block)
     else:
         model = Conditions.model_validate(block)
-    found = check_conditions(model, where, f"stages[1].{where}")  # type: ignore[arg-type]
+    found = check_conditions(model, ConditionKind(where), f"stages[1].{where}")
     return {p.path: p.message for p in found}
 
 
@@ -68,7 +69,7 @@ def epoch(text: str, tz: str = "UTC") -> float:
     return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(tz)).timestamp()
 
 
-def no_vars(_: str) -> str | None:
+def no_vars(namespace: str, variable: str) -> str | None:
     return None
 
 
@@ -104,7 +105,7 @@ def test_aws_example_loads_and_round_trips() -> None:
     model = Conditions.model_validate(block)
     assert model.conditions[0].rules[0].rule_type_id.provider == "VariableCheck"
     assert model.model_dump(by_alias=True, exclude_none=True) == block
-    assert check_conditions(model, "beforeEntry", "s") == []
+    assert check_conditions(model, ConditionKind.BEFORE_ENTRY, "s") == []
 
 
 def test_owner_and_version_default_like_codepipeline() -> None:
@@ -188,7 +189,7 @@ def test_valid_blocks_of_each_kind() -> None:
 )
 def test_result_must_suit_the_condition_kind(where: str, result: str) -> None:
     found = problems(one(result, var_check()), where)
-    choices = " or ".join(sorted(ALLOWED_RESULTS[where]))
+    choices = " or ".join(sorted(ALLOWED_RESULTS[ConditionKind(where)]))
     message = f"{where} conditions take {choices}, not {result}"
     assert found == {f"stages[1].{where}.conditions[0].result": message}
 
@@ -201,7 +202,7 @@ def test_result_is_required() -> None:
 
 def test_explicit_allowed_results_override_the_default() -> None:
     model = Conditions.model_validate(one("FAIL", var_check()))
-    found = check_conditions(model, "beforeEntry", "p", allowed_results={"SKIP"})
+    found = check_conditions(model, ConditionKind.BEFORE_ENTRY, "p", allowed_results={"SKIP"})
     assert [p.message for p in found] == ["beforeEntry conditions take SKIP, not FAIL"]
 
 
@@ -341,11 +342,11 @@ def test_on_failure_blocks() -> None:
 # ---------------------------------------------------------------------------- evaluate
 
 
-VARS = {"#{Source.Branch}": "release/1.2", "#{variables.env}": "prod"}
+VARS = {("Source", "Branch"): "release/1.2", ("variables", "env"): "prod"}
 
 
-def lookup(ref: str) -> str | None:
-    return VARS.get(ref)
+def lookup(namespace: str, variable: str) -> str | None:
+    return VARS.get((namespace, variable))
 
 
 @pytest.mark.parametrize(
@@ -413,10 +414,10 @@ def test_deployment_window_defaults_to_utc_and_can_never_open() -> None:
 
 def test_deployment_window_from_a_variable() -> None:
     r = RuleDeclaration.model_validate(window("#{variables.cron}"))
-    bad = evaluate(r, now=0.0, variables=lambda ref: "0 0 0 * * ?")
+    bad = evaluate(r, now=0.0, variables=lambda ns, var: "0 0 0 * * ?")
     assert bad.status == "Failed"
     assert "seconds field '0' must be '*'" in bad.summary
-    good = evaluate(r, now=0.0, variables=lambda ref: "* * * * * ?")
+    good = evaluate(r, now=0.0, variables=lambda ns, var: "* * * * * ?")
     assert good.succeeded
 
 

@@ -11,7 +11,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from engine.definition import PipelineDeclaration
 from engine.errors import PipelineNotFoundError, ValidationError
-from engine.triggers import (
+from providers.base import S3Access
+from workers.triggers import (
     POLL_TRIGGER,
     S3_OBJECT_ETAG,
     S3_OBJECT_VERSION_ID,
@@ -21,7 +22,6 @@ from engine.triggers import (
     SourcePoller,
     poll_once,
 )
-from providers.base import S3Access
 
 
 def _source(name: str, bucket: str = "src", key: str = "app.zip", **config: str) -> dict[str, Any]:
@@ -69,10 +69,14 @@ class Execution:
     trigger_type: str
     trigger_detail: str | None
     source_revisions: list[dict[str, Any]]
+    token: str | None
 
 
 @dataclass
 class FakeService:
+    """Starts executions as the real service does: a repeated clientRequestToken returns the
+    execution it started the first time."""
+
     pipelines: dict[str, Record] = field(default_factory=dict)
     executions: list[Execution] = field(default_factory=list)
     fail: Exception | None = None
@@ -86,9 +90,6 @@ class FakeService:
             raise PipelineNotFoundError(name)
         return self.pipelines[name]
 
-    def list_executions(self, name: str, limit: int = 100) -> list[Execution]:
-        return list(reversed(self.executions))[:limit]
-
     def start_execution(
         self,
         name: str,
@@ -97,11 +98,21 @@ class FakeService:
         trigger_type: str = "StartPipelineExecution",
         trigger_detail: str | None = None,
         source_revisions: list[dict[str, str]] | None = None,
+        client_request_token: str | None = None,
     ) -> Execution:
         if self.fail is not None and not self.fail_after_commit:
             raise self.fail
+        known = [
+            e for e in self.executions if client_request_token and e.token == client_request_token
+        ]
+        if known:
+            return known[0]
         ex = Execution(
-            f"e{len(self.executions) + 1}", trigger_type, trigger_detail, source_revisions or []
+            f"e{len(self.executions) + 1}",
+            trigger_type,
+            trigger_detail,
+            source_revisions or [],
+            client_request_token,
         )
         self.executions.append(ex)
         if self.fail is not None:
@@ -176,9 +187,9 @@ def test_a_new_revision_starts_exactly_one_execution(
     assert ex.source_revisions == [
         {"actionName": "Fetch", "revisionId": "v2", "revisionType": S3_OBJECT_VERSION_ID}
     ]
+    assert ex.token and ex.token.startswith("trigger-")
     entry = json.loads(ledger.data[("p", "Source/Fetch")])
     assert entry["executionId"] == "e1"
-    assert entry["pending"] is False
 
 
 def test_a_revision_that_comes_back_is_a_change_again(
@@ -191,7 +202,7 @@ def test_a_revision_that_comes_back_is_a_change_again(
     assert [e.source_revisions[0]["revisionId"] for e in service.executions] == ["b", "a"]
 
 
-def test_a_failed_start_releases_the_claim_so_the_next_poll_retries(
+def test_a_failed_start_leaves_the_ledger_so_the_next_poll_retries(
     world: tuple[DictLedger, FakeService, FakeDetector],
 ) -> None:
     ledger, service, det = world
@@ -206,7 +217,7 @@ def test_a_failed_start_releases_the_claim_so_the_next_poll_retries(
     assert poll_once(ledger, service, [det], now=3.0) == ["e1"]
 
 
-def test_an_error_after_the_execution_was_committed_keeps_the_claim(
+def test_an_error_after_the_execution_was_committed_starts_nothing_twice(
     world: tuple[DictLedger, FakeService, FakeDetector],
 ) -> None:
     ledger, service, det = world
@@ -214,46 +225,39 @@ def test_an_error_after_the_execution_was_committed_keeps_the_claim(
     poll_once(ledger, service, [det], now=1.0)
     det.revisions["Fetch"] = "v2"
     service.fail, service.fail_after_commit = ConnectionError("broker down"), True
-    assert poll_once(ledger, service, [det], now=2.0) == ["e1"]
+    assert poll_once(ledger, service, [det], now=2.0) == []
     service.fail = None
-    assert poll_once(ledger, service, [det], now=3.0) == []
+    # The retry carries the same token: it gets the execution the first try started.
+    assert poll_once(ledger, service, [det], now=3.0) == ["e1"]
+    assert poll_once(ledger, service, [det], now=4.0) == []
     assert len(service.executions) == 1
 
 
-def test_a_claim_left_by_a_dead_poller_is_taken_over_after_the_grace(
+def test_a_poller_that_died_after_starting_is_not_started_again(
     world: tuple[DictLedger, FakeService, FakeDetector],
 ) -> None:
     ledger, service, det = world
     det.revisions["Fetch"] = "v1"
     poll_once(ledger, service, [det], now=1.0)
-    entry = json.loads(ledger.data[("p", "Source/Fetch")])
-    # A poller claimed v2 at t=10 and died before starting it.
-    entry.update(revisionId="v2", pending=True, at=10.0, seq=entry["seq"] + 1)
-    ledger.data[("p", "Source/Fetch")] = json.dumps(entry, sort_keys=True)
     det.revisions["Fetch"] = "v2"
-    assert poll_once(ledger, service, [det], now=20.0, claim_grace=60) == []
-    assert poll_once(ledger, service, [det], now=80.0, claim_grace=60) == ["e1"]
-    assert poll_once(ledger, service, [det], now=200.0, claim_grace=60) == []
+    ledger_before = dict(ledger.data)
+    assert poll_once(ledger, service, [det], now=2.0) == ["e1"]
+    ledger.data = ledger_before  # as if it died before recording the revision
+    assert poll_once(ledger, service, [det], now=3.0) == ["e1"]
+    assert len(service.executions) == 1
 
 
-def test_a_dead_pollers_claim_whose_execution_started_is_not_started_again(
+def test_two_pollers_racing_on_one_revision_start_one_execution(
     world: tuple[DictLedger, FakeService, FakeDetector],
 ) -> None:
     ledger, service, det = world
     det.revisions["Fetch"] = "v1"
     poll_once(ledger, service, [det], now=1.0)
-    entry = json.loads(ledger.data[("p", "Source/Fetch")])
-    entry.update(revisionId="v2", pending=True, at=10.0, seq=entry["seq"] + 1)
-    ledger.data[("p", "Source/Fetch")] = json.dumps(entry, sort_keys=True)
-    service.start_execution(
-        "p",
-        trigger_type=POLL_TRIGGER,
-        trigger_detail="Fetch",
-        source_revisions=[{"actionName": "Fetch", "revisionId": "v2"}],
-    )
     det.revisions["Fetch"] = "v2"
-    assert poll_once(ledger, service, [det], now=100.0, claim_grace=60) == []
-    assert poll_once(ledger, service, [det], now=101.0, claim_grace=60) == []
+    other = DictLedger()
+    other.data = dict(ledger.data)  # the second beat read the ledger before the first wrote
+    assert poll_once(ledger, service, [det], now=2.0) == ["e1"]
+    assert poll_once(other, service, [det], now=2.0) == ["e1"]
     assert len(service.executions) == 1
 
 

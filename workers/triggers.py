@@ -6,14 +6,15 @@ actions is at now; it knows nothing about Redis or executions. :func:`poll_once`
 budgeted :class:`SourcePoller` beat runs) compare each revision with the last one seen,
 claim a new one with a compare-and-set in Redis and start exactly one execution for it.
 
-Why a claim and not just "remember the revision": two beat processes may poll the same
-source at the same moment, and beat may die between noticing a revision and starting its
-execution. The ledger entry of a source is a JSON string replaced only by compare-and-set of
-the whole string (its ``seq`` grows on every write, so a revision that comes back after a
-change cannot be mistaken for the entry it once was). A claim is written ``pending`` first;
-the process whose write won starts the execution and then marks it done. If the start
-fails the claim is put back, so the next poll retries; a ``pending`` claim older than
-``claim_grace`` (its claimer died) is claimed again by whoever polls next.
+Exactly one execution per revision, without a claim protocol: the execution a trigger starts
+for a revision carries a ``clientRequestToken`` derived from that revision
+(:func:`engine.ids.trigger_token`), and a start with a token already used returns the
+execution it started (the transition function judges that, atomically). So two beat
+processes polling the same source at once, or a beat that died between starting the
+execution and recording the revision, start it "again" and get the same execution. The
+ledger entry of a source, a JSON string replaced only by compare-and-set (its ``seq`` grows
+on every write), is written only after the start succeeded; a start that failed leaves it
+unchanged, so the next poll retries.
 
 The first revision seen of a source (or of a source whose location or pipeline changed
 identity) is only recorded as the baseline: a pipeline is started explicitly when it is
@@ -31,10 +32,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 import redis
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
+from botocore.config import Config
+from botocore.exceptions import (
     BotoCoreError,
     ClientError,
 )
@@ -42,19 +43,20 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from engine import keys
 from engine.definition import ActionDeclaration, PipelineDeclaration
 from engine.errors import ConveyorError, NotFoundError
+from engine.execution import TriggerType
+from engine.ids import trigger_token
 from engine.settings import Settings
 from providers.base import Category, S3Access
 
 log = logging.getLogger("conveyor.triggers")
 
-POLL_TRIGGER = "PollForSourceChanges"
+POLL_TRIGGER = TriggerType.POLL_FOR_SOURCE_CHANGES
 # Values of CodePipeline's SourceRevisionType. An unversioned bucket has no version id, so
 # its object's ETag is the revision; CodePipeline has no name for that, Conveyor adds one.
 S3_OBJECT_VERSION_ID = "S3_OBJECT_VERSION_ID"
 S3_OBJECT_ETAG = "S3_OBJECT_ETAG"
 # CodePipeline reads an S3 source revision's summary from this user metadata key.
 REVISION_SUMMARY_METADATA = "codepipeline-artifact-revision-summary"
-DEFAULT_CLAIM_GRACE = 120.0
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,6 @@ class _Entry:
     revision_type: str
     seq: int
     at: float
-    pending: bool = False
     execution_id: str | None = None
 
     def dump(self) -> str:
@@ -280,7 +281,6 @@ class _Entry:
                 "revisionType": self.revision_type,
                 "seq": self.seq,
                 "at": self.at,
-                "pending": self.pending,
                 "executionId": self.execution_id,
             },
             sort_keys=True,
@@ -298,7 +298,6 @@ class _Entry:
                 str(d["revisionType"]),
                 int(d["seq"]),
                 float(d["at"]),
-                bool(d.get("pending")),
                 d.get("executionId"),
             )
         except (ValueError, KeyError, TypeError):
@@ -320,10 +319,6 @@ class PipelineLike(Protocol):
 class ExecutionLike(Protocol):
     @property
     def execution_id(self) -> str: ...
-    @property
-    def trigger_type(self) -> str: ...
-    @property
-    def source_revisions(self) -> Sequence[dict[str, Any]]: ...
 
 
 class TriggerService(Protocol):
@@ -333,16 +328,15 @@ class TriggerService(Protocol):
 
     def get_pipeline(self, name: str) -> PipelineLike: ...
 
-    def list_executions(self, name: str, limit: int = ...) -> Sequence[ExecutionLike]: ...
-
     def start_execution(
         self,
         name: str,
         variables: dict[str, str] | None = None,
         *,
-        trigger_type: str = ...,
+        trigger_type: TriggerType = ...,
         trigger_detail: str | None = ...,
         source_revisions: list[dict[str, str]] | None = ...,
+        client_request_token: str | None = ...,
     ) -> ExecutionLike: ...
 
 
@@ -355,14 +349,12 @@ def poll_once(
     service: TriggerService,
     detectors: Sequence[ChangeDetector],
     now: float,
-    *,
-    claim_grace: float = DEFAULT_CLAIM_GRACE,
 ) -> list[str]:
     """Poll every pipeline's current version once; returns the ids of executions started."""
     ledger = _ledger(r)
     started: list[str] = []
     for record in service.list_pipelines():
-        started += poll_pipeline(ledger, service, record, detectors, now, claim_grace=claim_grace)
+        started += poll_pipeline(ledger, service, record, detectors, now)
     return started
 
 
@@ -372,8 +364,6 @@ def poll_pipeline(
     record: PipelineLike,
     detectors: Sequence[ChangeDetector],
     now: float,
-    *,
-    claim_grace: float = DEFAULT_CLAIM_GRACE,
 ) -> list[str]:
     decl = record.declaration
     started: list[str] = []
@@ -384,7 +374,7 @@ def poll_pipeline(
             log.exception("pipeline %s: %s failed", decl.name, type(detector).__name__)
             continue
         for change in changes:
-            eid = _settle(ledger, service, record, change, now, claim_grace)
+            eid = _settle(ledger, service, record, change, now)
             if eid is not None:
                 started.append(eid)
     return started
@@ -396,10 +386,8 @@ def _settle(
     record: PipelineLike,
     change: DetectedChange,
     now: float,
-    claim_grace: float,
 ) -> str | None:
-    """Compare one observed revision with the ledger; start an execution if this process
-    wins the claim of a new one."""
+    """Compare one observed revision with the ledger; start its execution if it is new."""
     name = record.declaration.name
     field = f"{change.stage}/{change.action}"  # "/" cannot occur in stage or action names
     # A pipeline deleted and created again under its name starts from a new baseline.
@@ -419,84 +407,48 @@ def _settle(
                 change.revision_id,
             )
         return None
-    if prev.pending:
-        if now - prev.at < claim_grace:
-            return None  # another poller is starting it right now
-        # Its claimer died: after starting the execution, or before?
-        stale = DetectedChange(change.stage, change.action, prev.revision_id, prev.revision_type)
-        started = _started_anyway(service, name, stale)
-        if started is not None:
-            done = _Entry(
-                source, prev.revision_id, prev.revision_type, seq, now, execution_id=started
-            )
-            ledger.compare_and_set(name, field, raw, done.dump())
-            return None  # the next poll compares the current revision with it
-        log.warning("pipeline %s: claim of %s left by a poller that died; claiming", name, field)
-    elif prev.revision_id == change.revision_id:
+    if prev.revision_id == change.revision_id:
         return None
-
-    claim = _Entry(source, change.revision_id, change.revision_type, seq, now, pending=True)
-    claim_raw = claim.dump()
-    if not ledger.compare_and_set(name, field, raw, claim_raw):
-        return None  # another poller claimed it (or recorded something newer) first
     try:
         execution = service.start_execution(
             name,
-            trigger_type=POLL_TRIGGER,
+            trigger_type=TriggerType.POLL_FOR_SOURCE_CHANGES,
             trigger_detail=change.action,
             source_revisions=[change.source_revision()],
+            client_request_token=trigger_token(record.created, field, change.revision_id),
         )
     except Exception as exc:
-        execution_id = _started_anyway(service, name, change)
-        if execution_id is None:
-            ledger.compare_and_set(name, field, claim_raw, raw)
-            level = logging.WARNING if isinstance(exc, ConveyorError) else logging.ERROR
-            log.log(
-                level,
-                "pipeline %s: could not start an execution for %s revision %s (%s);"
-                " retrying next poll",
-                name,
-                field,
-                change.revision_id,
-                exc,
-                exc_info=not isinstance(exc, ConveyorError),
-            )
-            return None
-    else:
-        execution_id = execution.execution_id
+        level = logging.WARNING if isinstance(exc, ConveyorError) else logging.ERROR
+        log.log(
+            level,
+            "pipeline %s: could not start an execution for %s revision %s (%s); retrying next poll",
+            name,
+            field,
+            change.revision_id,
+            exc,
+            exc_info=not isinstance(exc, ConveyorError),
+        )
+        return None
     done = _Entry(
-        source, change.revision_id, change.revision_type, seq + 1, now, execution_id=execution_id
+        source,
+        change.revision_id,
+        change.revision_type,
+        seq,
+        now,
+        execution_id=execution.execution_id,
     )
-    if not ledger.compare_and_set(name, field, claim_raw, done.dump()):
-        log.warning("pipeline %s: claim of %s changed while starting %s", name, field, execution_id)
+    if not ledger.compare_and_set(name, field, raw, done.dump()):
+        # Another poller recorded it (or something newer) first: same execution either way.
+        log.debug("pipeline %s: %s was recorded by another poller", name, field)
     log.info(
         "pipeline %s: %s.%s revision %s started execution %s",
         name,
         change.stage,
         change.action,
         change.revision_id,
-        execution_id,
+        execution.execution_id,
     )
-    return execution_id
-
-
-def _started_anyway(service: TriggerService, name: str, change: DetectedChange) -> str | None:
-    """An error raised after the execution was committed (its dispatch failing, say) must
-    not be retried: the sweep carries out what was committed. Look for it before rolling
-    back."""
-    try:
-        for state in service.list_executions(name, limit=10):
-            if state.trigger_type != POLL_TRIGGER:
-                continue
-            for rev in state.source_revisions:
-                if (
-                    rev.get("actionName") == change.action
-                    and rev.get("revisionId") == change.revision_id
-                ):
-                    return state.execution_id
-    except Exception:
-        log.debug("pipeline %s: cannot list executions", name, exc_info=True)
-    return None
+    return execution.execution_id
 
 
 # ---------------------------------------------------------------------------- in beat
@@ -515,14 +467,12 @@ class SourcePoller:
         *,
         interval: float,
         budget: float,
-        claim_grace: float = DEFAULT_CLAIM_GRACE,
     ) -> None:
         self.ledger = _ledger(r)
         self.service = service
         self.detectors = list(detectors)
         self.interval = interval
         self.budget = budget
-        self.claim_grace = claim_grace
         self._pending: deque[str] = deque()
         self._next_round: float | None = None
 
@@ -549,6 +499,5 @@ class SourcePoller:
                 record,
                 self.detectors,
                 now,
-                claim_grace=self.claim_grace,
             )
         return started

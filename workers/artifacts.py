@@ -10,9 +10,11 @@ tampered or truncated object never reaches an action.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.errors import ArtifactError
 from engine.settings import Settings
-from providers.ziputil import UnsafeArchiveError, extract_zip, sha256_file, zip_dir
+from providers.ziputil import CHUNK_SIZE, UnsafeArchiveError, extract_zip, sha256_file, zip_dir
 
 # The SDK reads each multipart part into memory: peak extra memory of an upload is about
 # (PARALLEL_UPLOADS + 2) x PART_SIZE (~32 MiB, measured), whatever the artifact's size.
@@ -35,6 +37,7 @@ from providers.ziputil import UnsafeArchiveError, extract_zip, sha256_file, zip_
 PART_SIZE = 8 * 1024 * 1024
 PARALLEL_UPLOADS = 2
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
+ZIP_CONTENT_TYPE = "application/zip"
 
 _MISSING_CODES = frozenset(
     {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "ResourceNotFound"}
@@ -42,12 +45,26 @@ _MISSING_CODES = frozenset(
 _RETRYABLE_CODES = frozenset(
     {
         "SlowDown",
+        "SlowDownRead",
+        "SlowDownWrite",
+        "Throttling",
         "InternalError",
         "ServiceUnavailable",
         "RequestTimeout",
         "XMinioServerNotInitialized",
     }
 )
+# Throttled or a server-side failure, whatever code the server gives it.
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A directory zipped into a local archive, ready to upload."""
+
+    path: Path
+    sha256: str
+    size: int
 
 
 class ArtifactRef(BaseModel):
@@ -87,6 +104,29 @@ def _version(value: str | None) -> str | None:
     """S3 reports "null" for objects in unversioned buckets; some servers then reject
     ``versionId=null`` on GET, so "null" is stored as no version (address by key)."""
     return None if value in (None, "", "null") else value
+
+
+def network_reason(exc: BaseException) -> str:
+    """The root of a network error ("Connection refused"), not urllib3's paragraph that
+    repeats the pool, the URL and an object's address around it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    deepest = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror
+        if str(current):
+            deepest = current
+        reason = getattr(current, "reason", None)  # MaxRetryError's underlying error
+        nested = [a for a in current.args if isinstance(a, BaseException)]  # ProtocolError's
+        if isinstance(reason, BaseException):
+            current = reason
+        elif nested:
+            current = nested[0]
+        else:
+            current = current.__cause__ or current.__context__
+    return str(deepest)
 
 
 def _parse_endpoint(url: str) -> tuple[str, bool]:
@@ -147,7 +187,8 @@ class ArtifactStore:
         try:
             yield
         except S3Error as exc:
-            retryable = exc.code in _RETRYABLE_CODES
+            status = getattr(exc.response, "status", None)
+            retryable = exc.code in _RETRYABLE_CODES or status in _RETRYABLE_STATUSES
             if exc.code in _MISSING_CODES:
                 msg = f"{doing} {where}: not found ({exc.code})"
             else:
@@ -161,7 +202,8 @@ class ArtifactStore:
             raise ArtifactError(f"{doing} {where}: {exc}") from exc
         except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
             raise ArtifactError(
-                f"{doing} {where}: cannot reach S3 endpoint {self.endpoint_url}: {exc}",
+                f"{doing} {where}: cannot reach S3 endpoint {self.endpoint_url}: "
+                f"{network_reason(exc)}",
                 retryable=True,
             ) from exc
 
@@ -206,14 +248,39 @@ class ArtifactStore:
     # -- upload --------------------------------------------------------------------
 
     def upload_dir(self, directory: Path, bucket: str, key: str) -> ArtifactRef:
-        """Zip ``directory`` into a temp file and upload it as one artifact."""
+        """Zip ``directory`` into a temp file and upload it as one artifact, in one go.
+
+        Not limited: the limits are checked where an artifact is unpacked. Workers use
+        :meth:`package_dir` and :meth:`upload_packed` instead.
+        """
         with self._scratch() as scratch:
             archive = scratch / "artifact.zip"
             try:
                 zip_dir(directory, archive)
             except UnsafeArchiveError as exc:
                 raise ArtifactError(f"cannot package {directory}: {exc}") from exc
-            return self.upload_file(archive, bucket, key, content_type="application/zip")
+            return self.upload_file(archive, bucket, key, content_type=ZIP_CONTENT_TYPE)
+
+    def package_dir(self, directory: Path, archive: Path, *, name: str | None = None) -> Packed:
+        """Zip ``directory`` into ``archive`` within the artifact limits, and hash it.
+
+        The limits are checked here too, so an action that made an artifact its consumers
+        would refuse fails itself, naming the limit. Separate from :meth:`upload_packed` so a
+        worker retrying an upload through an S3 outage zips and hashes once. ``name`` (the
+        artifact's) is for the error message.
+        """
+        try:
+            zip_dir(directory, archive, max_bytes=self.max_bytes, max_files=self.max_files)
+        except UnsafeArchiveError as exc:
+            what = f"output artifact {name!r}" if name else str(directory)
+            raise ArtifactError(f"cannot package {what}: {exc}") from exc
+        return Packed(path=archive, sha256=sha256_file(archive), size=archive.stat().st_size)
+
+    def upload_packed(self, packed: Packed, bucket: str, key: str) -> ArtifactRef:
+        """Upload an archive made by :meth:`package_dir` (as often as it takes)."""
+        return self.upload_file(
+            packed.path, bucket, key, content_type=ZIP_CONTENT_TYPE, sha256=packed.sha256
+        )
 
     def upload_file(
         self,
@@ -221,9 +288,14 @@ class ArtifactStore:
         bucket: str,
         key: str,
         content_type: str = "application/octet-stream",
+        *,
+        sha256: str | None = None,
     ) -> ArtifactRef:
-        """Upload one file as-is (build logs, reports), recording its SHA-256."""
-        digest = sha256_file(path)
+        """Upload one file as-is (build logs, reports), recording its SHA-256.
+
+        ``sha256`` is the file's digest when the caller already has it (it is not checked).
+        """
+        digest = sha256 or sha256_file(path)
         size = path.stat().st_size
         with self._errors("uploading", bucket, key):
             result = self.client.fput_object(
@@ -250,20 +322,39 @@ class ArtifactStore:
         self, bucket: str, key: str, dest: Path, version_id: str | None = None
     ) -> ArtifactRef:
         """Fetch one object to ``dest`` (no checks); returns what was fetched."""
+        return self.fetch(bucket, key, dest, version_id)[0]
+
+    def fetch(
+        self, bucket: str, key: str, dest: Path, version_id: str | None = None
+    ) -> tuple[ArtifactRef, str]:
+        """One GET streamed to ``dest``, hashed on the way: (what was fetched, its SHA-256).
+
+        A single request (the SDK's ``fget_object`` asks for the object's stat first), and
+        the bytes are hashed as they arrive instead of read back from disk.
+        """
+        digest = hashlib.sha256()
         with self._errors("downloading", bucket, key):
-            stat: Any = self.client.fget_object(
-                bucket, key, str(dest), version_id=_version(version_id)
-            )
+            resp: Any = self.client.get_object(bucket, key, version_id=_version(version_id))
+            try:
+                with dest.open("wb") as fh:
+                    for chunk in resp.stream(CHUNK_SIZE):
+                        digest.update(chunk)
+                        fh.write(chunk)
+                headers = resp.headers
+            except BaseException:
+                resp.close()  # a half-read response: its connection cannot be reused
+                raise
+            resp.release_conn()  # read to the end: the connection goes back to the pool
         # A case-insensitive header dict: S3 servers differ in how they spell the header.
-        recorded = (stat.metadata or {}).get(f"x-amz-meta-{SHA256_METADATA}")
-        return ArtifactRef(
+        ref = ArtifactRef(
             bucket=bucket,
             key=key,
-            version_id=_version(stat.version_id) or version_id,
-            etag=stat.etag,
-            sha256=recorded,
-            size=stat.size,
+            version_id=_version(headers.get("x-amz-version-id")) or version_id,
+            etag=(headers.get("etag") or "").strip('"') or None,
+            sha256=headers.get(f"x-amz-meta-{SHA256_METADATA}"),
+            size=dest.stat().st_size,
         )
+        return ref, digest.hexdigest()
 
     def download_to_dir(self, ref: ArtifactRef, directory: Path) -> None:
         """Fetch, verify and safely extract one artifact into ``directory``.
@@ -271,20 +362,22 @@ class ArtifactStore:
         The expected digest is the one in ``ref`` (recorded by the uploader and kept by the
         engine), falling back to the object's metadata for refs made without one. The
         metadata alone proves little, since whoever can rewrite the object can rewrite it.
+        The archive lands beside ``directory`` and is removed once extracted.
         """
         where = s3_url(ref.bucket, ref.key)
-        with self._scratch() as scratch:
-            archive = scratch / "artifact.zip"
-            fetched = self.download_file(ref.bucket, ref.key, archive, ref.version_id)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        archive = directory.parent / f".{directory.name}.download.zip"
+        try:
+            fetched, actual = self.fetch(ref.bucket, ref.key, archive, ref.version_id)
             expected = ref.sha256 or fetched.sha256
-            if expected is not None:
-                actual = sha256_file(archive)
-                if actual != expected:
-                    raise ArtifactError(
-                        f"artifact {where} is corrupt or was modified: "
-                        f"SHA-256 {actual} does not match the recorded {expected}"
-                    )
+            if expected is not None and actual != expected:
+                raise ArtifactError(
+                    f"artifact {where} is corrupt or was modified: "
+                    f"SHA-256 {actual} does not match the recorded {expected}"
+                )
             try:
                 extract_zip(archive, directory, max_bytes=self.max_bytes, max_files=self.max_files)
             except UnsafeArchiveError as exc:
                 raise ArtifactError(f"refusing to extract artifact {where}: {exc}") from exc
+        finally:
+            archive.unlink(missing_ok=True)

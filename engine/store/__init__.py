@@ -1,0 +1,52 @@
+"""Redis persistence, one module per concern.
+
+* :mod:`.definitions` — pipelines and their versions; parsed declarations cached by digest.
+* :mod:`.runs` — transitions (read -> decide -> compare-and-set), the transactional outbox,
+  recorded results, and the indexes derived from each change.
+* :mod:`.leases` — leases, claim deadlines and timers, judged by Redis's clock.
+* :mod:`.events` — the EventBridge-shaped event stream.
+* :mod:`.connection` — the client, and Redis errors translated to the error tree.
+
+:class:`Store` bundles them for one process.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from engine.messages import Event
+from engine.scheduler import Decision
+from engine.store.connection import connect
+from engine.store.definitions import Definitions, PipelineRecord
+from engine.store.events import EventLog
+from engine.store.leases import Leases
+from engine.store.runs import Dispatcher, Runs
+
+__all__ = ["Definitions", "EventLog", "Leases", "PipelineRecord", "Runs", "Store"]
+
+
+class Store:
+    def __init__(
+        self,
+        client: redis.Redis,
+        dispatcher: Dispatcher | None = None,
+        *,
+        claim_seconds: float = 15.0,
+    ) -> None:
+        self.r = client
+        self.definitions = Definitions(client)
+        self.runs = Runs(
+            client, self.definitions, claim_seconds=claim_seconds, dispatcher=dispatcher
+        )
+        self.leases = Leases(client)
+        self.events = EventLog(client)
+
+    @classmethod
+    def from_url(
+        cls, url: str, dispatcher: Dispatcher | None = None, *, claim_seconds: float = 15.0
+    ) -> Store:
+        return cls(connect(url), dispatcher, claim_seconds=claim_seconds)
+
+    def apply(self, pipeline: str, event: Event) -> Decision:
+        """One transition of ``pipeline`` (see :meth:`Runs.apply`)."""
+        return self.runs.apply(pipeline, event)
