@@ -90,7 +90,7 @@ TIMED: list[Timed] = [
     ("workers.artifacts", "ArtifactStore.upload_packed", "upload output artifacts (2)", 2),
     ("minio", "Minio.fput_object", "S3 PUT (minio `fput_object`)", 3),
     ("workers.artifacts", "ArtifactStore.upload_file", "upload the build log", 2),
-    ("engine.store.runs", "Runs.record_result", "record the results", 1),
+    ("engine.store.leases", "Leases.record_result", "record the results", 1),
     ("workers.attempts", "report", "apply the results (`report` -> `Store.apply`)", 1),
 ]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

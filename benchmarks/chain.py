@@ -85,7 +85,7 @@ DEPLOY_TIMED: list[Timed] = [
     ("benchmarks._inproc", "handle", "one S3 deploy action: worker + applying its result "
      "(`run_action`)", 0),
     ("engine.store.runs", "Runs.load", "load the execution (`Runs.load`)", 1),
-    ("engine.store.runs", "Runs.get_result", "read a recorded result (`Runs.get_result`; "
+    ("engine.store.leases", "Leases.get_result", "read a recorded result (`Leases.get_result`; "
      "only if the claim finds one)", 1),
     ("engine.store.leases", "Leases.claim", "claim the lease (`Leases.claim`, one Lua call "
      "that also sees a recorded result)", 1),
@@ -111,7 +111,7 @@ DEPLOY_TIMED: list[Timed] = [
     ("shutil", "rmtree", "remove the scratch directory, in this thread (`shutil.rmtree`)", 2),
     ("workers.scratch", "ScratchSpace.discard", "hand the scratch directory to the background "
      "remover (`ScratchSpace.discard`: a rename)", 2),
-    ("engine.store.runs", "Runs.record_result", "record the result (`record_result`)", 1),
+    ("engine.store.leases", "Leases.record_result", "record the result (`record_result`)", 1),
     ("workers.attempts", "report", "apply the result, in the worker (`report`)", 1),
     ("", "", "load the execution again", 2),
     ("", "", "read the recorded result", 2),

@@ -105,7 +105,7 @@ TIMED: list[Timed] = [
         2,
     ),
     ("workers.artifacts", "ArtifactStore.upload_file", "upload the build log (`upload_file`)", 2),
-    ("engine.store.runs", "Runs.record_result", "record the result (`record_result`)", 1),
+    ("engine.store.leases", "Leases.record_result", "record the result (`record_result`)", 1),
     ("workers.attempts", "report", "report: apply the result here, in the worker (`report`)", 1),
     ("engine.store", "Store.apply", APPLY_LABEL, 2),
     ("engine.store.runs", "Runs._read", "read: WATCH + one Lua read (`_read`)", 3),

@@ -95,11 +95,13 @@ LEASES = f"{PREFIX}:leases"  # sorted set: WorkItem member -> lease expiry (ms, 
 LEASE_HOLDERS = f"{PREFIX}:leases:holders"  # hash: WorkItem member -> holder id
 # Sorted set: dispatched attempts no worker has claimed yet -> when to look for them (ms).
 CLAIMS = f"{PREFIX}:claims"
+# Hash: WorkItem member -> times the sweep found it unclaimed with its queue not empty.
+CLAIM_CHECKS = f"{PREFIX}:claims:checks"
 
 # ---------------------------------------------------------------------------- outbox
 
 OUTBOX = f"{PREFIX}:outbox"  # hash: entry id -> effect JSON
-OUTBOX_DUE = f"{PREFIX}:outbox:due"  # sorted set: entry id -> time it was written (s)
+OUTBOX_DUE = f"{PREFIX}:outbox:due"  # sorted set: entry id -> when it was written (ms)
 OUTBOX_DEAD = f"{PREFIX}:outbox:dead"  # hash: entry id -> what could not be read, and why
 
 # ---------------------------------------------------------------------------- events, stats

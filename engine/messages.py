@@ -48,6 +48,11 @@ class Started(_Event):
     kind: Literal["started"] = "started"
     execution: ExecutionState
 
+    def execution_ids(self) -> tuple[str, ...]:
+        # A start applied twice (its first EXEC's reply lost to a dropped connection) must
+        # find the execution it already started.
+        return (self.execution.execution_id,)
+
 
 class ActionCompleted(_Event):
     kind: Literal["action_completed"] = "action_completed"
@@ -302,6 +307,13 @@ class WorkItem:
     @property
     def task_id(self) -> str:
         return task_id(self.execution_id, self.stage, self.name, self.attempt)
+
+    def __str__(self) -> str:
+        """How logs name it: ``action p/e-1/Build.Compile attempt 2``."""
+        return (
+            f"{self.kind} {self.pipeline}/{self.execution_id}/{self.stage}.{self.name} "
+            f"attempt {self.attempt}"
+        )
 
     def task_args(self) -> list[str | int]:
         """The Celery task's arguments, in the order the task functions take them."""

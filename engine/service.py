@@ -18,6 +18,7 @@ from engine.errors import (
     ApprovalAlreadyCompletedError,
     ConcurrentExecutionsLimitError,
     ConditionNotOverridableError,
+    ConflictError,
     ConveyorError,
     DuplicatedStopRequestError,
     ExecutionNotFoundError,
@@ -58,6 +59,7 @@ from providers.registry import Registry
 # How each refusal of ``decide`` reaches the client.
 _ERRORS: dict[RejectionCode, type[ConveyorError]] = {
     RejectionCode.PIPELINE_NOT_FOUND: PipelineNotFoundError,
+    RejectionCode.STALE_VERSION: ConflictError,
     RejectionCode.EXECUTION_NOT_FOUND: ExecutionNotFoundError,
     RejectionCode.STAGE_NOT_FOUND: StageNotFoundError,
     RejectionCode.ACTION_NOT_FOUND: ActionNotFoundError,
@@ -74,6 +76,9 @@ _ERRORS: dict[RejectionCode, type[ConveyorError]] = {
 }
 
 __all__ = ["PipelineRecord", "Service", "StageView"]
+
+# Starts built again after losing a race to an UpdatePipeline before one is given up.
+MAX_STALE_STARTS = 5
 
 
 @dataclass
@@ -151,22 +156,29 @@ class Service:
         source_revisions: list[dict[str, str]] | None = None,
         client_request_token: str | None = None,
     ) -> ExecutionState:
-        rec = self.get_pipeline(name)
-        state = new_execution(
-            execution_id=str(uuid.uuid4()),
-            definition=rec.declaration,
-            version=rec.version,
-            digest=rec.digest,
-            artifact_bucket=self.bucket_of(rec.declaration),
-            variables=variables or {},
-            timeout_minutes=self.timeout_minutes,
-            trigger_type=trigger_type,
-            trigger_detail=trigger_detail,
-            source_revisions=source_revisions,
-            client_request_token=client_request_token,
-            minute_seconds=self.minute_seconds,
-        )
-        return self._resolved(name, self._apply(name, Started(execution=state)))
+        # Built on the latest version; if an update commits before the start does, the start
+        # is refused as stale (decide judges it) and built again on the new version.
+        for _ in range(MAX_STALE_STARTS):
+            rec = self.get_pipeline(name)
+            state = new_execution(
+                execution_id=str(uuid.uuid4()),
+                definition=rec.declaration,
+                version=rec.version,
+                digest=rec.digest,
+                artifact_bucket=self.bucket_of(rec.declaration),
+                variables=variables or {},
+                timeout_minutes=self.timeout_minutes,
+                trigger_type=trigger_type,
+                trigger_detail=trigger_detail,
+                source_revisions=source_revisions,
+                client_request_token=client_request_token,
+                minute_seconds=self.minute_seconds,
+            )
+            decision = self.store.apply(name, Started(execution=state))
+            rejection = decision.rejection
+            if rejection is None or rejection.code is not RejectionCode.STALE_VERSION:
+                return self._resolved(name, self._raise_for(decision))
+        raise ConflictError(f"pipeline {name} is being updated continually; try again")
 
     def timeout_minutes(self, action: ActionDeclaration) -> int:
         """An action's timeout: its own, else the default AWS documents for its provider."""
@@ -340,7 +352,10 @@ class Service:
     # ------------------------------------------------------------------ helpers
 
     def _apply(self, name: str, event: Event) -> Decision:
-        decision = self.store.apply(name, event)
+        return self._raise_for(self.store.apply(name, event))
+
+    @staticmethod
+    def _raise_for(decision: Decision) -> Decision:
         if decision.rejection is not None:
             raise _ERRORS[decision.rejection.code](decision.rejection.message)
         return decision

@@ -358,6 +358,8 @@ class _CodeBuildBase(Provider):
     max_inputs = 5
     min_outputs = 0
     max_outputs = 5
+    # AWS: "CodeBuild build action and test action: 8 hours" (CodePipeline quotas).
+    default_timeout_minutes = 8 * 60
 
     def run(self, job: Job) -> Result:
         return _CodeBuildRunner(job, job.configuration).run()

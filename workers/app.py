@@ -9,6 +9,7 @@ from engine import keys
 from engine.settings import Settings
 from providers.base import Category
 from providers.registry import Registry
+from workers.consumer import ReconnectingConsumer
 from workers.transport import transport_for
 
 
@@ -67,7 +68,7 @@ def make_app(settings: Settings, registry: Registry) -> Celery:
         broker_connection_max_retries=None,
         # Celery's consumer, made to survive a Redis restart while it holds an unacked
         # (acks_late) task: see workers/consumer.py for the kombu bug it works around.
-        worker_consumer="workers.consumer:ReconnectingConsumer",
+        worker_consumer=ReconnectingConsumer,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,

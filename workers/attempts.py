@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from engine.errors import ServiceUnavailableError
 from engine.execution import ActionResult, ExecutionState
-from engine.messages import WorkItem, WorkKind, completion
+from engine.messages import WorkItem, WorkKind
 from engine.scheduler import current_dispatch
 from engine.store.leases import Claim
 from workers.faults import FaultPoint, fault
@@ -56,14 +56,14 @@ class Heartbeat(threading.Thread):
             fault(FaultPoint.RUNNING)
             try:
                 if not self.cancelled.is_set() and not self._still_wanted():
-                    log.info("%s is no longer wanted; cancelling it", _describe(self.item))
+                    log.info("%s is no longer wanted; cancelling it", self.item)
                     self.cancelled.set()
                 if time.monotonic() - last_renewal >= self.ttl / 3:
                     last_renewal = time.monotonic()
                     if not self.rt.store.leases.renew(self.item, self.holder, self.ttl):
-                        log.warning("lost the lease of %s", _describe(self.item))
+                        log.warning("lost the lease of %s", self.item)
             except Exception:  # Redis blips must not kill the work; the next beat retries
-                log.warning("heartbeat of %s failed", _describe(self.item), exc_info=True)
+                log.warning("heartbeat of %s failed", self.item, exc_info=True)
 
     def _still_wanted(self) -> bool:
         return (
@@ -90,7 +90,7 @@ def run_attempt(
     if claim is Claim.HELD_ELSEWHERE:
         return "leased-elsewhere"
     if claim is Claim.ALREADY_DONE:
-        recorded = rt.store.runs.get_result(item)
+        recorded = rt.store.leases.get_result(item)
         if recorded is not None:
             report(rt, item, recorded)
         return "already-done"
@@ -100,27 +100,36 @@ def run_attempt(
     beat.start()
     try:
         result = work(state, cancelled)
+    except Exception as exc:  # a bug outside the action's own error handling: fail it
+        log.exception("%s crashed", item)
+        result = ActionResult(
+            succeeded=False,
+            error_code="InternalError",
+            error_message=f"{type(exc).__name__}: {exc}",
+        )
     finally:
         beat.stop()
-    _record(rt, item, result)
+    if not _record(rt, item, holder, result):
+        log.info("%s is no longer this worker's; its result is dropped", item)
+        return "dropped"
     fault(FaultPoint.RECORDED)
     report(rt, item, result)
     return "succeeded" if result.succeeded else "failed"
 
 
-def _record(rt: Runtime, item: WorkItem, result: ActionResult) -> None:
-    """Record the result, waiting out a Redis outage (a restart) rather than throwing the
-    finished work away: a result recorded late is still applied by the sweep."""
+def _record(rt: Runtime, item: WorkItem, holder: str, result: ActionResult) -> bool:
+    """Record the result (False: the lease is no longer ours), waiting out a Redis outage (a
+    restart) rather than throwing the finished work away: a result recorded late is still
+    applied by the sweep."""
     deadline = time.monotonic() + RECORD_PATIENCE_SECONDS
     delay = 0.2
     while True:
         try:
-            rt.store.runs.record_result(item, result)
-            return
+            return rt.store.leases.record_result(item, holder, result)
         except ServiceUnavailableError:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("Redis unavailable; will record %s again", _describe(item))
+            log.warning("Redis unavailable; will record %s again", item)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -130,22 +139,15 @@ def report(rt: Runtime, item: WorkItem, result: ActionResult) -> None:
     through the broker); if that fails, hand it to the engine pool; if that fails too, the
     sweep applies the recorded result once the lease expires."""
     try:
-        decision = rt.store.apply(item.pipeline, completion(item, result))
-    except Exception:
-        log.warning("could not apply %s; asking the engine pool", _describe(item), exc_info=True)
-    else:
-        if not decision.changed:
-            rt.store.leases.release(item)  # a stale attempt: nothing waits for it
+        rt.store.complete(item, result)
         return
+    except Exception:
+        log.warning("could not apply %s; asking the engine pool", item, exc_info=True)
     try:
         rt.send_callback(item)
     except Exception:
         log.warning(
             "could not reach the engine pool for %s; the sweep will apply it",
-            _describe(item),
+            item,
             exc_info=True,
         )
-
-
-def _describe(item: WorkItem) -> str:
-    return f"{item.kind} {item.execution_id}/{item.stage}.{item.name} attempt {item.attempt}"

@@ -35,7 +35,9 @@ class Beat:
         )
         self.stopping = threading.Event()
         self._redis_down = False
-        self._trust_leases_after = 0.0
+        # Beat may be starting after an outage that took it down too (Redis and beat
+        # restarted together): leases wait for one lease period to be judged.
+        self._trust_leases_after = time.monotonic() + settings.lease_seconds
 
     def run(self) -> None:
         while not self.stopping.is_set():

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from engine import keys
 from engine.messages import Dispatch, Revoke, WorkItem
@@ -91,6 +92,8 @@ class Runtime:
             with self.celery.connection_for_read() as conn:
                 ok = conn.default_channel.queue_declare(queue=queue, passive=True)
                 return int(ok.message_count)
+        except ChannelError:
+            return 0  # no such queue (kombu's Redis transport drops an empty one): empty
         except Exception:
             log.debug("cannot read the depth of %s", queue, exc_info=True)
             return None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from engine.messages import LeaseExpired, TimerFired, WorkItem, completion
+from engine.messages import LeaseExpired, TimerFired
 from engine.scheduler import current_dispatch
 from engine.store import Store
 
@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 # Items of each kind handled per pass: a backlog is worked off over several passes.
 DEFAULT_LIMIT = 500
+# Claim periods an unclaimed task may wait in a busy queue before it is sent again anyway
+# (a copy is harmless: the lease lets one of them run, the other finds nothing to do).
+CLAIM_PATIENCE = 4
 
 # The number of messages waiting in a Celery queue, or None when it cannot be told.
 QueueDepth = Callable[[str], int | None]
@@ -99,27 +102,26 @@ def _outbox(store: Store, report: SweepReport, grace: float, limit: int) -> None
 def _leases(store: Store, report: SweepReport, limit: int) -> None:
     for item in _listed(store.leases.expired, limit, "expired leases", report):
         try:
-            result = store.runs.get_result(item)
+            result = store.leases.get_result(item)
             if result is not None:
                 # The worker finished but its report never arrived (or is still queued).
-                decision = store.apply(item.pipeline, completion(item, result))
+                store.complete(item, result)
                 report.results_recovered += 1
-                log.warning("applied the recorded result of %s (its worker died)", _describe(item))
-            else:
-                event = LeaseExpired(
-                    execution_id=item.execution_id,
-                    stage=item.stage,
-                    name=item.name,
-                    attempt=item.attempt,
-                    work=item.kind,
-                )
-                decision = store.apply(item.pipeline, event)
-                report.leases_expired += 1
-                log.warning("lease of %s expired (its worker died)", _describe(item))
-            if not decision.changed:
+                log.warning("applied the recorded result of %s (its worker died)", item)
+                continue
+            event = LeaseExpired(
+                execution_id=item.execution_id,
+                stage=item.stage,
+                name=item.name,
+                attempt=item.attempt,
+                work=item.kind,
+            )
+            if not store.apply(item.pipeline, event).changed:
                 store.leases.release(item)  # a stale attempt: nothing waits for it
+            report.leases_expired += 1
+            log.warning("lease of %s expired (its worker died)", item)
         except Exception:
-            log.exception("expired lease of %s failed; the next sweep retries", _describe(item))
+            log.exception("expired lease of %s failed; the next sweep retries", item)
             report.failures += 1
 
 
@@ -136,16 +138,17 @@ def _claims(
             if dispatch is None or store.leases.holder(item) is not None:
                 store.leases.drop_claim(item)  # finished, superseded, or claimed after all
                 continue
-            depth = queue_depth(dispatch.queue) if queue_depth is not None else None
-            if depth:
-                store.leases.postpone_claim(item, claim_seconds)  # still waiting its turn
+            # With other tasks in its queue it is probably waiting its turn; but it may have
+            # been lost with a worker while others wait: send it again after a few periods.
+            waiting = queue_depth is not None and bool(queue_depth(dispatch.queue))
+            if waiting and store.leases.postpone_claim(item, claim_seconds) < CLAIM_PATIENCE:
                 continue
-            store.runs.redo_dispatch(dispatch, item.pipeline)
-            store.leases.postpone_claim(item, claim_seconds)
+            store.runs.redo_dispatch(dispatch)
+            store.leases.reset_claim(item, claim_seconds)
             report.claims_resent += 1
-            log.warning("%s was never claimed; sent its task again", _describe(item))
+            log.warning("%s was never claimed; sent its task again", item)
         except Exception:
-            log.exception("missed claim of %s failed; the next sweep retries", _describe(item))
+            log.exception("missed claim of %s failed; the next sweep retries", item)
             report.failures += 1
 
 
@@ -169,10 +172,3 @@ def _listed(read: Callable[[int], list[T]], limit: int, what: str, report: Sweep
         log.exception("could not read %s; the next sweep retries", what)
         report.failures += 1
         return []
-
-
-def _describe(item: WorkItem) -> str:
-    return (
-        f"{item.kind} {item.pipeline}/{item.execution_id}/{item.stage}.{item.name} "
-        f"attempt {item.attempt}"
-    )

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from engine import keys
-from engine.messages import WorkItem, WorkKind, completion
+from engine.messages import WorkItem, WorkKind
 from engine.settings import Settings
 from workers.app import provider_queues
 from workers.rule_runner import run_rule
@@ -41,12 +41,10 @@ def advance(
     if state is None:
         return "unknown"
     item = WorkItem(state.pipeline_name, execution_id, stage, name, attempt, WorkKind(kind))
-    result = rt.store.runs.get_result(item)
+    result = rt.store.leases.get_result(item)
     if result is None:
         return "no-result"
-    decision = rt.store.apply(item.pipeline, completion(item, result))
-    if not decision.changed:
-        rt.store.leases.release(item)
+    rt.store.complete(item, result)
     return "applied"
 
 

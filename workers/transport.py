@@ -27,13 +27,19 @@ class Channel(kombu_redis.Channel):
     def _publisher(self) -> Any:
         return self._create_client()  # type: ignore[no-untyped-call]
 
+    def _disconnect_pools(self) -> None:
+        # The client holds the pool being dropped (on close, after a fork): drop it too,
+        # so the next publish builds one on the channel's new pool.
+        self.__dict__.pop("_publisher", None)
+        super()._disconnect_pools()  # type: ignore[no-untyped-call]
+
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def transport_for(broker_url: str) -> str | None:
+def transport_for(broker_url: str) -> type[Transport] | None:
     """The ``broker_transport`` setting for a broker URL: this transport for Redis URLs,
     kombu's choice (from the URL) for anything else."""
     scheme = broker_url.split("://", 1)[0].lower()
-    return "workers.transport:Transport" if scheme in ("redis", "rediss") else None
+    return Transport if scheme in ("redis", "rediss") else None

@@ -222,7 +222,10 @@ class RevisionLedger(Protocol):
         ...
 
 
+# KEYS[2]: the pipeline's own hash: a ledger entry is never written for a pipeline deleted
+# meanwhile (it would outlive the pipeline).
 _CAS = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[2] == '1' then
   if cur then return 0 end
@@ -261,7 +264,9 @@ class RedisRevisionLedger:
             "1" if new is None else "0",
             new or "",
         ]
-        return bool(self._cas(keys=[keys.source_revisions(pipeline)], args=args))
+        return bool(
+            self._cas(keys=[keys.source_revisions(pipeline), keys.pipeline(pipeline)], args=args)
+        )
 
 
 @dataclass(frozen=True)

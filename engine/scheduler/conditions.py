@@ -124,7 +124,9 @@ def finish_rule(c: Ctx, rr: RuleRun, status: RuleStatus, summary: str | None) ->
     rr.last_update_time = c.now
 
 
-def abandon_rules(c: Ctx, ex: ExecutionState, st: StageState) -> None:
+def abandon_rules(
+    c: Ctx, ex: ExecutionState, st: StageState, *, summary: str | None = None
+) -> None:
     """Abandon every rule still running in the stage and tell its worker to stop (only
     worker-run rules are ever still running: the engine's own settle at once)."""
     for rr in st.rules:
@@ -138,7 +140,7 @@ def abandon_rules(c: Ctx, ex: ExecutionState, st: StageState) -> None:
                     work=WorkKind.RULE,
                 )
             )
-            finish_rule(c, rr, RuleStatus.ABANDONED, rr.summary)
+            finish_rule(c, rr, RuleStatus.ABANDONED, summary or rr.summary)
 
 
 def rule_dispatch(ex: ExecutionState, rr: RuleRun) -> Dispatch:

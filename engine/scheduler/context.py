@@ -46,6 +46,8 @@ class RejectionCode(StrEnum):
     """Why a request was refused; the service maps each onto CodePipeline's error."""
 
     PIPELINE_NOT_FOUND = "PipelineNotFound"
+    # A start built on a pipeline version that is no longer the latest: build it again.
+    STALE_VERSION = "StaleVersion"
     EXECUTION_NOT_FOUND = "ExecutionNotFound"
     STAGE_NOT_FOUND = "StageNotFound"
     ACTION_NOT_FOUND = "ActionNotFound"

@@ -66,13 +66,19 @@ def handles(event_type: type[E]) -> Callable[[Callable[[Ctx, E], None]], Callabl
 
 @handles(Started)
 def started(c: Ctx, e: Started) -> None:
-    guards.pipeline(c)
+    current = guards.pipeline(c)
     if c.view.token_owner is not None:
         c.subject = c.view.token_owner  # an idempotent repeat of a start that happened
         return
     if c.find(e.execution.execution_id) is not None:
-        c.subject = e.execution.execution_id
+        c.subject = e.execution.execution_id  # the same start, applied again
         return
+    if e.execution.pipeline_version != current.version:
+        raise Rejected(
+            RejectionCode.STALE_VERSION,
+            f"pipeline {c.run.name} is at version {current.version} now, not "
+            f"{e.execution.pipeline_version}",
+        )
     ex = clone(e.execution)
     _check_variables(ex)
     c.run.mode = ex.execution_mode
@@ -397,9 +403,8 @@ def condition_overridden(c: Ctx, e: ConditionOverridden) -> None:
         )
     guards.latest_in_stage(c, ex, e.stage)
     st.overridden.append(kind)
-    for rr in st.rules:
-        if rr.kind is kind and rr.in_progress:
-            conditions.finish_rule(c, rr, RuleStatus.ABANDONED, "overridden")
+    # Only the kind being evaluated has rules running; their workers are told to stop.
+    conditions.abandon_rules(c, ex, st, summary="overridden")
     flow.conditions_progress(c, ex, st)
 
 

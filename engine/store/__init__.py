@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import redis
 
-from engine.messages import Event
+from engine.execution import ActionResult
+from engine.messages import Event, WorkItem, completion
 from engine.scheduler import Decision
 from engine.store.connection import connect
 from engine.store.definitions import Definitions, PipelineRecord
@@ -50,3 +51,12 @@ class Store:
     def apply(self, pipeline: str, event: Event) -> Decision:
         """One transition of ``pipeline`` (see :meth:`Runs.apply`)."""
         return self.runs.apply(pipeline, event)
+
+    def complete(self, item: WorkItem, result: ActionResult) -> Decision:
+        """Apply an attempt's result. When it changes nothing (the attempt was stale: stopped,
+        timed out, or run again meanwhile), nothing waits for the attempt any more, so what
+        it holds (lease, recorded result) is released here; otherwise the transition did."""
+        decision = self.apply(item.pipeline, completion(item, result))
+        if not decision.changed:
+            self.leases.release(item)
+        return decision

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class Definitions:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._parsed: OrderedDict[str, PipelineDeclaration] = OrderedDict()
+        self._parsed_guard = threading.Lock()  # the API's threads share this cache
 
     # ------------------------------------------------------------------ writing
 
@@ -126,10 +128,11 @@ class Definitions:
 
     def declaration(self, name: str, version: int, digest: str) -> PipelineDeclaration:
         """The declaration with this digest: from the cache, else read and parsed once."""
-        found = self._parsed.get(digest)
-        if found is not None:
-            self._parsed.move_to_end(digest)
-            return found
+        with self._parsed_guard:
+            found = self._parsed.get(digest)
+            if found is not None:
+                self._parsed.move_to_end(digest)
+                return found
         with redis_errors(f"reading pipeline {name} version {version}"):
             raw = self.r.hget(keys.pipeline(name), f"v{version}")
         if raw is None or digest_of(str(raw)) != digest:
@@ -149,7 +152,8 @@ class Definitions:
         return ex
 
     def _remember(self, digest: str, decl: PipelineDeclaration) -> None:
-        self._parsed[digest] = decl
-        self._parsed.move_to_end(digest)
-        while len(self._parsed) > CACHED_DECLARATIONS:
-            self._parsed.popitem(last=False)
+        with self._parsed_guard:
+            self._parsed[digest] = decl
+            self._parsed.move_to_end(digest)
+            while len(self._parsed) > CACHED_DECLARATIONS:
+                self._parsed.popitem(last=False)

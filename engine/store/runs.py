@@ -38,8 +38,13 @@ import redis
 from pydantic import TypeAdapter
 
 from engine import events, keys
-from engine.errors import ConflictError, ServiceUnavailableError
-from engine.execution import ActionResult, ExecutionState
+from engine.errors import (
+    ConflictError,
+    PipelineVersionNotFoundError,
+    ServiceUnavailableError,
+    StoreError,
+)
+from engine.execution import ExecutionState
 from engine.messages import (
     Dispatch,
     Effect,
@@ -55,12 +60,12 @@ from engine.run import PipelineRun
 from engine.scheduler import Decision, PipelineInfo, View, decide
 from engine.store.connection import UNAVAILABLE, redis_errors
 from engine.store.definitions import Definitions
+from engine.store.leases import release
 
 log = logging.getLogger("conveyor.store")
 
 EVENT_STREAM_MAXLEN = 100_000
 MAX_REMEMBERED_TOKENS = 1000
-RESULT_TTL_SECONDS = 30 * 86400
 # Compare-and-set: give up after this many conflicts, or after Redis stayed away this long.
 MAX_CAS_RETRIES = 200
 OUTAGE_BUDGET_SECONDS = 30.0
@@ -163,18 +168,6 @@ class Runs:
             owner = self.r.hget(keys.approvals(pipeline), token)
         return None if owner is None else str(owner)
 
-    # ------------------------------------------------------------------ results
-
-    def record_result(self, item: WorkItem, result: ActionResult) -> None:
-        """A worker's result, kept until the attempt's completion is applied."""
-        with redis_errors("recording a result"):
-            self.r.set(keys.result(item.member()), result.model_dump_json(), ex=RESULT_TTL_SECONDS)
-
-    def get_result(self, item: WorkItem) -> ActionResult | None:
-        with redis_errors("reading a result"):
-            raw = self.r.get(keys.result(item.member()))
-        return None if raw is None else ActionResult.model_validate_json(raw)
-
     # ------------------------------------------------------------------ transitions
 
     def apply(self, pipeline: str, event: Event) -> Decision:
@@ -202,6 +195,10 @@ class Runs:
                             raise ServiceUnavailableError(f"Redis is unreachable: {exc}") from exc
                         log.warning("Redis unavailable (%s); retrying the transition", exc)
                         time.sleep(0.2 + random.random() * 0.3)
+                    except redis.RedisError as exc:
+                        raise StoreError(
+                            f"Redis refused a transition of {pipeline}: {exc}"
+                        ) from exc
             finally:
                 if lock_token is not None:
                     self._unlock(pipeline, lock_token)
@@ -283,7 +280,10 @@ class Runs:
         return read
 
     def _keep(self, read: _Read, execution_id: str, raw: str | None) -> None:
-        ex = self._parse_execution(execution_id, raw)
+        try:
+            ex = self._parse_execution(execution_id, raw)
+        except PipelineVersionNotFoundError:
+            return  # its pipeline was deleted since: as good as gone
         if ex is not None and raw is not None:
             read.raw[execution_id] = raw
             read.executions[execution_id] = ex
@@ -294,7 +294,11 @@ class Runs:
         if current is None or digest is None:
             return None
         version = int(current)
-        return PipelineInfo(version, self.definitions.declaration(pipeline, version, digest))
+        try:
+            declaration = self.definitions.declaration(pipeline, version, digest)
+        except PipelineVersionNotFoundError:
+            return None  # deleted between the two reads
+        return PipelineInfo(version, declaration)
 
     # ------------------------------------------------------------------ writing
 
@@ -448,7 +452,7 @@ class Runs:
             self.dispatcher(eff)
             self._outbox_done([eid])
 
-    def redo_dispatch(self, dispatch: Dispatch, pipeline: str) -> None:
+    def redo_dispatch(self, dispatch: Dispatch) -> None:
         """Send an attempt's task again (its first delivery was lost with a worker)."""
         if self.dispatcher is None:
             raise RuntimeError("this store cannot dispatch (no dispatcher)")
@@ -465,7 +469,7 @@ class Runs:
             p.execute()
 
     def _outbox_done(self, ids: Sequence[str]) -> None:
-        with self.r.pipeline() as p:
+        with redis_errors("clearing outbox entries"), self.r.pipeline() as p:
             p.hdel(keys.OUTBOX, *ids)
             p.zrem(keys.OUTBOX_DUE, *ids)
             p.execute()
@@ -517,14 +521,19 @@ class Runs:
             yield
 
     def _lock(self, pipeline: str) -> str | None:
-        """After a conflict: queue behind other processes on a short Redis lock."""
+        """After a conflict: queue behind other processes on a short Redis lock. None: no
+        lock (its holder died and it has not expired yet, or Redis is away): go on
+        optimistically, the compare-and-set still decides."""
         token = uuid.uuid4().hex
         deadline = time.monotonic() + LOCK_MS / 1000
-        while time.monotonic() < deadline:
-            if self.r.set(keys.pipeline_lock(pipeline), token, nx=True, px=LOCK_MS):
-                return token
-            time.sleep(0.001 + random.random() * 0.004)
-        return None  # a holder that died: its lock expires; go on optimistically
+        try:
+            while time.monotonic() < deadline:
+                if self.r.set(keys.pipeline_lock(pipeline), token, nx=True, px=LOCK_MS):
+                    return token
+                time.sleep(0.001 + random.random() * 0.004)
+        except redis.RedisError:
+            log.debug("no lock for %s; going on without", pipeline, exc_info=True)
+        return None
 
     def _unlock(self, pipeline: str, token: str) -> None:
         try:
@@ -548,15 +557,6 @@ def outbox_id(pipeline: str, eff: Dispatch | Revoke) -> str:
 
 def timer_member(pipeline: str, execution_id: str) -> str:
     return json.dumps([pipeline, execution_id])
-
-
-def release(p: Any, item: WorkItem) -> None:
-    """Queue the removal of everything an attempt holds: lease, claim, recorded result."""
-    member = item.member()
-    p.hdel(keys.LEASE_HOLDERS, member)
-    p.zrem(keys.LEASES, member)
-    p.zrem(keys.CLAIMS, member)
-    p.delete(keys.result(member))
 
 
 def _approval_tokens(ex: ExecutionState) -> set[str]:

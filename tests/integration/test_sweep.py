@@ -23,7 +23,7 @@ from engine.store import Store
 from engine.store.leases import Claim
 from providers import default_registry
 from tests.stack import action, s3_source_stage, unique
-from workers.sweep import sweep
+from workers.sweep import CLAIM_PATIENCE, sweep
 
 MINUTE = 0.02  # seconds per "minute" of timeouts: a 5-minute approval times out in 0.1 s
 
@@ -135,3 +135,35 @@ def test_a_backlog_is_worked_off_in_bounded_passes(
         passes += 1
     assert passes == 3
     assert len(broker.sent) == 25
+
+
+def test_an_unclaimed_task_is_sent_again_at_once_or_after_patience_in_a_busy_queue(
+    settings: Settings, redis_client: redis.Redis, broker: Broker
+) -> None:
+    """A worker that died after receiving a task, before claiming it, leaves the task's
+    claim deadline behind. With its queue empty the task is sent again at the first sweep
+    past the deadline; with other tasks waiting there it may just be waiting its turn, so
+    it is sent again only after a few claim periods."""
+    claim = 0.05
+    store = Store.from_url(settings.redis_url, dispatcher=broker, claim_seconds=claim)
+    service = Service(store, default_registry(), default_bucket="b")
+    name = unique("unclaimed")
+    service.create_pipeline(_pipeline(name, _approval_stage()))
+    first = service.start_execution(name)
+    assert [d.attempt for d in broker.sent if isinstance(d, Dispatch)] == [1]
+
+    def sweep_after_deadline(depth: int) -> int:
+        time.sleep(claim * 2)
+        report = sweep(store, outbox_grace=60, claim_seconds=claim, queue_depth=lambda q: depth)
+        return report.claims_resent
+
+    assert sweep_after_deadline(0) == 1  # lost: nothing waits in its queue
+    assert [d.execution_id for d in broker.sent] == [first.execution_id] * 2
+    resent = [sweep_after_deadline(3) for _ in range(CLAIM_PATIENCE)]
+    assert resent == [0] * (CLAIM_PATIENCE - 1) + [1]  # busy queue: after a few periods
+    # Claimed at last: the deadline is gone and nothing is sent any more.
+    item = WorkItem(name, first.execution_id, "Source", "Fetch", 1)
+    assert store.leases.claim(item, "worker", ttl=60) is Claim.TAKEN
+    assert redis_client.zscore(keys.CLAIMS, item.member()) is None
+    assert sweep_after_deadline(0) == 0
+    store.r.close()

@@ -774,6 +774,8 @@ class World:
         eid = event.execution.execution_id
         if eid in view.executions:
             return Expect(changed=False, subject=eid, check_subject=True)
+        if event.execution.pipeline_version != view.pipeline.version:
+            return _refuse(RejectionCode.STALE_VERSION)
         declared = {v.name for v in event.execution.decl.variables}
         if set(event.execution.variables) - declared or declared - set(event.execution.variables):
             return _refuse(RejectionCode.INVALID)

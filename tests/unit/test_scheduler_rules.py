@@ -36,6 +36,7 @@ from engine.messages import (
     RetryRequested,
     Revoke,
     RollbackRequested,
+    Started,
     StopRequested,
     TimerFired,
     TransitionChanged,
@@ -312,6 +313,23 @@ def retry_after_pipeline_update() -> Decision:
     )
 
 
+def start_built_on_an_older_version() -> Decision:
+    """A start built from the pipeline as it was before an UpdatePipeline that committed
+    first: the service builds it again on the new version."""
+    w = world()
+    older = new_execution(
+        execution_id="stale",
+        definition=w.decl,
+        version=1,
+        digest="digest-1",
+        artifact_bucket="b",
+        variables=dict(PROD),
+        timeout_minutes=timeout_minutes,
+    )
+    w.update_pipeline(build_pipeline(Shape()))
+    return w.step(Started(now=w.tick(), execution=older))
+
+
 def fifty_first_queued_start() -> Decision:
     """QUEUED: a 51st active execution is refused."""
     w = world("QUEUED")
@@ -453,6 +471,7 @@ def approval_with_the_token_of_an_earlier_run() -> Decision:
 REFUSALS: list[tuple[RejectionCode, Callable[[], Decision]]] = [
     (RejectionCode.PIPELINE_NOT_FOUND, pipeline_deleted_then_started),
     (RejectionCode.PIPELINE_NOT_FOUND, pipeline_deleted_then_transition_enabled),
+    (RejectionCode.STALE_VERSION, start_built_on_an_older_version),
     (RejectionCode.EXECUTION_NOT_FOUND, stop_unknown_execution),
     (RejectionCode.EXECUTION_NOT_FOUND, execution_of_another_pipeline),
     (RejectionCode.STAGE_NOT_FOUND, retry_unknown_stage),
