@@ -7,10 +7,11 @@ at c=2 and runs the S3-action chain (chain.py, with the in-process profile of on
 action; benchmarks/profile_before.md holds the same profile of the code before the
 rewrite, measured once by profile_before.py), the fan-out (fanout.py, with the
 compare-and-set retries of 50 parallel executions of one pipeline) and the start contention
-benchmark (contention.py). Prints a markdown report and writes it to
-benchmarks/results.md. Everything started is stopped at the end, on errors and on
-Ctrl-C/SIGTERM too. The benchmarks measure and print; only sanity failures (an execution
-that does not succeed, a deployed file missing or of the wrong size) make the run fail.
+benchmark (contention.py). Prints a markdown report and, when every benchmark ran (or with
+``--write``), writes it to benchmarks/results.md. Everything started is stopped at the end,
+on errors and on Ctrl-C/SIGTERM too. The benchmarks measure and print; only sanity failures
+(an execution that does not succeed, a deployed file missing or of the wrong size) make the
+run fail.
 """
 
 from __future__ import annotations
@@ -640,7 +641,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contention-calls", type=int, default=100)
     parser.add_argument("--contention-builds", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
-    parser.add_argument("--no-write", action="store_true", help="do not write results.md")
+    parser.add_argument(
+        "--write",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write results.md (default: only when every benchmark runs, so that a partial "
+        "run never replaces the full report the README quotes)",
+    )
     args = parser.parse_args(argv)
 
     only = set(args.only or BENCHMARKS)
@@ -698,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     report = render(o, a, time.perf_counter() - started, load, ch, f, c, os.getloadavg(), code)
     print()
     print(report)
-    if not args.no_write:
+    write = args.write if args.write is not None else args.only is None
+    if write:
         RESULTS.write_text(report)
         log(f"wrote {RESULTS}")
     return 0

@@ -213,21 +213,9 @@ def _raw_run(
     app: Any, tail: DoneTail, s3: Any, b: Buckets, n: int, meter: Meter | None = None
 ) -> tuple[float, Window | None]:
     run = uuid.uuid4().hex[:12]
-    sigs = [
-        app.signature(
-            raw_s3.DEPLOY_TASK,
-            args=(
-                b.raw_artifacts,
-                RAW_ARTIFACT_KEY,
-                b.raw_target,
-                f"raw/{run}/d{i:02d}",
-                run if i == n else None,
-            ),
-            immutable=True,
-            queue=raw_s3.QUEUE,
-        )
-        for i in range(1, n + 1)
-    ]
+    sigs = raw_s3.deploy_signatures(
+        app, b.raw_artifacts, RAW_ARTIFACT_KEY, b.raw_target, f"raw/{run}", n, run
+    )
     if meter is not None:
         meter.start()
     t0 = time.time()

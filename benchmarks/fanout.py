@@ -217,21 +217,9 @@ def _raw_round(
                 queue=raw_s3.QUEUE,
             )
         ]
-        sigs += [
-            app.signature(
-                raw_s3.DEPLOY_TASK,
-                args=(
-                    b.raw_artifacts,
-                    art_key,
-                    b.raw_target,
-                    f"{run}-{c:03d}/d{i:02d}",
-                    run if i == deploys else None,
-                ),
-                immutable=True,
-                queue=raw_s3.QUEUE,
-            )
-            for i in range(1, deploys + 1)
-        ]
+        sigs += raw_s3.deploy_signatures(
+            app, b.raw_artifacts, art_key, b.raw_target, f"{run}-{c:03d}", deploys, run
+        )
         canvases.append(chain(*sigs))
     if meter is not None:
         meter.start()

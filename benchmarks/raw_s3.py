@@ -142,3 +142,18 @@ def deploy(
                 ContentType=content_type,
             )
     _done(done)
+
+
+def deploy_signatures(
+    celery_app: Any, art_bucket: str, art_key: str, target: str, prefix: str, n: int, run: str
+) -> list[Any]:
+    """n deploy tasks of one artifact into prefix/dNN; the last reports `run` as done."""
+    return [
+        celery_app.signature(
+            DEPLOY_TASK,
+            args=(art_bucket, art_key, target, f"{prefix}/d{i:02d}", run if i == n else None),
+            immutable=True,
+            queue=QUEUE,
+        )
+        for i in range(1, n + 1)
+    ]
