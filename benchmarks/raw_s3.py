@@ -30,12 +30,10 @@ import os
 import zipfile
 from typing import Any
 
-import boto3
 import redis
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from minio import Minio
 
+from benchmarks._s3env import boto3_client, minio_client
 from benchmarks.raw_celery import make_app
 
 QUEUE = "bench-s3"
@@ -57,33 +55,11 @@ def _client(kind: str) -> Any:
     key = f"{kind}:{os.getpid()}"
     if key in _clients:
         return _clients[key]
-    endpoint = os.environ["CONVEYOR_S3_ENDPOINT_URL"]
-    access = os.environ["CONVEYOR_S3_ACCESS_KEY_ID"]
-    secret = os.environ["CONVEYOR_S3_SECRET_ACCESS_KEY"]
-    region = os.environ.get("CONVEYOR_S3_REGION", "us-east-1")
     client: Any
     if kind == "minio":
-        client = Minio(
-            endpoint.split("://", 1)[1],
-            access_key=access,
-            secret_key=secret,
-            secure=endpoint.startswith("https://"),
-            region=region,
-        )
+        client = minio_client()
     elif kind == "boto3":
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=access,
-            aws_secret_access_key=secret,
-            region_name=region,
-            config=Config(
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=300,
-            ),
-        )
+        client = boto3_client()
     else:
         client = redis.Redis.from_url(os.environ["CONVEYOR_REDIS_URL"])
     _clients[key] = client

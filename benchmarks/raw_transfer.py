@@ -22,18 +22,16 @@ Prints one JSON object: ``{"hops": [{"hop", "op", "client", "what", "seconds"}],
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import psutil
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from minio import Minio
+
+from benchmarks._s3env import boto3_client, minio_client
 
 PART_SIZE = 8 * 1024 * 1024  # workers.artifacts.PART_SIZE
 PARALLEL_UPLOADS = 2  # workers.artifacts.PARALLEL_UPLOADS
@@ -65,30 +63,8 @@ def _stream_get(client: Any, bucket: str, key: str, dest: str) -> None:
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    endpoint = os.environ["CONVEYOR_S3_ENDPOINT_URL"]
-    key_id = os.environ["CONVEYOR_S3_ACCESS_KEY_ID"]
-    secret = os.environ["CONVEYOR_S3_SECRET_ACCESS_KEY"]
-    region = os.environ.get("CONVEYOR_S3_REGION", "us-east-1")
-    boto = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        region_name=region,
-        config=Config(
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=300,
-        ),
-    )
-    mc = Minio(
-        endpoint.split("://", 1)[1],
-        access_key=key_id,
-        secret_key=secret,
-        secure=endpoint.startswith("https://"),
-        region=region,
-    )
+    boto = boto3_client()
+    mc = minio_client()
     payload = Path(spec["payload"])
     scratch = Path(spec["scratch"])
     scratch.mkdir(parents=True, exist_ok=True)
