@@ -21,6 +21,10 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8484
+    # Where workers (and the handlers and providers they run) reach Conveyor's own API:
+    # Lambda-style handlers report job results there, Invoke/CodePipeline starts pipelines
+    # there. Defaults to api_host:api_port.
+    api_url: str | None = None
 
     # Leases: a worker renews every lease_seconds/3; the sweep re-dispatches after expiry.
     # A dispatched attempt no worker claimed within this long is sent again, too.
@@ -52,6 +56,10 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def api_endpoint(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
 
 
 @lru_cache(maxsize=1)
