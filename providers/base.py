@@ -98,6 +98,9 @@ class Job:
     # or pack anything themselves; the worker fills them from its settings.
     max_artifact_bytes: int = DEFAULT_MAX_BYTES
     max_artifact_files: int = DEFAULT_MAX_FILES
+    # Conveyor's own API (CodePipeline-compatible), for providers and the handlers they run
+    # that report back or start pipelines through it; the worker fills it from its settings.
+    api_endpoint: str | None = None
 
     @property
     def primary_input(self) -> Path | None:
