@@ -30,11 +30,29 @@ def _prune(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+# Configuration keys CodePipeline treats as secret: GetPipeline shows them as ``****``.
+# (GitHub version 1's OAuthToken; Conveyor never uses it for auth, credentials come from
+# settings, but a definition copied from AWS may still carry a real token.)
+SECRET_CONFIGURATION_KEYS = frozenset({"OAuthToken"})
+MASK = "****"
+
+
+def masked(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not config or not SECRET_CONFIGURATION_KEYS.intersection(config):
+        return config
+    return {k: MASK if k in SECRET_CONFIGURATION_KEYS else v for k, v in config.items()}
+
+
 # ---------------------------------------------------------------------------- pipelines
 
 
 def declaration(rec: PipelineRecord) -> dict[str, Any]:
-    return {**rec.declaration.to_aws(), "version": rec.version}
+    decl = rec.declaration.to_aws()
+    for stage in decl.get("stages", []):
+        for action in stage.get("actions", []):
+            if "configuration" in action:
+                action["configuration"] = masked(action["configuration"])
+    return {**decl, "version": rec.version}
 
 
 def metadata(rec: PipelineRecord) -> dict[str, Any]:
@@ -345,13 +363,13 @@ def action_execution_detail(s: ExecutionState, a: ActionState, run: ActionRun) -
         inp = _prune(
             {
                 "actionTypeId": decl.action_type_id.model_dump(mode="json"),
-                "configuration": decl.configuration,
+                "configuration": masked(decl.configuration),
                 "roleArn": decl.role_arn,
                 "region": decl.region,
                 "namespace": decl.namespace,
             }
         )
-    inp["resolvedConfiguration"] = run.resolved_configuration
+    inp["resolvedConfiguration"] = masked(run.resolved_configuration)
     inp["inputArtifacts"] = [_artifact(x) for x in run.input_artifacts]
     detail = _prune(
         {
@@ -400,7 +418,7 @@ def rule_execution_detail(s: ExecutionState, rr: RuleRun) -> dict[str, Any]:
         inp = _prune(
             {
                 "ruleTypeId": decl.rule_type_id.model_dump(mode="json"),
-                "configuration": decl.configuration,
+                "configuration": masked(decl.configuration),
                 "roleArn": decl.role_arn,
                 "region": decl.region,
             }
