@@ -5,7 +5,10 @@ AWS documents the filters' globs in the words of Java's ``FileSystem.getPathMatc
 well as file paths:
 
 - ``*`` matches any run of characters within one path component (never ``/``);
-- ``**`` matches any run of characters, ``/`` included;
+- ``**`` matches any run of characters, ``/`` included; ``**/`` matches any number of
+  directories, none included (Java's matcher wants at least one, but AWS's guide says "any
+  number of subdirectories", and its own example excludes ``**/README.md`` meaning the
+  README at the root too);
 - ``?`` matches one character other than ``/``;
 - ``[abc]``, ``[a-z]``, ``[!a-c]`` match one character (never ``/``) of, or not of, a set;
   inside brackets ``*``, ``?`` and ``\\`` stand for themselves;
@@ -58,7 +61,10 @@ def _translate(pattern: str) -> str:
             i += 2
             continue
         if c == "*":
-            if i + 1 < n and pattern[i + 1] == "*":
+            if pattern.startswith("**/", i):
+                out.append("(?:.*/)?")
+                i += 3
+            elif i + 1 < n and pattern[i + 1] == "*":
                 out.append(".*")
                 i += 2
             else:

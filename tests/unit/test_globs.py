@@ -42,6 +42,12 @@ DOCUMENTED = [
     ("feature/*", "feature/login", True),
     ("feature/*", "feature/login/v2", False),
     ("feature/**", "feature/login/v2", True),
+    ("**/README.md", "README.md", True),
+    ("**/README.md", "docs/README.md", True),
+    ("**/*.js", "a/b/c.js", True),
+    ("common/**/*.js", "common/util.js", True),
+    ("common/**/*.js", "common/lib/util.js", True),
+    ("common/**/*.js", "commonutil.js", False),
 ]
 
 
@@ -85,6 +91,8 @@ def reference(tokens: tuple[str, ...], name: str) -> bool:
             return n == len(name)
         tok = tokens[t]
         if tok == "**":
+            if t + 1 < len(tokens) and tokens[t + 1] == "/" and go(t + 2, n):
+                return True  # "**/" also stands for no directory at all
             return any(go(t + 1, k) for k in range(n, len(name) + 1))
         if tok == "*":
             k = n
