@@ -410,6 +410,26 @@ def test_replayed_delivery_is_refused_and_starts_nothing_more(hooks: HookServer,
     assert 0 < ttl <= 3 * 24 * 3600
 
 
+def test_one_delivery_arriving_many_times_at_once_starts_one_execution(
+    hooks: HookServer, cp: Any
+) -> None:
+    payload = github_push(WEB, "refs/heads/main", sha("racing"), ["src/a.py"])
+    barrier = threading.Barrier(8)
+    statuses: list[int] = []
+
+    def send() -> None:
+        barrier.wait()
+        statuses.append(github(hooks, "push", payload, delivery="racing-1")[0])
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(statuses) == [202] + [409] * 7
+    assert counts(cp) == only("web")
+
+
 def test_ten_megabyte_payload_is_refused_unread(hooks: HookServer, cp: Any) -> None:
     headers = {
         "Content-Type": "application/json",
