@@ -128,7 +128,8 @@ def _github_push(data: Mapping[str, Any]) -> Outcome:
         kind=GitEventKind.PUSH,
         host="GitHub",
         repository=_str(data, "repository.full_name"),
-        commit_id=after,
+        # An annotated tag's "after" is the tag object; the commit it tags is the head.
+        commit_id=_opt(head, "id") or after,
         branch=branch,
         tag=tag,
         changed_files=_files(commits) if complete else None,

@@ -24,6 +24,7 @@ from engine.store import Store
 from engine.webhooks import WebhookConfig, WebhookSecrets
 from engine.webhooks.signatures import sign_github, sign_standard
 from tests.e2e.api_support import BUCKET
+from tests.e2e.conftest import ApiServer
 from tests.e2e.webhook_support import (
     CONNECTION,
     git_pipeline,
@@ -486,6 +487,23 @@ def test_unknown_host_and_form_encoded_bodies_are_refused(hooks: HookServer, cp:
 
 
 # --------------------------------------------------------------------------- secrets
+
+
+def test_a_server_without_webhook_secrets_refuses_every_delivery(api: ApiServer) -> None:
+    body = json.dumps(github_push(WEB, "refs/heads/main", sha("unconfigured"), [])).encode()
+    status, reply = post(
+        f"{api.url}/webhooks/github",
+        body,
+        {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": "unconfigured-1",
+            "X-Hub-Signature-256": sign_github("", body),
+        },
+    )
+    assert status == 403
+    assert "CONVEYOR_WEBHOOK_SECRET" in reply["error"]
+    assert not list(api.redis.scan_iter("conveyor:webhook:*"))
 
 
 def test_a_repository_with_its_own_secret_is_not_driven_by_the_default(

@@ -29,10 +29,13 @@ from tests.e2e.webhook_support import github_push, gitlab_merge_request, gitlab_
 # --- payloads -----------------------------------------------------------------------------
 
 
-def test_github_tag_push_names_the_tag_not_a_branch() -> None:
-    event = payloads.github("push", github_push("o/r", "refs/tags/v1.2", sha("t"), []))
+def test_github_tag_push_names_the_tag_and_the_commit_it_tags() -> None:
+    data = github_push("o/r", "refs/tags/v1.2", sha("commit"), [])
+    data["after"] = sha("annotated-tag-object")
+    event = payloads.github("push", data)
     assert isinstance(event, GitEvent)
     assert (event.kind, event.tag, event.branch) == (GitEventKind.PUSH, "v1.2", None)
+    assert event.commit_id == sha("commit")
 
 
 def test_deleted_branches_start_nothing() -> None:
@@ -86,6 +89,39 @@ def test_gitlab_merge_request_actions(
 def test_missing_required_fields_name_the_field() -> None:
     with pytest.raises(payloads.BadPayload, match=re.escape("'pull_request.head.sha'")):
         payloads.github("pull_request", {"action": "opened", "repository": {"full_name": "o/r"}})
+
+
+def test_cloudformation_triggers_load_from_pascal_case() -> None:
+    from engine.definition import normalize
+    from engine.definition.model import PipelineDeclaration
+
+    raw = normalize(
+        {
+            "Type": "AWS::CodePipeline::Pipeline",
+            "Properties": {
+                "Name": "p",
+                "Stages": [],
+                "Triggers": [
+                    {
+                        "ProviderType": "CodeStarSourceConnection",
+                        "GitConfiguration": {
+                            "SourceActionName": "Src",
+                            "Push": [{"Branches": {"Includes": ["main"]}}],
+                            "PullRequest": [
+                                {"Events": ["OPEN"], "FilePaths": {"Excludes": ["docs/**"]}}
+                            ],
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    git = PipelineDeclaration.model_validate(raw).triggers[0].git_configuration
+    assert git.push is not None
+    assert git.push[0].branches is not None
+    assert git.push[0].branches.includes == ["main"]
+    assert git.pull_request is not None
+    assert git.pull_request[0].events == [PullRequestEvent.OPEN]
 
 
 # --- signatures ---------------------------------------------------------------------------
