@@ -108,3 +108,10 @@ OUTBOX_DEAD = f"{PREFIX}:outbox:dead"  # hash: entry id -> what could not be rea
 
 EVENTS = f"{PREFIX}:events"  # stream of EventBridge-shaped events
 CAS_RETRIES = f"{PREFIX}:stats:cas_retries"  # counter: compare-and-set conflicts
+
+# ---------------------------------------------------------------------------- webhooks
+
+
+def webhook_delivery(host: str, delivery_id: str) -> str:
+    """String with TTL: a webhook delivery already received (replays are refused)."""
+    return f"{PREFIX}:webhook:delivery:{host}:{delivery_id}"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +53,20 @@ class Settings(BaseSettings):
     max_artifact_bytes: int = 5 * 1024**3
     max_artifact_files: int = 100_000
     workdir: str | None = None
+
+    # Git webhooks (POST /webhooks/github, /webhooks/gitlab). The default secret, as a value
+    # or a file holding it, and a JSON file of per-repository / per-connection secrets
+    # ({"owner/repo": "...", "arn:aws:codestar-connections:...": "..."}). None set: every
+    # delivery is refused.
+    webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
+    webhook_secrets_file: Path | None = None
+    # A larger body is refused (413) before it is read in full.
+    webhook_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # How long a delivery id is remembered, so a replay of it is refused.
+    webhook_delivery_ttl_seconds: int = Field(default=3 * 24 * 3600, ge=1)
+    # GitLab signed webhooks: how far webhook-timestamp may be from now.
+    webhook_signature_tolerance_seconds: float = Field(default=300.0, gt=0)
 
     @property
     def broker(self) -> str:

@@ -140,12 +140,17 @@ def api(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from engine.api import create_app
+    from engine.webhooks import WebhookConfig, WebhookConfigError
     from workers.runtime import Runtime
 
     settings = Settings()
+    try:
+        webhooks = WebhookConfig.from_settings(settings)
+    except WebhookConfigError as exc:
+        raise click.ClickException(exc.message) from None
     rt = Runtime(settings)
     uvicorn.run(
-        create_app(rt.service),
+        create_app(rt.service, webhooks),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",

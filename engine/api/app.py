@@ -9,8 +9,9 @@ Authentication is out of scope for now: SigV4 ``Authorization`` headers are acce
 ignored, so any access key works. Put the API behind a proxy that authenticates if it must
 not be open.
 
-REST extras: ``GET /health`` and ``GET /events?after=<id>`` (the EventBridge-shaped event
-stream, for dashboards and tests that want to watch without polling every execution).
+REST extras: ``GET /health``, ``GET /events?after=<id>`` (the EventBridge-shaped event
+stream, for dashboards and tests that want to watch without polling every execution), and
+``POST /webhooks/github|gitlab`` (git events starting pipelines: :mod:`engine.api.webhooks`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.api.operations import OPERATIONS
 from engine.api.validation import TARGET_PREFIX, check_input, known_operations
+from engine.api.webhooks import install as install_webhooks
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
+from engine.webhooks import WebhookConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +107,13 @@ def _call(service: Service, operation: str, body: dict[str, Any]) -> Response:
         )
 
 
-def create_app(service: Service) -> FastAPI:
-    """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``)."""
+def create_app(service: Service, webhooks: WebhookConfig | None = None) -> FastAPI:
+    """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``).
+
+    ``webhooks`` configures the git webhook endpoints; without it they refuse every delivery.
+    """
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
+    install_webhooks(app, service, webhooks or WebhookConfig())
 
     @app.post("/")
     async def codepipeline(request: Request) -> Response:

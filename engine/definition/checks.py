@@ -24,6 +24,7 @@ from engine.definition.model import (
     PipelineDeclaration,
     StageDeclaration,
 )
+from engine.definition.triggers import check_triggers
 from engine.errors import DefinitionError, Problem
 from engine.rules import Conditions, FailureConditions
 from engine.variables import (
@@ -247,20 +248,10 @@ def _reference_problem(
 
 
 def _check_triggers(decl: PipelineDeclaration) -> list[Problem]:
-    """A trigger names the source action it starts from; it must be one."""
-    sources = {a.name for a in decl.stages[0].actions} if decl.stages else set()
-    problems: list[Problem] = []
-    for i, trigger in enumerate(decl.triggers):
-        git = trigger.get("gitConfiguration")
-        name = git.get("sourceActionName") if isinstance(git, Mapping) else None
-        if isinstance(name, str) and name not in sources:
-            problems.append(
-                Problem(
-                    f"triggers[{i}].gitConfiguration.sourceActionName",
-                    f"'{name}' is not an action of the first stage",
-                )
-            )
-    return problems
+    """A trigger names the git source action it starts from; its filters must be usable."""
+    first = decl.stages[0].actions if decl.stages else []
+    sources = {a.name: (a.action_type_id.owner, a.action_type_id.provider) for a in first}
+    return check_triggers(decl.triggers, sources)
 
 
 def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> list[Problem]:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from engine.definition.triggers import PipelineTriggerDeclaration
 from engine.records import Declaration
 from engine.rules import Condition, ConditionKind, Conditions, FailureConditions, RuleDeclaration
 from providers.base import ActionTypeId
@@ -118,7 +119,7 @@ class PipelineDeclaration(_Model):
     pipeline_type: Literal["V1", "V2"] = Field(default="V2", alias="pipelineType")
     execution_mode: ExecutionMode = Field(default="SUPERSEDED", alias="executionMode")
     variables: list[PipelineVariable] = Field(default_factory=list)
-    triggers: list[dict[str, Any]] = Field(default_factory=list)
+    triggers: list[PipelineTriggerDeclaration] = Field(default_factory=list)
 
     def stage(self, name: str) -> StageDeclaration | None:
         return next((s for s in self.stages if s.name == name), None)
