@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +16,22 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from engine import keys
+from engine.definition import validate
+from engine.definition.loading import normalize
 from engine.errors import ServiceUnavailableError
+from engine.service import Service
+from engine.store import Store
 from providers import default_registry
 from providers.base import ActionFailed, ActionTypeId, Category, Job, S3Access
 from providers.ecr_source import IMAGE_DETAIL_FILE, EcrSource, EcrSourceConfig
 from providers.oci_registry import DOCKER_MANIFEST, RegistrySettings
+from tests.helpers import wait_for
 from tests.oci_registry import Registry, push_image, push_index, start_registry
 from tests.stack import action, start_stack, unique, wait_status
+from workers.devstack import free_port
+from workers.image_triggers import EcrImagePoller
+from workers.triggers import POLL_TRIGGER, poll_once
 
 pytestmark = pytest.mark.integration
 
@@ -226,8 +236,6 @@ def test_missing_tag_and_missing_repository_say_which(tmp_path: Path, registry: 
 
 
 def test_unreachable_registry_is_retryable_and_no_registry_is_explained(tmp_path: Path) -> None:
-    from workers.devstack import free_port
-
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ActionFailed) as down:
         EcrSource(RegistrySettings(registry_url=url, timeout_seconds=2)).run(
@@ -288,15 +296,57 @@ def test_basic_auth_with_credentials_from_settings_and_files(
         EcrSource().run(_job(tmp_path / "gone", {"RepositoryName": repo, "ImageTag": "v1"}))
 
 
+def test_polling_starts_one_execution_per_new_digest(
+    redis_client: redis.Redis, registry: Registry
+) -> None:
+    repo = unique("polled")
+    first, _ = push_image(registry, repo, "stable", content=b"one")
+    service = Service(Store(redis_client), default_registry(), default_bucket=unique("artifacts"))
+    name = unique("poll")
+    service.create_pipeline(_pipeline(name, repo, unique("target"), tag="stable"))
+    detectors = [EcrImagePoller(RegistrySettings(registry_url=registry.url))]
+
+    assert poll_once(redis_client, service, detectors, now=1.0) == []  # the baseline
+    assert poll_once(redis_client, service, detectors, now=2.0) == []
+    second, _ = push_image(registry, repo, "stable", content=b"two")
+    (eid,) = poll_once(redis_client, service, detectors, now=3.0)
+    assert poll_once(redis_client, service, detectors, now=4.0) == []
+
+    (execution,) = service.list_executions(name)
+    assert execution.execution_id == eid
+    assert execution.trigger_type == POLL_TRIGGER
+    assert execution.source_revisions == [
+        {
+            "actionName": "Image",
+            "revisionId": second,
+            "revisionType": "IMAGE_DIGEST",
+            "revisionSummary": f"{repo}:stable",
+        }
+    ]
+    assert first != second
+
+
+def test_polling_skips_an_unreadable_source_and_an_unconfigured_registry(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    decl = validate(normalize(_pipeline("p", "absent/repo", "t")), default_registry())
+    with caplog.at_level(logging.WARNING, logger="conveyor.triggers"):
+        assert EcrImagePoller(RegistrySettings(registry_url=registry.url)).detect(decl, 1) == []
+        assert EcrImagePoller(RegistrySettings(registry_url=None)).detect(decl, 1) == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("repository 'absent/repo' not found" in m for m in messages)
+    assert any("CONVEYOR_ECR_REGISTRY_URL is not set" in m for m in messages)
+
+
 # --- On real worker processes ----------------------------------------------------------------
 
 
-def _pipeline(name: str, repo: str, target: str) -> dict[str, Any]:
+def _pipeline(name: str, repo: str, target: str, *, tag: str = "release") -> dict[str, Any]:
     source = action(
         "Image",
         "Source",
         "ECR",
-        config={"RepositoryName": repo, "ImageTag": "release"},
+        config={"RepositoryName": repo, "ImageTag": tag},
         outs=("ImageOutput",),
     )
     source["namespace"] = "SourceVariables"
@@ -345,6 +395,13 @@ def test_pipeline_with_an_ecr_source_feeds_a_later_action_on_real_workers(
             "CONVEYOR_ECR_CA_BUNDLE": str(auth_registry.ca_bundle),
             "CONVEYOR_ECR_REGISTRY_ID": "210987654321",
         },
+        beat_env={
+            "CONVEYOR_ECR_REGISTRY_URL": auth_registry.url,
+            "CONVEYOR_ECR_USERNAME": USER,
+            "CONVEYOR_ECR_PASSWORD_FILE": str(password_file),
+            "CONVEYOR_ECR_CA_BUNDLE": str(auth_registry.ca_bundle),
+            "CONVEYOR_SOURCE_POLL_INTERVAL_SECONDS": "1",
+        },
     )
     s3 = stack.s3()
     target = unique("deployed")
@@ -373,7 +430,30 @@ def test_pipeline_with_an_ecr_source_feeds_a_later_action_on_real_workers(
     )
     assert by_name["Publish"]["input"]["resolvedConfiguration"]["ObjectKey"] == "images/release"
 
-    # The password was read by a worker, and appears in nothing anyone can see.
+    # Beat polls the tag: once it holds the first digest as its baseline, a push starts one
+    # execution, which reads the digest beat saw.
+    wait_for(
+        lambda: digest in str(redis_client.hget(keys.source_revisions(name), "Source/Image")),
+        30,
+        message="beat never recorded the tag's digest",
+    )
+    pushed, _ = push_image(auth_registry, repo, "release", content=b"service build 8")
+
+    def polled() -> str | None:
+        for summary in cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"]:
+            if summary["trigger"]["triggerType"] == "PollForSourceChanges":
+                return str(summary["pipelineExecutionId"])
+        return None
+
+    second = wait_for(polled, 30, interval=0.3, message="no execution started by polling")
+    assert wait_status(cp, name, second, {"Succeeded", "Failed"}, timeout=90) == "Succeeded"
+    redeployed = s3.get_object(Bucket=target, Key="images/release/imageDetail.json")
+    assert json.loads(redeployed["Body"].read())["ImageDigest"] == pushed
+    again = cp.get_pipeline_execution(pipelineName=name, pipelineExecutionId=second)
+    assert [r["revisionId"] for r in again["pipelineExecution"]["artifactRevisions"]] == [pushed]
+    assert len(cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"]) == 2
+
+    # The password was read by workers and beat, and appears in nothing anyone can see.
     seen = json.dumps([execution, rows, cp.get_pipeline_state(name=name)], default=str)
     seen += "".join(p.tail(10_000) for p in stack.processes.values())
     source_art = by_name["Image"]["output"]["outputArtifacts"][0]["s3location"]
