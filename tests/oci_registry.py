@@ -5,19 +5,27 @@ htpasswd basic auth; and pushing images to it with python-dxf, a registry client
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
+import secrets
+import ssl
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from dxf import DXF, DXFBase
 
@@ -40,6 +48,7 @@ class Registry:
     ca_bundle: Path | None = None
     username: str | None = None
     password: str | None = None
+    tokens: TokenServer | None = None
 
     def client(self, repository: str) -> DXF:
         """A python-dxf client for ``repository`` with this registry's credentials."""
@@ -58,6 +67,8 @@ class Registry:
 
     def stop(self) -> None:
         self.service.stop()
+        if self.tokens is not None:
+            self.tokens.stop()
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -92,11 +103,102 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class TokenServer:
+    """The registry's token service (``auth: token``), as Docker Hub's or Harbor's are: a
+    client sent to ``realm`` by a ``Bearer`` challenge trades HTTP basic credentials for a
+    JWT (ES256, the registry's certificate in ``x5c``) granting the scopes it asked for."""
+
+    service = "conveyor-test-registry"
+    issuer = "conveyor-test-issuer"
+
+    def __init__(self, cert: Path, key: Path, credentials: tuple[str, str]) -> None:
+        loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        self._key = loaded
+        self._x5c = base64.b64encode(
+            x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(
+                serialization.Encoding.DER
+            )
+        ).decode()
+        self._basic = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+        self.scopes: list[str] = []  # every scope a token was issued for
+        self.refused = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                if self.headers.get("Authorization") != server._basic:
+                    server.refused += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                scopes = query.get("scope", [])
+                server.scopes.extend(scopes)
+                body = json.dumps({"token": server.mint(scopes)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self.realm = f"https://127.0.0.1:{self._httpd.server_address[1]}/token"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def mint(self, scopes: list[str], *, lifetime: int = 300) -> str:
+        """A token for ``repository:<name>:<actions>`` scopes, every action granted."""
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.rsplit(":", 2) if scope.count(":") >= 2 else (scope, "", "")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": "conveyor-test",
+            "aud": self.service,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + lifetime,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [self._x5c]}
+        signing_input = (
+            f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        )
+        r, s = decode_dss_signature(
+            self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+        )
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def start_registry(
-    workdir: Path, *, tls: bool = False, credentials: tuple[str, str] | None = None
+    workdir: Path,
+    *,
+    tls: bool = False,
+    credentials: tuple[str, str] | None = None,
+    token_auth: bool = False,
 ) -> Registry:
-    """Start ``docker-registry serve`` on a free port; ``credentials`` turn on htpasswd
-    (bcrypt) basic auth, which the registry accepts only with ``tls``."""
+    """Start ``docker-registry serve`` on a free port. ``credentials`` turn on htpasswd
+    (bcrypt) basic auth, or with ``token_auth`` a token service (:class:`TokenServer`) that
+    takes them; python-dxf sends credentials over TLS only, so both go with ``tls``."""
     binary = devstack.resolve_binary("docker-registry", REGISTRY_INSTALL)
     workdir.mkdir(parents=True, exist_ok=True)
     port = devstack.free_port()
@@ -115,7 +217,19 @@ def start_registry(
         },
         "http": http,
     }
-    if credentials:
+    tokens = None
+    if token_auth:
+        assert tls and credentials, "token auth needs tls and credentials"
+        tokens = TokenServer(cert, key, credentials)
+        config["auth"] = {
+            "token": {
+                "realm": tokens.realm,
+                "service": tokens.service,
+                "issuer": tokens.issuer,
+                "rootcertbundle": str(cert),
+            }
+        }
+    elif credentials:
         user, password = credentials
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
         htpasswd = workdir / "htpasswd"
@@ -134,7 +248,9 @@ def start_registry(
         service.url,
         f"127.0.0.1:{port}",
         ca_bundle,
-        *(credentials or (None, None)),
+        username=credentials[0] if credentials else None,
+        password=credentials[1] if credentials else None,
+        tokens=tokens,
     )
 
     def answers() -> bool:
@@ -153,7 +269,7 @@ def start_registry(
     try:
         wait_for(answers, 20, interval=0.1, message=f"docker-registry on {service.url}")
     except BaseException:
-        service.stop()
+        registry.stop()
         raise
     return registry
 

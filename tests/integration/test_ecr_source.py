@@ -63,6 +63,19 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry
     reg.stop()
 
 
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """TLS and token auth: a ``Bearer realm=…`` challenge sends clients to a token service."""
+    reg = _start(
+        tmp_path_factory.mktemp("token-registry"),
+        tls=True,
+        credentials=(USER, PASSWORD),
+        token_auth=True,
+    )
+    yield reg
+    reg.stop()
+
+
 def _job(tmp_path: Path, config: dict[str, Any], *, revision: str | None = None) -> Job:
     out = tmp_path / "out" / "ImageOutput"
     out.mkdir(parents=True)
@@ -294,6 +307,67 @@ def test_basic_auth_with_credentials_from_settings_and_files(
         ActionFailed, match=r"cannot read CONVEYOR_ECR_PASSWORD_FILE \(.*missing-file\)"
     ):
         EcrSource().run(_job(tmp_path / "gone", {"RepositoryName": repo, "ImageTag": "v1"}))
+
+
+def test_bearer_token_auth_trades_credentials_for_a_pull_token(
+    tmp_path: Path, token_registry: Registry
+) -> None:
+    tokens = token_registry.tokens
+    assert tokens is not None and token_registry.ca_bundle is not None
+    repo = unique("tokened")
+    digest, _ = push_image(token_registry, repo, "v1", content=b"behind a token service")
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD)
+    settings = RegistrySettings(
+        registry_url=token_registry.url,
+        username=USER,
+        password_file=password_file,
+        ca_bundle=token_registry.ca_bundle,
+    )
+    asked = len(tokens.scopes)
+
+    result = EcrSource(settings).run(
+        _job(tmp_path / "ok", {"RepositoryName": repo, "ImageTag": "v1"})
+    )
+
+    assert result.revision_id == digest
+    # Through the realm, for reading only.
+    assert tokens.scopes[asked:] == [f"repository:{repo}:pull"]
+
+    password_file.write_text("wrong")
+    refused_before = tokens.refused
+    with pytest.raises(ActionFailed) as refused:
+        EcrSource(settings).run(_job(tmp_path / "bad", {"RepositoryName": repo, "ImageTag": "v1"}))
+    assert tokens.refused == refused_before + 1
+    assert refused.value.message == (
+        f"the registry at {token_registry.url} refused the configured credentials for user "
+        f"'{USER}' (HTTP 401) for repository '{repo}'"
+    )
+
+
+def test_a_ready_token_from_a_file(tmp_path: Path, token_registry: Registry) -> None:
+    tokens = token_registry.tokens
+    assert tokens is not None
+    repo = unique("ready")
+    digest, _ = push_image(token_registry, repo, "v1", content=b"read with a ready token")
+    token_file = tmp_path / "token"
+    settings = RegistrySettings(
+        registry_url=token_registry.url,
+        token_file=token_file,
+        ca_bundle=token_registry.ca_bundle,
+    )
+    token_file.write_text(tokens.mint([f"repository:{repo}:pull"]) + "\n")
+    asked = len(tokens.scopes)
+
+    job = _job(tmp_path / "ok", {"RepositoryName": repo, "ImageTag": "v1"})
+    assert EcrSource(settings).run(job).revision_id == digest
+    assert len(tokens.scopes) == asked  # used as is: the token service was not asked
+
+    token_file.write_text(tokens.mint(["repository:some/other:pull"]))
+    with pytest.raises(ActionFailed, match=r"refused the configured credentials \(HTTP 401\)"):
+        EcrSource(settings).run(
+            _job(tmp_path / "other", {"RepositoryName": repo, "ImageTag": "v1"})
+        )
 
 
 def test_polling_starts_one_execution_per_new_digest(
