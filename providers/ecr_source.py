@@ -25,7 +25,12 @@ from providers.base import (
     ProviderConfig,
     Result,
 )
-from providers.oci_registry import RegistryClient, RegistrySettings, ResolvedImage
+from providers.oci_registry import (
+    RegistryClient,
+    RegistrySettings,
+    ResolvedImage,
+    load_settings,
+)
 from providers.s3_source import bool_string
 
 IMAGE_DETAIL_FILE = "imageDetail.json"
@@ -112,13 +117,14 @@ class EcrSource(Provider):
     max_outputs = 1
 
     def __init__(self, settings: RegistrySettings | None = None) -> None:
-        # Read when the provider is made (once per attempt on a worker), so a worker's
-        # CONVEYOR_ECR_* apply without engine settings knowing about registries.
-        self.settings = settings or RegistrySettings()
+        # Without settings given, the worker's CONVEYOR_ECR_* are read at each run, so
+        # engine settings need not know about registries and a bad one fails the action.
+        self._settings = settings
 
     def run(self, job: Job) -> Result:
         config: EcrSourceConfig = job.configuration
-        client = RegistryClient(self.settings)
+        settings = self._settings or load_settings()
+        client = RegistryClient(settings)
         repository, tag = config.RepositoryName, config.ImageTag
         # A trigger's detected digest pins the image, so the execution gets the revision
         # that started it even if the tag moved again since.
@@ -128,8 +134,8 @@ class EcrSource(Provider):
         resolved = client.resolve(repository, reference)
         if pinned:
             resolved = replace(resolved, tag=tag)
-        host = self.settings.host
-        registry_id = self.settings.registry_id
+        host = settings.host
+        registry_id = settings.registry_id
         detail = image_detail(
             resolved, registry_id=registry_id, host=host, read_at=datetime.now(UTC)
         )

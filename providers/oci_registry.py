@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 from dxf import DXF, DXFBase
 from dxf.exceptions import DXFAuthInsecureError, DXFUnauthorizedError
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from providers.base import ActionFailed
@@ -69,16 +69,17 @@ class RegistrySettings(BaseSettings):
     def _url(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
+        # The value is never repeated in these messages: a URL may carry a secret.
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
-        if parts.path.strip("/") or parts.query or parts.fragment:
-            raise ValueError(f"{value!r}: give scheme://host[:port] only, without a path")
+            raise ValueError("not an http:// or https:// URL")
         if "@" in parts.netloc:
             raise ValueError(
                 "credentials do not belong in the URL: use "
                 f"{ENV_PREFIX}USERNAME and {ENV_PREFIX}PASSWORD_FILE"
             )
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError("give scheme://host[:port] only, without a path or query")
         return f"{parts.scheme}://{parts.netloc}"
 
     @property
@@ -93,6 +94,20 @@ class RegistrySettings(BaseSettings):
                 "workers (e.g. https://registry.example.com or http://127.0.0.1:5000)"
             )
         return self.registry_url
+
+
+def load_settings() -> RegistrySettings:
+    """The workers' ``CONVEYOR_ECR_*`` settings, or a failure naming each bad one (and never
+    its value, which may hold a secret)."""
+    try:
+        return RegistrySettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in error['loc']).upper()}: "
+            f"{str(error['msg']).removeprefix('Value error, ')}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise ActionFailed(f"invalid registry settings: {problems}") from None
 
 
 @dataclass(frozen=True)

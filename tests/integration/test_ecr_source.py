@@ -25,7 +25,7 @@ from engine.store import Store
 from providers import default_registry
 from providers.base import ActionFailed, ActionTypeId, Category, Job, S3Access
 from providers.ecr_source import IMAGE_DETAIL_FILE, EcrSource, EcrSourceConfig
-from providers.oci_registry import DOCKER_MANIFEST, RegistrySettings
+from providers.oci_registry import DOCKER_MANIFEST, RegistrySettings, load_settings
 from tests.helpers import wait_for
 from tests.oci_registry import Registry, push_image, push_index, start_registry
 from tests.stack import action, start_stack, unique, wait_status
@@ -134,6 +134,22 @@ def test_settings_refuse_a_url_with_credentials_or_a_path() -> None:
         RegistrySettings(registry_url="https://reg.example/v2")
     with pytest.raises(ValidationError, match="not an http:// or https:// URL"):
         RegistrySettings(registry_url="reg.example:5000")
+
+
+def test_bad_worker_settings_fail_the_action_without_echoing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_ECR_REGISTRY_URL", "https://me:hunter2@reg.example")
+    monkeypatch.setenv("CONVEYOR_ECR_TIMEOUT_SECONDS", "-1")
+    with pytest.raises(ActionFailed) as bad:
+        EcrSource().run(_job(tmp_path, {"RepositoryName": "app"}))
+    assert bad.value.message == (
+        "invalid registry settings: CONVEYOR_ECR_REGISTRY_URL: credentials do not belong in "
+        "the URL: use CONVEYOR_ECR_USERNAME and CONVEYOR_ECR_PASSWORD_FILE; "
+        "CONVEYOR_ECR_TIMEOUT_SECONDS: Input should be greater than 0"
+    )
+    # Beat keeps going: it polls no ECR source and says why.
+    assert EcrImagePoller.from_env().settings is None
 
 
 def test_tag_becomes_image_detail_variables_and_revision(
@@ -284,7 +300,7 @@ def test_basic_auth_with_credentials_from_settings_and_files(
     assert _detail(job)["ImageURI"] == f"{auth_registry.host}/{repo}@{digest}"
     assert isinstance(job.log, io.StringIO)
     shown = [job.log.getvalue(), result.summary or "", json.dumps(result.output_variables)]
-    shown.append(repr(EcrSource().settings))
+    shown.append(repr(load_settings()))
     assert not [text for text in shown if PASSWORD in text]
 
     password_file.write_text("not-the-password\n")
@@ -409,7 +425,7 @@ def test_polling_skips_an_unreadable_source_and_an_unconfigured_registry(
         assert EcrImagePoller(RegistrySettings(registry_url=None)).detect(decl, 1) == []
     messages = [r.getMessage() for r in caplog.records]
     assert any("repository 'absent/repo' not found" in m for m in messages)
-    assert any("CONVEYOR_ECR_REGISTRY_URL is not set" in m for m in messages)
+    assert any("no valid CONVEYOR_ECR_REGISTRY_URL: they are not polled" in m for m in messages)
 
 
 # --- On real worker processes ----------------------------------------------------------------
