@@ -125,13 +125,15 @@ class ResolvedImage:
 
 
 def _read_secret(path: Path, setting: str) -> str:
+    # Messages name the path and the reason, never the contents.
     try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        # The path and the reason, never the contents.
-        raise ActionFailed(
-            f"cannot read {ENV_PREFIX}{setting} ({path}): {exc.strerror or type(exc).__name__}"
-        ) from exc
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ActionFailed(f"cannot read {ENV_PREFIX}{setting} ({path}): {reason}") from exc
+    if not secret:
+        raise ActionFailed(f"{ENV_PREFIX}{setting} ({path}) is empty")
+    return secret
 
 
 class RegistryClient:

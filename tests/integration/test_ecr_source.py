@@ -318,6 +318,10 @@ def test_basic_auth_with_credentials_from_settings_and_files(
         EcrSource().run(_job(tmp_path / "anon", {"RepositoryName": repo, "ImageTag": "v1"}))
 
     monkeypatch.setenv("CONVEYOR_ECR_USERNAME", USER)
+    monkeypatch.setenv("CONVEYOR_ECR_PASSWORD_FILE", str(password_file))
+    password_file.write_text("\n")
+    with pytest.raises(ActionFailed, match=r"CONVEYOR_ECR_PASSWORD_FILE \(.*\) is empty"):
+        EcrSource().run(_job(tmp_path / "empty", {"RepositoryName": repo, "ImageTag": "v1"}))
     monkeypatch.setenv("CONVEYOR_ECR_PASSWORD_FILE", str(tmp_path / "missing-file"))
     with pytest.raises(
         ActionFailed, match=r"cannot read CONVEYOR_ECR_PASSWORD_FILE \(.*missing-file\)"
