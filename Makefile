@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install redis-server lint format test demo bench flower dev clean distclean
+.PHONY: help install redis-server docker-registry lint format test demo bench flower dev clean distclean
 
 help:
-	@echo "make install   create $(VENV) and install Conveyor with constraints.txt (+ redis-server)"
+	@echo "make install   create $(VENV) and install Conveyor with constraints.txt (+ redis-server, docker-registry)"
 	@echo "make test      lint, type-check, then the whole test suite"
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff format + ruff check --fix"
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) redis-server
+install: $(STAMP) redis-server docker-registry
 
 # Tests and `conveyor dev` start their own redis-server; install it when we can.
 redis-server:
@@ -41,6 +41,20 @@ redis-server:
 	else \
 		echo "WARNING: redis-server not found on PATH. Install it (apt-get install redis-server," \
 			"brew install redis) or set CONVEYOR_REDIS_URL / CONVEYOR_TEST_REDIS_URL." >&2; \
+	fi
+
+# The ECR source's tests run the reference OCI registry (Debian's docker-registry package).
+docker-registry:
+	@if command -v docker-registry >/dev/null 2>&1; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "docker-registry not found: installing it with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq docker-registry >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null; }; \
+	else \
+		echo "WARNING: docker-registry not found on PATH. Install Debian's docker-registry" \
+			"package (the reference OCI distribution server) for the ECR source's tests." >&2; \
 	fi
 
 lint: $(STAMP)

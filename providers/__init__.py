@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from providers.base import Provider
 from providers.codebuild import CodeBuild, CodeBuildTest
+from providers.ecr_source import EcrSource
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
 from providers.s3_deploy import S3Deploy
@@ -11,6 +12,7 @@ from providers.s3_source import S3Source
 
 BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     S3Source,
+    EcrSource,
     CodeBuild,
     CodeBuildTest,
     S3Deploy,

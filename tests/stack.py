@@ -49,9 +49,11 @@ def start_stack(
     *,
     workers: dict[str, tuple[str, int]] | None = None,
     worker_env: dict[str, str] | None = None,
+    beat_env: dict[str, str] | None = None,
 ) -> Stack:
     """Start the engine pool, the given provider pools (name -> (pool, concurrency)), beat,
-    api. ``worker_env`` is added to the provider pools' environment only."""
+    api. ``worker_env`` is added to the provider pools' environment only, ``beat_env`` to
+    beat's."""
     port = devstack.free_port()
     stack = Stack(
         f"http://127.0.0.1:{port}", settings_env["CONVEYOR_S3_ENDPOINT_URL"], settings_env
@@ -69,7 +71,7 @@ def start_stack(
             name=name,
             env=worker_env if name != "engine" else None,
         )
-    stack.processes["beat"] = spawn("beat", name="beat")
+    stack.processes["beat"] = spawn("beat", name="beat", env=beat_env)
     stack.processes["api"] = spawn("api", "--port", str(port), name="api")
     for name in pools:
         wait_worker_ready(stack.processes[name])

@@ -13,6 +13,7 @@ import threading
 import time
 
 from engine.settings import Settings
+from workers.image_triggers import EcrImagePoller
 from workers.runtime import Runtime
 from workers.sweep import sweep
 from workers.triggers import S3ObjectPoller, SourcePoller
@@ -29,7 +30,7 @@ class Beat:
         self.sources = SourcePoller(
             rt.store.r,
             rt.service,
-            [S3ObjectPoller.from_settings(settings)],
+            [S3ObjectPoller.from_settings(settings), EcrImagePoller.from_env()],
             interval=poll_interval,
             budget=interval,
         )

@@ -317,9 +317,13 @@ def _with_retries(summary: str | None, retried: int) -> str:
     return f"Succeeded after retrying {failures}"
 
 
+# Revision types a source action can fetch exactly (an S3 object's ETag cannot be).
+_PINNABLE = ("S3_OBJECT_VERSION_ID", "IMAGE_DIGEST")
+
+
 def _pinned_revision(state: ExecutionState, action: str) -> str | None:
-    """The object version a poll trigger detected for this source action, if any."""
+    """The object version (or image digest) a poll trigger detected for this source action."""
     for rev in state.source_revisions:
-        if rev.get("actionName") == action and rev.get("revisionType") == "S3_OBJECT_VERSION_ID":
+        if rev.get("actionName") == action and rev.get("revisionType") in _PINNABLE:
             return str(rev.get("revisionId"))
     return None
