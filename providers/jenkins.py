@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +43,8 @@ from providers.base import (
 from providers.ziputil import MAX_BYTES_SETTING, MAX_FILES_SETTING
 
 JOURNAL = "jenkins-build.json"
+CONSOLE = "jenkins-console.log"
+LOG_NAME = "jenkins-console"
 TAIL_LINES = 5
 DOWNLOAD_CHUNK = 1 << 16
 
@@ -57,6 +59,8 @@ class JenkinsSettings(BaseSettings):
     # A file holding the user's API token (a mounted secret); its value is never logged.
     api_token_file: Path | None = None
     poll_seconds: float = 2.0
+    # The console log kept with the action is cut here (Jenkins keeps the whole of it).
+    max_log_bytes: int = 50 * 1024**2
     request_timeout_seconds: float = 30.0
 
     def token(self) -> str | None:
@@ -104,6 +108,42 @@ class _Journal:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self)))
         tmp.replace(path)
+
+
+class _ConsoleLog:
+    """The build's console log in a file of its own (stored as the action's log), mirrored
+    to ``job.log``, cut at ``cap`` bytes with a notice. Appends, so a retried run of the
+    attempt continues the file the earlier run wrote."""
+
+    def __init__(self, path: Path, mirror: TextIO, cap: int) -> None:
+        self.path, self.mirror, self.cap = path, mirror, cap
+        self.size = path.stat().st_size if path.exists() else 0
+        self.cut = self.size >= cap
+        self.tail: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.tail = (self.tail + text.splitlines())[-TAIL_LINES:]
+        if self.cut:
+            return
+        data = text.encode()
+        if self.size + len(data) > self.cap:
+            data = data[: self.cap - self.size]
+            text = data.decode(errors="ignore")
+            self.cut = True
+        self._append(text)
+        if self.cut:
+            self._append(
+                f"\n[Jenkins] the console log is longer than {self.cap} bytes "
+                f"(CONVEYOR_JENKINS_MAX_LOG_BYTES); the rest is in the build's console in Jenkins\n"
+            )
+
+    def _append(self, text: str) -> None:
+        data = text.encode()
+        with self.path.open("ab") as fh:
+            fh.write(data)
+        self.size += len(data)
+        self.mirror.write(text)
+        self.mirror.flush()
 
 
 class _Stopped(Exception):
@@ -167,7 +207,7 @@ class _Run:
         self.job_url = client.url(job_path(project) + "/")
         self.journal_path = job.workdir / JOURNAL
         self.journal = _Journal.load(self.journal_path)
-        self.tail: list[str] = []
+        self.console = _ConsoleLog(job.workdir / CONSOLE, job.log, settings.max_log_bytes)
 
     def execute(self) -> Result:
         job = self.job
@@ -186,16 +226,22 @@ class _Run:
         build_url = self.journal.build_url or ""
         number = str(build.get("number", "?"))
         result = build.get("result")
-        if result != "SUCCESS":
-            raise ActionFailed(self._failure_message(number, result, build_url))
-        count = self._fetch_artifacts(build, build_url)
-        summary = f"Jenkins job '{self.project}' build #{number}: SUCCESS"
-        if job.outputs:
-            summary += f", {count} archived artifact{'s' if count != 1 else ''}"
+        if result == "SUCCESS":
+            count = self._fetch_artifacts(build, build_url)
+            summary = f"Jenkins job '{self.project}' build #{number}: SUCCESS"
+            if job.outputs:
+                summary += f", {count} archived artifact{'s' if count != 1 else ''}"
+            error = None
+        else:
+            summary = error = self._failure_message(number, result, build_url)
         return Result(
+            succeeded=error is None,
             summary=summary,
+            error_code=None if error is None else "JobFailed",
+            error_message=error,
             external_execution_id=number,
             external_execution_url=build_url,
+            attachments={LOG_NAME: self.console.path},
         )
 
     # -- the steps -----------------------------------------------------------------------
@@ -269,9 +315,7 @@ class _Run:
     def _copy_log(self, build_url: str) -> bool:
         chunk = self.client.progressive_text(build_url, self.journal.log_start)
         if chunk.text:
-            self.job.log.write(chunk.text)
-            self.job.log.flush()
-            self.tail = (self.tail + chunk.text.splitlines())[-TAIL_LINES:]
+            self.console.write(chunk.text)
         if chunk.next_start != self.journal.log_start:
             self.journal.log_start = chunk.next_start
             self.journal.save(self.journal_path)
@@ -340,7 +384,7 @@ class _Run:
         outcome = f"finished {result}" if result else "ended without a result"
         message = f"Jenkins job '{self.project}' build #{number} {outcome}"
         message += f"; console: {build_url}console"
-        tail = [line.strip() for line in self.tail if line.strip()]
+        tail = [line.strip() for line in self.console.tail if line.strip()]
         if tail:
             message += " — last lines: " + " | ".join(tail[-3:])[:400]
         return message
@@ -369,8 +413,7 @@ class _Run:
         return f"Jenkins answered {exc.method} {exc.url} with HTTP {exc.status}: {exc.body}"
 
     def _say(self, text: str) -> None:
-        self.job.log.write(f"[Jenkins] {text}\n")
-        self.job.log.flush()
+        self.console.write(f"[Jenkins] {text}\n")
 
 
 def _not_parameterized(exc: JenkinsHTTPError) -> bool:

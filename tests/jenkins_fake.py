@@ -33,6 +33,8 @@ class FakeJob:
     log_chunks: list[str] = field(default_factory=lambda: ["building\n"])
     result: str | None = "SUCCESS"
     artifacts: dict[str, bytes] = field(default_factory=dict)
+    # relativePath -> URL the artifact download redirects to (as artifact managers do)
+    artifact_redirects: dict[str, str] = field(default_factory=dict)
     queue_polls: int = 2
     parameterized: bool = True
     cancel_in_queue: bool = False
@@ -281,6 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, text[start:], headers)
         elif rest and rest[0] == "artifact":
             rel = "/".join(rest[1:])
+            if rel in build.spec.artifact_redirects:
+                self._send(302, headers={"Location": build.spec.artifact_redirects[rel]})
+                return
             if rel not in build.spec.artifacts:
                 self._send(404, b"Not Found")
                 return

@@ -7,7 +7,9 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -96,6 +98,7 @@ def test_folder_job_succeeds_with_log_and_artifacts(tmp_path: Path, jenkins: Fak
     log = log_of(job)
     assert "".join(chunks) in log
     assert log.count("compiling...") == 1
+    assert result.attachments["jenkins-console"].read_text() == log
     reads = [p for m, p in jenkins.requests if "progressiveText" in p]
     assert len(reads) >= len(chunks)
     # Parameters CodePipeline's identity travels in; the folder path is /job/a/job/b.
@@ -109,6 +112,41 @@ def test_folder_job_succeeds_with_log_and_artifacts(tmp_path: Path, jenkins: Fak
     assert ("POST", "/job/team/job/app/buildWithParameters?delay=0sec") in jenkins.requests
     # The queue was polled until the item became a build.
     assert item.polls > jenkins.jobs["team/app"].queue_polls
+
+
+class _Store(BaseHTTPRequestHandler):
+    """Another host serving one object; remembers the Authorization header it was sent."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.send_header("Content-Length", "6")
+        self.end_headers()
+        self.wfile.write(b"stored")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_redirected_artifact_download_leaves_credentials_home(
+    tmp_path: Path, jenkins: FakeJenkins
+) -> None:
+    store = ThreadingHTTPServer(("127.0.0.1", devstack.free_port()), _Store)
+    threading.Thread(target=store.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        where = f"http://127.0.0.1:{store.server_address[1]}/bucket/big.bin?sig=1"
+        jenkins.jobs["app"] = FakeJob(
+            artifacts={"big.bin": b""}, artifact_redirects={"big.bin": where}
+        )
+        job = make_job(tmp_path, "app")
+        assert JenkinsBuild().run(job).succeeded
+    finally:
+        store.shutdown()
+        store.server_close()
+    assert files_under(job.outputs["JenkinsOut"]) == {"big.bin": b"stored"}
+    assert _Store.seen == [None]
 
 
 def test_crumbs_disabled_and_unparameterized_job(
@@ -145,21 +183,25 @@ def test_failing_job_names_job_build_result_and_last_lines(
         artifacts={"junk.txt": b"x"},
     )
     job = make_job(tmp_path, "app")
-    with pytest.raises(ActionFailed) as failed:
-        JenkinsBuild().run(job)
-    message = failed.value.message
-    assert not failed.value.retryable
+    result = JenkinsBuild().run(job)
+    message = result.error_message or ""
+    assert not result.succeeded and result.error_code == "JobFailed"
     assert message.startswith("Jenkins job 'app' build #1 finished FAILURE")
     assert f"{jenkins.url}/job/app/1/console" in message
     assert "FAIL src/cart.test.js" in message
+    # The failed build is still identified and its console kept with the action.
+    assert result.external_execution_id == "1"
+    assert result.external_execution_url == f"{jenkins.url}/job/app/1/"
+    assert "FAIL src/cart.test.js" in result.attachments["jenkins-console"].read_text()
     assert files_under(job.outputs["JenkinsOut"]) == {}  # a failed build delivers nothing
 
 
 @pytest.mark.parametrize("result", ["UNSTABLE", "ABORTED", "NOT_BUILT"])
 def test_every_other_result_fails(tmp_path: Path, jenkins: FakeJenkins, result: str) -> None:
     jenkins.jobs["app"] = FakeJob(result=result)
-    with pytest.raises(ActionFailed, match=f"build #1 finished {result}"):
-        JenkinsBuild().run(make_job(tmp_path, "app"))
+    outcome = JenkinsBuild().run(make_job(tmp_path, "app"))
+    assert not outcome.succeeded
+    assert f"build #1 finished {result};" in (outcome.error_message or "")
 
 
 def test_missing_job_says_so(tmp_path: Path, jenkins: FakeJenkins) -> None:
@@ -217,6 +259,19 @@ def test_unsafe_artifact_path_fails(tmp_path: Path, jenkins: FakeJenkins, bad: s
     with pytest.raises(ActionFailed, match="unsafe path"):
         JenkinsBuild().run(make_job(tmp_path, "app"))
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_console_log_is_capped_with_a_notice(
+    tmp_path: Path, jenkins: FakeJenkins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_JENKINS_MAX_LOG_BYTES", "2000")
+    jenkins.jobs["chatty"] = FakeJob(log_chunks=["x" * 99 + "\n"] * 50 + ["the end\n"])
+    result = JenkinsBuild().run(make_job(tmp_path, "chatty", outputs=()))
+    stored = result.attachments["jenkins-console"].read_text()
+    assert result.succeeded
+    assert len(stored.encode()) < 2000 + 200
+    assert "longer than 2000 bytes (CONVEYOR_JENKINS_MAX_LOG_BYTES)" in stored
+    assert "the end" not in stored
 
 
 def test_artifacts_over_the_limit_fail(tmp_path: Path, jenkins: FakeJenkins) -> None:
