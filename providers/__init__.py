@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from providers.base import Provider
 from providers.codebuild import CodeBuild, CodeBuildTest
+from providers.codepipeline_invoke import PipelineInvoke
 from providers.jenkins import JenkinsBuild, JenkinsTest
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
@@ -18,6 +19,7 @@ BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     ManualApproval,
     JenkinsBuild,
     JenkinsTest,
+    PipelineInvoke,
 )
 
 
