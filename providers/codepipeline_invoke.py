@@ -157,7 +157,7 @@ class PipelineInvoke(Provider):
         if status == "Succeeded":
             return Result(summary=summary, external_execution_id=execution_id)
         detail = execution.get("statusSummary")
-        message = f"{summary}" + (f": {detail}" if detail else "")
+        message = f"{summary}: {detail}" if detail else summary
         return Result(
             succeeded=False,
             summary=message,

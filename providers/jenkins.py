@@ -184,7 +184,7 @@ class JenkinsBuild(Provider):
             return run.execute()
         except JenkinsUnreachable as exc:
             raise ActionFailed(
-                f"Jenkins at {settings.url} did not answer ({exc.reason}); will try again",
+                f"Jenkins at {settings.url} did not answer ({exc.reason})",
                 retryable=True,
             ) from None
         except JenkinsHTTPError as exc:
