@@ -53,9 +53,11 @@ class Crumb:
 
 @dataclass(frozen=True)
 class TextChunk:
-    """One answer of ``logText/progressiveText``."""
+    """One answer of ``logText/progressiveText``. ``next_start`` comes from Jenkins'
+    ``X-Text-Size``, not from counting: the plain-text view leaves out console annotations,
+    so the offset in the stored log moves by more than the bytes received."""
 
-    text: str
+    data: bytes
     next_start: int
     more: bool
 
@@ -196,7 +198,7 @@ class JenkinsClient:
             next_start = int(size) if size is not None else start + len(raw)
         except ValueError:
             next_start = start + len(raw)
-        return TextChunk(raw.decode("utf-8", errors="replace"), next_start, more)
+        return TextChunk(raw, next_start, more)
 
 
 def _read_error(exc: urllib.error.HTTPError) -> str:

@@ -15,6 +15,7 @@ log offset, so that run picks up the same build instead of starting a second one
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 import urllib.parse
@@ -208,6 +209,7 @@ class _Run:
         self.journal_path = job.workdir / JOURNAL
         self.journal = _Journal.load(self.journal_path)
         self.console = _ConsoleLog(job.workdir / CONSOLE, job.log, settings.max_log_bytes)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def execute(self) -> Result:
         job = self.job
@@ -314,8 +316,10 @@ class _Run:
 
     def _copy_log(self, build_url: str) -> bool:
         chunk = self.client.progressive_text(build_url, self.journal.log_start)
-        if chunk.text:
-            self.console.write(chunk.text)
+        # Incremental: a character split across two reads is decoded whole.
+        text = self.decoder.decode(chunk.data, final=not chunk.more)
+        if text:
+            self.console.write(text)
         if chunk.next_start != self.journal.log_start:
             self.journal.log_start = chunk.next_start
             self.journal.save(self.journal_path)

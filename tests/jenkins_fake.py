@@ -16,7 +16,7 @@ import json
 import secrets
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +30,8 @@ class FakeJob:
     """A job's next build: it waits ``queue_polls`` queue reads, then prints one log chunk
     per ``progressiveText`` read and ends with ``result`` (``None``: runs until stopped)."""
 
-    log_chunks: list[str] = field(default_factory=lambda: ["building\n"])
+    # str chunks are UTF-8 encoded; bytes chunks go out as they are (e.g. half a character)
+    log_chunks: Sequence[str | bytes] = field(default_factory=lambda: ["building\n"])
     result: str | None = "SUCCESS"
     artifacts: dict[str, bytes] = field(default_factory=dict)
     # relativePath -> URL the artifact download redirects to (as artifact managers do)
@@ -58,11 +59,11 @@ class FakeBuild:
             return True
         return self.revealed < len(self.spec.log_chunks)
 
-    def text(self) -> str:
+    def text(self) -> bytes:
         chunks = self.spec.log_chunks[: self.revealed]
         if self.stopped:
             chunks = [*chunks, "Aborted by conveyor\n"]
-        return "".join(chunks)
+        return b"".join(c.encode() if isinstance(c, str) else c for c in chunks)
 
 
 @dataclass
@@ -275,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
             if build.revealed == 0 and build.spec.outage_after_first_log_read:
                 j.outage = 1
             build.revealed = min(build.revealed + 1, len(build.spec.log_chunks))
-            text = build.text().encode()
+            text = build.text()
             start = int(query.get("start", "0"))
             headers = {"X-Text-Size": str(len(text)), "Content-Type": "text/plain"}
             if build.building:

@@ -261,6 +261,16 @@ def test_unsafe_artifact_path_fails(tmp_path: Path, jenkins: FakeJenkins, bad: s
     assert not (tmp_path / "escape.txt").exists()
 
 
+def test_a_character_split_between_two_reads_arrives_whole(
+    tmp_path: Path, jenkins: FakeJenkins
+) -> None:
+    euro = "€".encode()
+    jenkins.jobs["app"] = FakeJob(log_chunks=[b"price: 5" + euro[:1], euro[1:] + b"\n"])
+    job = make_job(tmp_path, "app", outputs=())
+    assert JenkinsBuild().run(job).succeeded
+    assert "price: 5€\n" in log_of(job)
+
+
 def test_console_log_is_capped_with_a_notice(
     tmp_path: Path, jenkins: FakeJenkins, monkeypatch: pytest.MonkeyPatch
 ) -> None:
