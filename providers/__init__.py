@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from providers.base import Provider
 from providers.codebuild import CodeBuild, CodeBuildTest
+from providers.codepipeline_invoke import PipelineInvoke
 from providers.ecr_source import EcrSource
+from providers.jenkins import JenkinsBuild, JenkinsTest
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
 from providers.s3_deploy import S3Deploy
@@ -17,6 +19,9 @@ BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     CodeBuildTest,
     S3Deploy,
     ManualApproval,
+    JenkinsBuild,
+    JenkinsTest,
+    PipelineInvoke,
 )
 
 

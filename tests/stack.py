@@ -53,7 +53,7 @@ def start_stack(
 ) -> Stack:
     """Start the engine pool, the given provider pools (name -> (pool, concurrency)), beat,
     api. ``worker_env`` is added to the provider pools' environment only, ``beat_env`` to
-    beat's."""
+    beat's; every worker gets ``CONVEYOR_API_URL`` of this stack's API."""
     port = devstack.free_port()
     stack = Stack(
         f"http://127.0.0.1:{port}", settings_env["CONVEYOR_S3_ENDPOINT_URL"], settings_env
@@ -69,7 +69,11 @@ def start_stack(
             "--hostname",
             f"{name}@%h",
             name=name,
-            env=worker_env if name != "engine" else None,
+            # Workers reach the API this stack started (Invoke/CodePipeline, handlers).
+            env={
+                "CONVEYOR_API_URL": stack.api_url,
+                **((worker_env or {}) if name != "engine" else {}),
+            },
         )
     stack.processes["beat"] = spawn("beat", name="beat", env=beat_env)
     stack.processes["api"] = spawn("api", "--port", str(port), name="api")

@@ -34,7 +34,7 @@ from engine.variables import (
     has_reference,
     references,
 )
-from providers.base import Category
+from providers.base import ActionTypeId, Category
 from providers.registry import Registry
 
 
@@ -254,10 +254,73 @@ def _check_triggers(decl: PipelineDeclaration) -> list[Problem]:
     return check_triggers(decl.triggers, sources)
 
 
+# Action types CodePipeline offers (its action structure reference), so that a definition
+# written for AWS learns that a type is missing here, not that it does not exist.
+CODEPIPELINE_ACTION_TYPES = frozenset(
+    (category, owner, provider, "1")
+    for category, owner, providers in (
+        ("Source", "AWS", ("S3", "CodeCommit", "ECR", "CodeStarSourceConnection")),
+        ("Source", "ThirdParty", ("GitHub",)),
+        ("Build", "AWS", ("CodeBuild", "ECRBuildAndPublish", "InspectorScan")),
+        ("Build", "Custom", ("Jenkins",)),
+        ("Test", "AWS", ("CodeBuild", "DeviceFarm")),
+        ("Test", "Custom", ("Jenkins",)),
+        (
+            "Deploy",
+            "AWS",
+            (
+                "S3",
+                "CloudFormation",
+                "CloudFormationStackSet",
+                "CloudFormationStackInstances",
+                "CodeDeploy",
+                "CodeDeployToECS",
+                "ECS",
+                "ElasticBeanstalk",
+                "AppConfig",
+                "OpsWorks",
+                "ServiceCatalog",
+                "AlexaSkillsKit",
+                "EC2",
+                "EKS",
+                "Lambda",
+            ),
+        ),
+        ("Approval", "AWS", ("Manual",)),
+        ("Invoke", "AWS", ("Lambda", "StepFunctions", "CodePipeline", "InspectorScan")),
+    )
+    for provider in providers
+)
+
+
+def _missing_provider(action_type: ActionTypeId, registry: Registry) -> str:
+    """Why no provider runs ``action_type``, and what the person could write instead."""
+    same_category = sorted(
+        str(p.action_type) for p in registry if p.action_type.category == action_type.category
+    )
+    runs = (
+        f"; {action_type.category.value} action types this installation runs: "
+        + ", ".join(same_category)
+        if same_category
+        else ""
+    )
+    if action_type.key() in CODEPIPELINE_ACTION_TYPES:
+        return f"action type {action_type} is not supported by this installation yet{runs}"
+    namesakes = [
+        str(p.action_type)
+        for p in registry
+        if p.action_type.category == action_type.category
+        and p.action_type.provider.lower() == action_type.provider.lower()
+    ]
+    if namesakes:
+        return f"unknown action type {action_type}; did you mean {' or '.join(namesakes)}?"
+    return f"unknown action type {action_type}{runs}"
+
+
 def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> list[Problem]:
     provider = registry.get(action.action_type_id)
     if provider is None:
-        return [Problem(f"{ap}.actionTypeId", f"unknown action type {action.action_type_id}")]
+        return [Problem(f"{ap}.actionTypeId", _missing_provider(action.action_type_id, registry))]
     problems: list[Problem] = []
     try:
         provider.Config.model_validate(action.configuration)
