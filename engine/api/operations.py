@@ -15,6 +15,7 @@ from engine.api import shapes
 from engine.errors import ValidationError
 from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
+from engine.source_overrides import source_revision_entries
 
 Body = dict[str, Any]
 Handler = Callable[[Service, Body], Body]
@@ -72,8 +73,10 @@ def delete_pipeline(svc: Service, body: Body) -> Body:
 
 
 def start_pipeline_execution(svc: Service, body: Body) -> Body:
+    pinned = None
     if body.get("sourceRevisions"):
-        raise ValidationError("sourceRevisions overrides are not supported by Conveyor yet")
+        decl = svc.get_pipeline(body["name"]).declaration
+        pinned = source_revision_entries(decl, body["sourceRevisions"])
     variables: dict[str, str] = {}
     for v in body.get("variables", []):
         if v["name"] in variables:
@@ -81,7 +84,10 @@ def start_pipeline_execution(svc: Service, body: Body) -> Body:
         variables[v["name"]] = v["value"]
     # The same clientRequestToken returns the execution it started the first time.
     state = svc.start_execution(
-        body["name"], variables, client_request_token=body.get("clientRequestToken") or None
+        body["name"],
+        variables,
+        source_revisions=pinned,
+        client_request_token=body.get("clientRequestToken") or None,
     )
     return {"pipelineExecutionId": state.execution_id}
 

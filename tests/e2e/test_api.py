@@ -194,6 +194,34 @@ def test_start_execution_and_read_it_back(cp: Any) -> None:
     assert "output" not in d
 
 
+def test_source_revision_overrides_pin_the_source_action(cp: Any) -> None:
+    cp.create_pipeline(pipeline=definition("demo"))
+    eid = cp.start_pipeline_execution(
+        name="demo",
+        sourceRevisions=[
+            {"actionName": "Fetch", "revisionType": "S3_OBJECT_VERSION_ID", "revisionValue": "v7"}
+        ],
+    )["pipelineExecutionId"]
+    execution = cp.get_pipeline_execution(pipelineName="demo", pipelineExecutionId=eid)[
+        "pipelineExecution"
+    ]
+    assert execution["artifactRevisions"][0]["revisionId"] == "v7"
+
+    bad = [
+        ({"actionName": "Nope", "revisionType": "COMMIT_ID"}, "sourceRevisions[0].actionName"),
+        ({"actionName": "Fetch", "revisionType": "COMMIT_ID"}, "takes S3_OBJECT_VERSION_ID"),
+        ({"actionName": "Fetch", "revisionType": "S3_OBJECT_KEY"}, "cannot pin"),
+    ]
+    for override, expected in bad:
+        with pytest.raises(ClientError) as exc:
+            cp.start_pipeline_execution(
+                name="demo", sourceRevisions=[{**override, "revisionValue": "abc"}]
+            )
+        assert code_of(exc) == "ValidationException"
+        assert expected in message_of(exc)
+    assert len(cp.list_pipeline_executions(pipelineName="demo")["pipelineExecutionSummaries"]) == 1
+
+
 def test_variables_are_checked(cp: Any) -> None:
     cp.create_pipeline(pipeline=definition("demo"))
     with pytest.raises(ClientError) as exc:
