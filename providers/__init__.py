@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from providers.base import Provider
 from providers.codebuild import CodeBuild, CodeBuildTest
+from providers.lambda_invoke import LambdaInvoke
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
 from providers.s3_deploy import S3Deploy
@@ -15,6 +16,7 @@ BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     CodeBuildTest,
     S3Deploy,
     ManualApproval,
+    LambdaInvoke,
 )
 
 
