@@ -178,10 +178,6 @@ class LambdaInvoke(Provider):
         config: LambdaConfig = job.configuration
         if job.jobs is None:
             raise ActionFailed("this worker has no job API channel to run Lambda functions with")
-        arn = f"arn:aws:codepipeline:{job.s3.region}:{ACCOUNT_ID}:{job.pipeline_name}"
-        action: dict[str, str] = {"name": job.action_name}
-        if job.action_execution_id:
-            action["actionExecutionId"] = job.action_execution_id
         invocation = Invocation(
             function_name=config.FunctionName,
             user_parameters=config.UserParameters,
@@ -192,13 +188,14 @@ class LambdaInvoke(Provider):
             deadline=job.deadline,
             cancelled=job.cancelled,
             workdir=job.workdir,
-            pipeline_context={
-                "pipelineName": job.pipeline_name,
-                "stage": {"name": job.stage_name},
-                "action": action,
-                "pipelineArn": arn,
-                "pipelineExecutionId": job.execution_id,
-            },
+            pipeline_context=pipeline_context(
+                job.pipeline_name,
+                job.execution_id,
+                job.stage_name,
+                job.action_name,
+                region=job.s3.region,
+                action_execution_id=job.action_execution_id,
+            ),
             action_type=self.action_type.model_dump(mode="json"),
         )
         log_path = job.workdir / f"{LOG_NAME}.log"
@@ -213,6 +210,28 @@ class LambdaInvoke(Provider):
             output_variables=outcome.output_variables,
             attachments={LOG_NAME: log_path},
         )
+
+
+def pipeline_context(
+    pipeline: str,
+    execution_id: str,
+    stage: str,
+    action: str,
+    *,
+    region: str,
+    action_execution_id: str | None = None,
+) -> dict[str, Any]:
+    """CodePipeline's ``pipelineContext`` of a job (a rule's name stands in its action's)."""
+    action_context = {"name": action}
+    if action_execution_id:
+        action_context["actionExecutionId"] = action_execution_id
+    return {
+        "pipelineName": pipeline,
+        "stage": {"name": stage},
+        "action": action_context,
+        "pipelineArn": f"arn:aws:codepipeline:{region}:{ACCOUNT_ID}:{pipeline}",
+        "pipelineExecutionId": execution_id,
+    }
 
 
 def run_function(

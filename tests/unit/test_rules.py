@@ -150,6 +150,7 @@ def test_rule_types_match_botocore_list_rule_types_output() -> None:
         "VariableCheck",
         "DeploymentWindow",
         "Commands",
+        "LambdaInvoke",
     }
 
 
