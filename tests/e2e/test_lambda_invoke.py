@@ -30,11 +30,13 @@ FUNCTIONS = {
     "raises": "tests.handlers.misbehaving:raises",
     "silent": "tests.handlers.misbehaving:silent",
     "variables-too-early": "tests.handlers.misbehaving:variables_too_early",
+    "gate": "tests.handlers.gate:lambda_handler",
 }
 LAMBDA_ENV = {
     "CONVEYOR_LAMBDA_FUNCTIONS": json.dumps(FUNCTIONS),
     "CONVEYOR_LAMBDA_PATH": str(REPO_ROOT),
 }
+SAMPLE_PARAMS = json.dumps({"stack": "web", "artifact": "SourceOutput", "file": "template.json"})
 # A "minute" of action timeouts, so the silent handler's 5-minute action times out in 5 s.
 MINUTE_SECONDS = 1.0
 
@@ -81,13 +83,10 @@ def test_lambda_actions_run_end_to_end(stack: Stack, redis_client: redis.Redis) 
     s3 = stack.s3()
     put_source(s3, src, {"version.txt": "1.4.2\n", "template.json": '{"Resources": {}}'})
     s3.create_bucket(Bucket=target)
-    sample_params = json.dumps(
-        {"stack": "web", "artifact": "SourceOutput", "file": "template.json"}
-    )
     invoke = {
         "name": "Invoke",
         "actions": [
-            _lambda("Sample", "sample", ins=("SourceOutput",), user_parameters=sample_params),
+            _lambda("Sample", "sample", ins=("SourceOutput",), user_parameters=SAMPLE_PARAMS),
             _lambda(
                 "Release",
                 "continuing",
@@ -176,4 +175,56 @@ def test_lambda_failures_name_their_cause(stack: Stack) -> None:
     assert (
         "outputVariables can be included only when there is no continuation token"
         in (refused["Message"])
+    )
+
+
+def _gated(name: str, src: str, gate: str) -> dict[str, Any]:
+    """Source, then a stage whose beforeEntry condition is a LambdaInvoke rule."""
+    rule = {
+        "name": "Gate",
+        "ruleTypeId": {
+            "category": "Rule",
+            "owner": "AWS",
+            "provider": "LambdaInvoke",
+            "version": "1",
+        },
+        "configuration": {"FunctionName": "gate", "UserParameters": gate},
+        "inputArtifacts": [{"name": "SourceOutput"}],
+    }
+    release = {
+        "name": "Release",
+        "beforeEntry": {"conditions": [{"result": "FAIL", "rules": [rule]}]},
+        "actions": [
+            _lambda("Sample", "sample", ins=("SourceOutput",), user_parameters=SAMPLE_PARAMS)
+        ],
+    }
+    return _pipeline(name, src, [release])
+
+
+def test_lambda_invoke_rule_gates_stage_entry(stack: Stack) -> None:
+    src = unique("src")
+    put_source(stack.s3(), src, {"template.json": "{}"})
+    cp = stack.codepipeline()
+    runs = {}
+    for gate in ("open", "closed"):
+        name = unique(f"gate-{gate}")
+        cp.create_pipeline(pipeline=_gated(name, src, gate))
+        runs[gate] = (name, cp.start_pipeline_execution(name=name)["pipelineExecutionId"])
+
+    rules: dict[str, dict[str, Any]] = {}
+    for gate, (name, eid) in runs.items():
+        # Open: the rule passes and the stage runs; closed: the rule fails the stage.
+        expected = "Succeeded" if gate == "open" else "Failed"
+        assert wait_status(cp, name, eid, {"Succeeded", "Failed"}, timeout=60) == expected
+        details = cp.list_rule_executions(pipelineName=name, filter={"pipelineExecutionId": eid})
+        [rules[gate]] = details["ruleExecutionDetails"]
+        ran = _actions(cp, name, eid).get("Sample")
+        assert (ran is not None) == (gate == "open")
+    assert rules["open"]["status"] == "Succeeded"
+    assert rules["open"]["output"]["executionResult"]["externalExecutionSummary"] == (
+        "the gate is open"
+    )
+    assert rules["closed"]["status"] == "Failed"
+    assert rules["closed"]["output"]["executionResult"]["externalExecutionSummary"] == (
+        "the gate is closed"
     )
