@@ -43,3 +43,16 @@ def variables_too_early(event: dict[str, Any], context: Any) -> None:
             jobId=job_id,
             failureDetails={"type": "JobFailed", "message": json.dumps(error)},
         )
+
+
+def lingers(event: dict[str, Any], context: Any) -> None:
+    """Starts a child that would outlive it, records both pids, and never answers."""
+    import os
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["sleep", "300"])
+    pids = event["CodePipeline.job"]["data"]["actionConfiguration"]["configuration"]
+    with open(pids["UserParameters"], "w") as fh:
+        fh.write(f"{os.getpid()} {child.pid}")
+    time.sleep(300)
