@@ -245,6 +245,9 @@ def run_function(
     """
     settings = settings or load_settings()
     handler = settings.handler_for(inv.function_name)
+    if not inv.api_endpoint:
+        # Without it the handler's boto3 would send its job results to AWS itself.
+        raise ActionFailed("no API endpoint for handlers to report to: set CONVEYOR_API_URL")
     give_up = _give_up_at(inv.deadline)
     token: str | None = None
     calls = 0
@@ -266,6 +269,12 @@ def run_function(
             )
         if outcome.continuation_token:
             token = outcome.continuation_token
+            progress = (
+                f" ({outcome.percent_complete}% complete)" if outcome.percent_complete else ""
+            )
+            _line(
+                log, f"Continuing after call {calls}: {outcome.summary or 'no summary'}{progress}"
+            )
             continue
         return FunctionResult(
             succeeded=True,

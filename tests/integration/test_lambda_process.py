@@ -40,7 +40,7 @@ def _invocation(tmp_path: Path, deadline: float, cancelled: threading.Event) -> 
         inputs={},
         outputs={},
         s3=S3Access("http://127.0.0.1:9", "k", "s", "us-east-1"),
-        api_endpoint=None,
+        api_endpoint="http://127.0.0.1:9",  # never called: the handler does not answer
         deadline=deadline,
         cancelled=cancelled,
         workdir=tmp_path,

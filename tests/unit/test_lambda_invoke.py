@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from providers.base import ActionFailed, ArtifactObject, S3Access
+from providers.base import ActionFailed, ArtifactObject, JobOutcome, S3Access
 from providers.lambda_invoke import (
     Invocation,
     LambdaConfig,
@@ -18,6 +20,7 @@ from providers.lambda_invoke import (
     handler_environment,
     job_data,
     pipeline_context,
+    run_function,
 )
 
 S3 = S3Access("http://s3.local:9000", "AKID", "SECRET", "eu-west-1")
@@ -161,3 +164,26 @@ def test_the_handler_environment_points_boto3_at_conveyor_and_hides_the_worker(
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_LAMBDA_FUNCTION_NAME"] == "deploy"
     assert env["PYTHONPATH"] == "/opt/functions"
+
+
+class _NoJobs:
+    """A channel that must not be used: the checks come before any job is created."""
+
+    def create(self, data: dict[str, Any]) -> str:
+        raise AssertionError("no job should be created")
+
+    def wait(
+        self, job_id: str, deadline: float | None, cancelled: threading.Event
+    ) -> JobOutcome | None:
+        raise AssertionError("no job should be awaited")
+
+    def close(self, job_id: str) -> None:
+        raise AssertionError("no job should be closed")
+
+
+def test_no_api_endpoint_fails_before_the_function_runs() -> None:
+    settings = LambdaSettings(functions={"deploy": "m:f"})
+    with pytest.raises(ActionFailed, match="set CONVEYOR_API_URL"):
+        run_function(_invocation(api_endpoint=None), _NoJobs(), io.StringIO(), settings)
+    with pytest.raises(ActionFailed, match="function 'deploy' is not configured"):
+        run_function(_invocation(), _NoJobs(), io.StringIO(), LambdaSettings())
