@@ -2,7 +2,8 @@
 
 A provider sees plain directories and a resolved configuration. It never touches Redis,
 Celery or the artifact store: the worker downloads inputs before ``run`` and uploads
-outputs after it.
+outputs after it. (A provider whose *code* reads and writes the store itself, as a Lambda
+function does on AWS, gets the artifacts' locations instead: ``uses_artifact_locations``.)
 """
 
 from __future__ import annotations

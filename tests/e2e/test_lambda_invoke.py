@@ -126,6 +126,13 @@ def test_lambda_actions_run_end_to_end(stack: Stack, redis_client: redis.Redis) 
     assert result["externalExecutionId"] == "release-1.4.2"
     assert release["output"]["outputVariables"] == {"Version": "1.4.2", "Calls": "3"}
     assert actions["Sample"]["status"] == "Succeeded"
+    # The function's log (its own output between Lambda-style START/END lines) is the
+    # action's log, and the event, which carries the store's keys, is not in it.
+    bucket, key = result["externalExecutionUrl"].removeprefix("s3://").split("/", 1)
+    function_log = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    assert function_log.count("START RequestId: ") == 3
+    assert "Continuing after call 1: call 1 (30% complete)" in function_log
+    assert stack.env["CONVEYOR_S3_SECRET_ACCESS_KEY"] not in function_log
     # The variables reached the deploy's configuration, and the artifact the function wrote
     # itself is what the deploy published.
     published = actions["Publish"]["input"]["resolvedConfiguration"]["ObjectKey"]
