@@ -31,6 +31,7 @@ FUNCTIONS = {
     "silent": "tests.handlers.misbehaving:silent",
     "variables-too-early": "tests.handlers.misbehaving:variables_too_early",
     "gate": "tests.handlers.gate:lambda_handler",
+    "forgets-output": "tests.handlers.misbehaving:forgets_output",
 }
 LAMBDA_ENV = {
     "CONVEYOR_LAMBDA_FUNCTIONS": json.dumps(FUNCTIONS),
@@ -153,9 +154,10 @@ def test_lambda_failures_name_their_cause(stack: Stack) -> None:
     put_source(stack.s3(), src, {"version.txt": "1\n"})
     cp = stack.codepipeline()
     runs: dict[str, tuple[str, str]] = {}
-    for function in ("fails", "raises", "silent", "variables-too-early"):
+    for function in ("fails", "raises", "silent", "variables-too-early", "forgets-output"):
         name = unique(function)
-        stage = {"name": "Invoke", "actions": [_lambda("Call", function, timeout=5)]}
+        outs = ("Out",) if function == "forgets-output" else ()
+        stage = {"name": "Invoke", "actions": [_lambda("Call", function, timeout=5, outs=outs)]}
         cp.create_pipeline(pipeline=_pipeline(name, src, [stage]))
         runs[function] = (name, cp.start_pipeline_execution(name=name)["pipelineExecutionId"])
 
@@ -177,6 +179,8 @@ def test_lambda_failures_name_their_cause(stack: Stack) -> None:
     )
     silent = errors["silent"]["errorDetails"]["message"]
     assert "never called PutJobSuccessResult or PutJobFailureResult" in silent
+    forgot = errors["forgets-output"]["errorDetails"]["message"]
+    assert forgot.startswith("output artifact Out was not written: the function must upload it")
     refused = json.loads(errors["variables-too-early"]["errorDetails"]["message"])
     assert refused["Code"] == "ValidationException"
     assert (
