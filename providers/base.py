@@ -154,7 +154,8 @@ class Job:
     # key each output artifact must be written to (``inputs`` and ``outputs`` stay empty).
     input_locations: dict[str, ArtifactObject] = field(default_factory=dict)
     output_locations: dict[str, ArtifactObject] = field(default_factory=dict)
-    # Jobs answered through the job API (Lambda-style handlers); the worker fills it in.
+    # Jobs answered through the job API by the code a ``uses_artifact_locations`` provider
+    # runs (Lambda-style handlers); the worker fills it in for those providers.
     jobs: JobChannel | None = None
     action_execution_id: str | None = None
 

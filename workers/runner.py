@@ -115,8 +115,12 @@ def execute(
                     output_locations=(
                         output_locations(state, act, decl, attempt) if located else {}
                     ),
-                    jobs=job_channel(
-                        rt, state, stage, action, attempt, WorkKind.ACTION, act.deadline
+                    jobs=(
+                        job_channel(
+                            rt, state, stage, action, attempt, WorkKind.ACTION, act.deadline
+                        )
+                        if located
+                        else None
                     ),
                     action_execution_id=act.action_execution_id,
                 )
