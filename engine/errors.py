@@ -140,3 +140,21 @@ class UnableToRollbackStageError(ExecutionError):
 
 class ConditionNotOverridableError(ExecutionError):
     aws_code = "ConditionNotOverridableException"
+
+
+class JobNotFoundError(NotFoundError):
+    aws_code = "JobNotFoundException"
+
+
+class InvalidJobStateError(ConveyorError):
+    """A job result for a job that is no longer in progress (answered, timed out)."""
+
+    aws_code = "InvalidJobStateException"
+
+
+class InvalidNonceError(ConveyorError):
+    aws_code = "InvalidNonceException"
+
+
+class OutputVariablesSizeExceededError(ConveyorError):
+    aws_code = "OutputVariablesSizeExceededException"

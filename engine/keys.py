@@ -10,6 +10,8 @@ ENGINE_QUEUE = "conveyor.engine"
 ENGINE_TASK = "conveyor.engine.advance"
 # Stage-condition rules that run commands go to build workers, like a CodeBuild action.
 COMMANDS_RULE_QUEUE = "conveyor.rule.commands"
+# LambdaInvoke rules run their handler on invoke workers, like a Lambda action.
+LAMBDA_RULE_QUEUE = "conveyor.rule.lambdainvoke"
 
 POOLS: dict[str, tuple[str, ...]] = {
     "engine": ("engine",),
@@ -103,6 +105,21 @@ CLAIM_CHECKS = f"{PREFIX}:claims:checks"
 OUTBOX = f"{PREFIX}:outbox"  # hash: entry id -> effect JSON
 OUTBOX_DUE = f"{PREFIX}:outbox:due"  # sorted set: entry id -> when it was written (ms)
 OUTBOX_DEAD = f"{PREFIX}:outbox:dead"  # hash: entry id -> what could not be read, and why
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def job(job_id: str) -> str:
+    """Hash: one job of CodePipeline's job API (a Lambda invocation): ``data`` (JobData
+    JSON), ``owner`` (the attempt it belongs to, JSON), ``status``, ``nonce``, ``result``
+    (the PutJob*Result request, JSON). Expires: see engine.store.jobs."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_done(job_id: str) -> str:
+    """List: pushed once when the job's result is recorded, to wake its waiting worker."""
+    return f"{PREFIX}:job:{job_id}:done"
+
 
 # ---------------------------------------------------------------------------- events, stats
 

@@ -8,8 +8,9 @@ onFailure ROLLBACK or RETRY.
 This module is pure. It holds the declaration models, the ListRuleTypes catalogue,
 definition-time checks (``check_conditions``) and the evaluation of the rules that need
 nothing but a clock and the execution's variables (``evaluate``). The Commands rule runs
-shell commands, so it runs on a worker (``providers.commands_rule``); ``needs_worker`` tells
-the two kinds apart.
+shell commands and the LambdaInvoke rule a function, so they run on workers
+(``providers.commands_rule``, ``providers.lambda_invoke``) through the queue
+``worker_queue`` names; ``needs_worker`` tells the two kinds apart.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from engine.cron import CronError, in_window, load_zone, next_window_start, parse_cron
 from engine.errors import Problem
+from engine.keys import COMMANDS_RULE_QUEUE, LAMBDA_RULE_QUEUE
 from engine.records import Declaration
 from engine.variables import Lookup, has_reference, substitute
 from providers.base import ProviderConfig
@@ -41,6 +43,7 @@ __all__ = [
     "DeploymentWindowConfig",
     "FailureConditions",
     "InputArtifactRef",
+    "LambdaInvokeConfig",
     "RetryConfiguration",
     "RuleDeclaration",
     "RuleOutcome",
@@ -52,6 +55,7 @@ __all__ = [
     "needs_worker",
     "next_window_start",
     "rule_type",
+    "worker_queue",
 ]
 
 
@@ -206,6 +210,11 @@ class DeploymentWindowConfig(ProviderConfig):
         return value
 
 
+class LambdaInvokeConfig(ProviderConfig):
+    FunctionName: str = Field(min_length=1, max_length=140)
+    UserParameters: str | None = None
+
+
 class CommandsConfig(ProviderConfig):
     """The Commands rule has no configuration keys; its shell commands are the rule's
     ``commands`` field."""
@@ -231,6 +240,9 @@ class _RuleSpec:
     min_inputs: int
     max_inputs: int
     on_worker: bool = False
+    # Where a worker-run rule is sent; whether the rule takes ``commands``.
+    queue: str = COMMANDS_RULE_QUEUE
+    takes_commands: bool = False
 
     def describe(self) -> dict[str, Any]:
         """This rule type in botocore's ``RuleType`` shape (ListRuleTypes)."""
@@ -298,7 +310,29 @@ _SPECS: dict[str, _RuleSpec] = {
             0,
         ),
         # Conveyor's choice: AWS documents no artifact limits for this rule; 5 is its cap.
-        _RuleSpec("Commands", CommandsConfig, (), 0, 5, on_worker=True),
+        _RuleSpec("Commands", CommandsConfig, (), 0, 5, on_worker=True, takes_commands=True),
+        # Conveyor's choice again: up to 5 input artifacts, as for the Lambda invoke action.
+        _RuleSpec(
+            "LambdaInvoke",
+            LambdaInvokeConfig,
+            (
+                _Property(
+                    "FunctionName",
+                    True,
+                    "The function to call: a name mapped to a handler in the worker's settings.",
+                    key=True,
+                ),
+                _Property(
+                    "UserParameters",
+                    False,
+                    "A string handed to the function in its event, as for a Lambda action.",
+                ),
+            ),
+            0,
+            5,
+            on_worker=True,
+            queue=LAMBDA_RULE_QUEUE,
+        ),
     )
 }
 
@@ -313,9 +347,15 @@ def rule_type(type_id: RuleTypeId) -> _RuleSpec | None:
 
 
 def needs_worker(rule: RuleDeclaration) -> bool:
-    """Whether the rule runs on a worker (Commands) rather than through ``evaluate``."""
+    """Whether the rule runs on a worker (Commands, LambdaInvoke) rather than ``evaluate``."""
     spec = rule_type(rule.rule_type_id)
     return spec is not None and spec.on_worker
+
+
+def worker_queue(provider: str) -> str:
+    """The queue a worker-run rule of this provider goes to."""
+    spec = _SPECS.get(provider)
+    return spec.queue if spec is not None else COMMANDS_RULE_QUEUE
 
 
 # ---------------------------------------------------------------------------- validation
@@ -411,7 +451,7 @@ def _check_rule(rule: RuleDeclaration, rp: str) -> list[Problem]:
         spec.config.model_validate(rule.configuration)
     except PydanticValidationError as exc:
         problems.extend(_config_problems(exc, f"{rp}.configuration"))
-    if spec.on_worker:
+    if spec.takes_commands:
         problems.extend(_check_commands(rule.commands, f"{rp}.commands"))
     elif rule.commands is not None:
         problems.append(Problem(f"{rp}.commands", "only Commands rules take commands"))

@@ -7,6 +7,7 @@ from providers.codebuild import CodeBuild, CodeBuildTest
 from providers.codepipeline_invoke import PipelineInvoke
 from providers.ecr_source import EcrSource
 from providers.jenkins import JenkinsBuild, JenkinsTest
+from providers.lambda_invoke import LambdaInvoke
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
 from providers.s3_deploy import S3Deploy
@@ -22,6 +23,7 @@ BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     JenkinsBuild,
     JenkinsTest,
     PipelineInvoke,
+    LambdaInvoke,
 )
 
 

@@ -2,7 +2,8 @@
 
 A provider sees plain directories and a resolved configuration. It never touches Redis,
 Celery or the artifact store: the worker downloads inputs before ``run`` and uploads
-outputs after it.
+outputs after it. (A provider whose *code* reads and writes the store itself, as a Lambda
+function does on AWS, gets the artifacts' locations instead: ``uses_artifact_locations``.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
@@ -72,6 +73,54 @@ class S3Access:
     region: str
 
 
+@dataclass(frozen=True)
+class ArtifactObject:
+    """An artifact as an object in the artifact store, for providers that hand locations to
+    code that reads and writes the store itself (a Lambda function) instead of directories."""
+
+    bucket: str
+    key: str
+    # The revision of the source change the artifact came from, when one is known.
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What was reported for one job through CodePipeline's job API: PutJobSuccessResult
+    (``succeeded``, with ``continuation_token`` when the work goes on) or
+    PutJobFailureResult (``failure_type`` and ``message``)."""
+
+    succeeded: bool
+    continuation_token: str | None = None
+    summary: str | None = None
+    external_execution_id: str | None = None
+    percent_complete: int | None = None
+    output_variables: dict[str, str] = field(default_factory=dict)
+    failure_type: str | None = None
+    message: str | None = None
+
+
+class JobChannel(Protocol):
+    """Jobs that code outside the worker answers through Conveyor's job API (GetJobDetails,
+    PutJobSuccessResult, PutJobFailureResult). The worker implements it; a provider only
+    creates a job, hands its id on, and waits for the answer."""
+
+    def create(self, data: dict[str, Any]) -> str:
+        """Register a job with ``data`` (CodePipeline's ``JobData`` shape); its new id."""
+        ...
+
+    def wait(
+        self, job_id: str, deadline: float | None, cancelled: threading.Event
+    ) -> JobOutcome | None:
+        """The job's outcome once reported; None at ``deadline`` (epoch seconds) or when
+        ``cancelled`` is set. Looks at least once, so a deadline in the past is a poll."""
+        ...
+
+    def close(self, job_id: str) -> None:
+        """No answer is wanted any more: later results for the job are refused."""
+        ...
+
+
 @dataclass
 class Job:
     """One attempt of one action, as a provider sees it."""
@@ -101,6 +150,14 @@ class Job:
     # Conveyor's own API (CodePipeline-compatible), for providers and the handlers they run
     # that report back or start pipelines through it; the worker fills it from its settings.
     api_endpoint: str | None = None
+    # For providers with ``uses_artifact_locations``: where each input artifact is, and the
+    # key each output artifact must be written to (``inputs`` and ``outputs`` stay empty).
+    input_locations: dict[str, ArtifactObject] = field(default_factory=dict)
+    output_locations: dict[str, ArtifactObject] = field(default_factory=dict)
+    # Jobs answered through the job API by the code a ``uses_artifact_locations`` provider
+    # runs (Lambda-style handlers); the worker fills it in for those providers.
+    jobs: JobChannel | None = None
+    action_execution_id: str | None = None
 
     @property
     def primary_input(self) -> Path | None:
@@ -140,6 +197,10 @@ class Provider(ABC):
     # How long an action may run when its declaration sets no ``timeoutInMinutes``: the
     # default AWS documents for the action type ("all other actions: 1 hour").
     default_timeout_minutes: ClassVar[int] = 60
+    # The provider's code reads and writes the artifact store itself (as a Lambda function
+    # does on AWS): the worker passes ``Job.input_locations``/``output_locations`` instead of
+    # downloading and zipping, and after success checks that every output object exists.
+    uses_artifact_locations: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, job: Job) -> Result:

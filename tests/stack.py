@@ -50,14 +50,17 @@ def start_stack(
     workers: dict[str, tuple[str, int]] | None = None,
     worker_env: dict[str, str] | None = None,
     beat_env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Stack:
     """Start the engine pool, the given provider pools (name -> (pool, concurrency)), beat,
     api. ``worker_env`` is added to the provider pools' environment only, ``beat_env`` to
-    beat's; every worker gets ``CONVEYOR_API_URL`` of this stack's API."""
+    beat's, ``env`` to every process's. Workers reach the API at its URL
+    (``CONVEYOR_API_URL``)."""
     port = devstack.free_port()
     stack = Stack(
         f"http://127.0.0.1:{port}", settings_env["CONVEYOR_S3_ENDPOINT_URL"], settings_env
     )
+    common = {"CONVEYOR_API_URL": stack.api_url, **(env or {})}
     pools = {"engine": ("engine", 1), **(workers or {"providers": ("all", 2)})}
     for name, (pool, conc) in pools.items():
         stack.processes[name] = spawn(
@@ -69,14 +72,10 @@ def start_stack(
             "--hostname",
             f"{name}@%h",
             name=name,
-            # Workers reach the API this stack started (Invoke/CodePipeline, handlers).
-            env={
-                "CONVEYOR_API_URL": stack.api_url,
-                **((worker_env or {}) if name != "engine" else {}),
-            },
+            env={**common, **(worker_env or {})} if name != "engine" else common,
         )
-    stack.processes["beat"] = spawn("beat", name="beat", env=beat_env)
-    stack.processes["api"] = spawn("api", "--port", str(port), name="api")
+    stack.processes["beat"] = spawn("beat", name="beat", env={**common, **(beat_env or {})})
+    stack.processes["api"] = spawn("api", "--port", str(port), name="api", env=common)
     for name in pools:
         wait_worker_ready(stack.processes[name])
     wait_for(

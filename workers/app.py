@@ -32,12 +32,19 @@ def pool_queues(pool: str, registry: Registry) -> list[str]:
     queues += [q for q, cat in provider_queues(registry).items() if cat in wanted]
     if "build" in wanted:
         queues.append(keys.COMMANDS_RULE_QUEUE)
+    if "invoke" in wanted:
+        queues.append(keys.LAMBDA_RULE_QUEUE)
     return queues
 
 
 def make_app(settings: Settings, registry: Registry) -> Celery:
     app = Celery("conveyor", broker=settings.broker, set_as_current=False)
-    all_queues = [keys.ENGINE_QUEUE, *provider_queues(registry), keys.COMMANDS_RULE_QUEUE]
+    all_queues = [
+        keys.ENGINE_QUEUE,
+        *provider_queues(registry),
+        keys.COMMANDS_RULE_QUEUE,
+        keys.LAMBDA_RULE_QUEUE,
+    ]
     app.conf.update(
         # kombu's Redis transport with one client object per channel (workers.transport).
         broker_transport=transport_for(settings.broker),

@@ -245,6 +245,23 @@ class ArtifactStore:
                 raise
         return True
 
+    def stat(self, bucket: str, key: str) -> ArtifactRef | None:
+        """The object at ``bucket``/``key`` as it stands (latest version), or None."""
+        with self._errors("checking", bucket, key):
+            try:
+                obj = self.client.stat_object(bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_CODES or exc.response.status == 404:
+                    return None
+                raise
+        return ArtifactRef(
+            bucket=bucket,
+            key=key,
+            version_id=_version(obj.version_id),
+            etag=(obj.etag or "").strip('"') or None,
+            size=obj.size,
+        )
+
     # -- upload --------------------------------------------------------------------
 
     def upload_dir(self, directory: Path, bucket: str, key: str) -> ArtifactRef:

@@ -1,4 +1,5 @@
-"""What one attempt of a worker-run stage-condition rule (Commands) does on a build worker.
+"""What one attempt of a worker-run stage-condition rule does on a worker: a Commands rule's
+shell commands (on build workers), or a LambdaInvoke rule's function (on invoke workers).
 
 The attempt's life around it (lease, heartbeat, recording and applying the result) is
 :mod:`workers.attempts`, the same as an action's.
@@ -10,12 +11,17 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TextIO
 
-from engine.execution import ActionResult, ExecutionState
+from engine.execution import ActionResult, ExecutionState, RuleRun
 from engine.messages import WorkKind
+from engine.rules import RuleDeclaration
+from providers.base import ActionFailed, ArtifactObject, S3Access
 from providers.commands_rule import run_commands_rule
+from providers.lambda_invoke import Invocation, pipeline_context, run_function
 from workers.artifacts import ArtifactRef
 from workers.attempts import run_attempt
+from workers.located import job_channel
 from workers.runtime import Runtime
 
 log = logging.getLogger("conveyor.rules")
@@ -44,6 +50,13 @@ def evaluate(
     assert rr is not None
     rule = state.stage_decl(stage).rule(rr.kind, rr.condition, rr.rule)
     assert rule is not None
+    if rr.provider == "LambdaInvoke":
+        with (
+            rt.scratch.directory("conveyor-rule-") as root,
+            (root / "function.log").open("w", encoding="utf-8") as log_file,
+        ):
+            ok, summary = _lambda_rule(rt, state, stage, rr, rule, root, log_file, cancelled)
+        return ActionResult(succeeded=ok, summary=summary)
     with rt.scratch.directory("conveyor-rule-") as root:
         inputs: dict[str, Path] = {}
         try:
@@ -70,3 +83,52 @@ def evaluate(
             log.exception("rule %s of %s crashed", rr.rule, stage)
             ok, summary = False, f"{type(exc).__name__}: {exc}"
     return ActionResult(succeeded=ok, summary=summary)
+
+
+def _lambda_rule(
+    rt: Runtime,
+    state: ExecutionState,
+    stage: str,
+    rr: RuleRun,
+    rule: RuleDeclaration,
+    root: Path,
+    log_file: TextIO,
+    cancelled: threading.Event,
+) -> tuple[bool, str]:
+    """Call the rule's function as a Lambda action's, with the rule's input artifacts as
+    locations; its PutJobSuccessResult passes the rule, PutJobFailureResult fails it."""
+    s = rt.settings
+    config = rr.resolved_configuration
+    name = config.get("FunctionName", "")
+    inputs = {
+        art.name: ArtifactObject(loc.bucket, loc.key)
+        for art in rule.input_artifacts
+        if (loc := state.artifacts.get(art.name)) is not None
+    }
+    invocation = Invocation(
+        function_name=name,
+        user_parameters=config.get("UserParameters"),
+        inputs=inputs,
+        outputs={},
+        s3=S3Access(s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key, s.s3_region),
+        api_endpoint=s.api_endpoint,
+        deadline=rr.deadline,
+        cancelled=cancelled,
+        workdir=root,
+        pipeline_context=pipeline_context(
+            state.pipeline_name, state.execution_id, stage, rr.rule, region=s.s3_region
+        ),
+    )
+    jobs = job_channel(
+        rt, state, stage, rr.rule_execution_id, rr.attempt, WorkKind.RULE, rr.deadline
+    )
+    try:
+        result = run_function(invocation, jobs, log_file)
+    except ActionFailed as exc:
+        return False, exc.message
+    except Exception as exc:  # an infrastructure error fails the rule, never wedges it
+        log.exception("rule %s of %s crashed", rr.rule, stage)
+        return False, f"{type(exc).__name__}: {exc}"
+    if result.succeeded:
+        return True, result.summary or f"function {name} succeeded"
+    return False, result.error_message or f"function {name} failed"

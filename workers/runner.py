@@ -22,6 +22,7 @@ from engine.messages import WorkKind
 from providers.base import ActionFailed, Job, Provider, Result, S3Access
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
+from workers.located import input_locations, job_channel, output_locations, written_output
 from workers.retry import RetriesExhausted, Retry, RetryPolicy, retrying
 from workers.runtime import Runtime
 
@@ -76,15 +77,18 @@ def execute(
             steps = _Steps(policy, act.deadline, cancelled, _Notes(log_file), f"{stage}.{action}")
             try:
                 config = provider_cls.Config.model_validate(act.resolved_configuration)
+                located = provider_cls.uses_artifact_locations  # its code reads S3 itself
                 inputs: dict[str, Path] = {}
-                for loc in act.input_artifacts:
+                for loc in [] if located else act.input_artifacts:
                     ref = ArtifactRef(**loc.model_dump(exclude={"name"}))
                     inputs[loc.name] = tmp / "in" / loc.name
                     steps.run(
                         f"downloading input artifact {loc.name}",
                         partial(_download, rt.artifacts, ref, inputs[loc.name]),
                     )
-                out_dirs = {a.name: tmp / "out" / a.name for a in decl.output_artifacts}
+                out_dirs = {
+                    a.name: tmp / "out" / a.name for a in decl.output_artifacts if not located
+                }
                 (tmp / "work").mkdir()
                 job = Job(
                     pipeline_name=state.pipeline_name,
@@ -107,6 +111,18 @@ def execute(
                     max_artifact_bytes=s.max_artifact_bytes,
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
+                    input_locations=input_locations(act) if located else {},
+                    output_locations=(
+                        output_locations(state, act, decl, attempt) if located else {}
+                    ),
+                    jobs=(
+                        job_channel(
+                            rt, state, stage, action, attempt, WorkKind.ACTION, act.deadline
+                        )
+                        if located
+                        else None
+                    ),
+                    action_execution_id=act.action_execution_id,
                 )
                 res = steps.run("running the provider", partial(_run_provider, provider_cls(), job))
                 attachments = dict(res.attachments)
@@ -121,6 +137,14 @@ def execute(
                         ref = steps.run(
                             f"uploading output artifact {name}",
                             partial(rt.artifacts.upload_packed, packed, bucket, key),
+                        )
+                        outputs.append(
+                            ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"}))
+                        )
+                    for name, obj in job.output_locations.items():
+                        ref = steps.run(
+                            f"checking output artifact {name}",
+                            partial(written_output, rt.artifacts, name, obj),
                         )
                         outputs.append(
                             ArtifactLocation(name=name, **ref.model_dump(exclude={"etag"}))

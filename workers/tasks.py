@@ -1,5 +1,5 @@
 """Celery tasks: one per provider (named after its queue, so Flower shows each provider's
-counts and runtimes), the Commands rule, and the engine's completion callback.
+counts and runtimes), the worker-run rules, and the engine's completion callback.
 
 A worker applies an attempt's result itself (:func:`workers.attempts.report`); the engine
 callback is the fallback when it could not, and the sweep the fallback after that.
@@ -52,9 +52,7 @@ def run_provider_action(execution_id: str, stage: str, action: str, attempt: int
     return run_action(runtime(), execution_id, stage, action, attempt)
 
 
-def run_commands_rule_task(
-    execution_id: str, stage: str, rule_execution_id: str, attempt: int
-) -> str:
+def run_rule_task(execution_id: str, stage: str, rule_execution_id: str, attempt: int) -> str:
     return run_rule(runtime(), execution_id, stage, rule_execution_id, attempt)
 
 
@@ -66,4 +64,6 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     app.task(name=keys.ENGINE_TASK, **opts)(advance)
     for queue in provider_queues(rt.registry):
         app.task(name=queue, **opts)(run_provider_action)
-    app.task(name=keys.COMMANDS_RULE_QUEUE, **opts)(run_commands_rule_task)
+    # One body for both: the rule runner runs whichever kind of rule the attempt is.
+    app.task(name=keys.COMMANDS_RULE_QUEUE, **opts)(run_rule_task)
+    app.task(name=keys.LAMBDA_RULE_QUEUE, **opts)(run_rule_task)

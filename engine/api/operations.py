@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from engine import rules
 from engine.api import shapes
+from engine.api.jobs import JOB_OPERATIONS
 from engine.errors import ValidationError
 from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
@@ -244,4 +245,5 @@ OPERATIONS: dict[str, Handler] = {
     "OverrideStageCondition": override_stage_condition,
     "ListRuleTypes": list_rule_types,
     "ListRuleExecutions": list_rule_executions,
+    **JOB_OPERATIONS,
 }

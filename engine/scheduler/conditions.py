@@ -9,7 +9,6 @@ from __future__ import annotations
 from engine import rules as rule_engine
 from engine.execution import ExecutionState, RuleRun, RuleStatus, StageState
 from engine.ids import rule_execution_id
-from engine.keys import COMMANDS_RULE_QUEUE
 from engine.messages import Dispatch, Revoke, WorkKind
 from engine.rules import Condition, ConditionKind
 from engine.scheduler.context import Ctx
@@ -149,6 +148,6 @@ def rule_dispatch(ex: ExecutionState, rr: RuleRun) -> Dispatch:
         stage=rr.stage,
         action=rr.rule_execution_id,
         attempt=rr.attempt,
-        queue=COMMANDS_RULE_QUEUE,
+        queue=rule_engine.worker_queue(rr.provider),
         work=WorkKind.RULE,
     )

@@ -5,6 +5,7 @@
   recorded results, and the indexes derived from each change.
 * :mod:`.leases` — leases, claim deadlines and timers, judged by Redis's clock.
 * :mod:`.events` — the EventBridge-shaped event stream.
+* :mod:`.jobs` — jobs of CodePipeline's job API (Lambda-style handlers answer them).
 * :mod:`.connection` — the client, and Redis errors translated to the error tree.
 
 :class:`Store` bundles them for one process.
@@ -20,10 +21,11 @@ from engine.scheduler import Decision
 from engine.store.connection import connect
 from engine.store.definitions import Definitions, PipelineRecord
 from engine.store.events import EventLog
+from engine.store.jobs import JobStore
 from engine.store.leases import Leases
 from engine.store.runs import Dispatcher, Runs
 
-__all__ = ["Definitions", "EventLog", "Leases", "PipelineRecord", "Runs", "Store"]
+__all__ = ["Definitions", "EventLog", "JobStore", "Leases", "PipelineRecord", "Runs", "Store"]
 
 
 class Store:
@@ -41,6 +43,7 @@ class Store:
         )
         self.leases = Leases(client)
         self.events = EventLog(client)
+        self.jobs = JobStore(client)
 
     @classmethod
     def from_url(

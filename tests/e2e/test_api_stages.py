@@ -384,7 +384,7 @@ ENV_IS_PROD = {
 def test_list_rule_types(api: ApiServer, cp: Any) -> None:
     body = conforming(api, "ListRuleTypes", {})
     providers = {t["id"]["provider"] for t in body["ruleTypes"]}
-    assert providers == {"VariableCheck", "DeploymentWindow", "Commands"}
+    assert providers == {"VariableCheck", "DeploymentWindow", "Commands", "LambdaInvoke"}
     check = next(t for t in body["ruleTypes"] if t["id"]["provider"] == "VariableCheck")
     assert check["id"] == {
         "category": "Rule",

@@ -25,6 +25,7 @@ from engine.rules import (
     check_conditions,
     evaluate,
     needs_worker,
+    worker_queue,
 )
 
 # ---------------------------------------------------------------------------- helpers
@@ -150,6 +151,7 @@ def test_rule_types_match_botocore_list_rule_types_output() -> None:
         "VariableCheck",
         "DeploymentWindow",
         "Commands",
+        "LambdaInvoke",
     }
 
 
@@ -419,6 +421,21 @@ def test_deployment_window_from_a_variable() -> None:
     assert "seconds field '0' must be '*'" in bad.summary
     good = evaluate(r, now=0.0, variables=lambda ns, var: "* * * * * ?")
     assert good.succeeded
+
+
+def test_lambda_invoke_rule_declaration() -> None:
+    rp = "stages[1].beforeEntry.conditions[0].rules[0]"
+    ok = rule("LambdaInvoke", configuration={"FunctionName": "gate", "UserParameters": "x"})
+    assert problems(one("FAIL", ok)) == {}
+    assert needs_worker(RuleDeclaration.model_validate(ok))
+    assert worker_queue("LambdaInvoke") == "conveyor.rule.lambdainvoke"
+    assert worker_queue("Commands") == "conveyor.rule.commands"
+    bad = rule("LambdaInvoke", configuration={"Payload": "x"}, commands=["true"])
+    assert problems(one("FAIL", bad)) == {
+        f"{rp}.configuration.FunctionName": "required",
+        f"{rp}.configuration.Payload": "unknown key",
+        f"{rp}.commands": "only Commands rules take commands",
+    }
 
 
 def test_commands_rules_are_not_evaluated_in_the_engine() -> None:

@@ -1,0 +1,512 @@
+"""Invoke/AWS/Lambda/1, self-hosted: a Python handler called as CodePipeline calls a Lambda.
+
+``FunctionName`` names a handler (``module:function``) in the worker's settings, never in
+the definition, so a pipeline can run only the functions its operators installed. Each call
+runs in a process of its own (its own process group, killed on stop or timeout) with the
+event CodePipeline sends a Lambda (``{"CodePipeline.job": {"id", "accountId", "data"}}``)
+and a context like Lambda's. The handler answers as on AWS, through boto3's codepipeline
+client, which its environment points at Conveyor's API (``AWS_ENDPOINT_URL_CODEPIPELINE``):
+PutJobSuccessResult, with a continuation token to be called again for long work, or
+PutJobFailureResult. Artifacts stay in the artifact store: inputs are the objects earlier
+actions wrote, outputs are keys the handler uploads to itself, with the store's keys from
+``artifactCredentials`` and ``AWS_ENDPOINT_URL_S3``.
+
+The same loop serves the LambdaInvoke stage-condition rule (:func:`run_function`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from providers.base import (
+    ActionFailed,
+    ActionTypeId,
+    ArtifactObject,
+    Category,
+    Job,
+    JobChannel,
+    JobOutcome,
+    Provider,
+    ProviderConfig,
+    Result,
+    S3Access,
+)
+
+RUNTIME = Path(__file__).with_name("lambda_runtime.py")
+LOG_NAME = "function-log"
+# The account id in events, ARNs and job details: 12 digits, as the API's patterns want.
+ACCOUNT_ID = "000000000000"
+# How often the worker looks at the handler's process while it waits for an answer.
+POLL_SECONDS = 0.5
+# After an answer, how long the handler's process may take to return before it is killed.
+EXIT_GRACE_SECONDS = 10.0
+# A function that never answers fails this far ahead of the action's deadline, so its
+# message ("never called PutJobSuccessResult…") is the one recorded, not a bare timeout.
+MAX_REPORT_MARGIN_SECONDS = 5.0
+# Variables of the worker's own environment a handler must not see: Conveyor's settings
+# (Redis and S3 credentials) and the worker's own AWS identity.
+HIDDEN_PREFIXES = ("CONVEYOR_", "AWS_")
+
+
+class LambdaSettings(BaseSettings):
+    """Where function names lead (``CONVEYOR_LAMBDA_*``), read by the worker that runs them.
+
+    ``functions``: JSON ``{"name": "module:function"}``; ``functions_file``: a JSON file of
+    the same shape (the environment wins for a name in both); ``path``: directories to
+    import handlers from, separated like PATH.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_LAMBDA_", extra="ignore")
+
+    functions: dict[str, str] = Field(default_factory=dict)
+    functions_file: Path | None = None
+    path: str = ""
+
+    def handler_for(self, function_name: str) -> str:
+        """The ``module:function`` a FunctionName (a name or a Lambda ARN) runs."""
+        name = _bare_name(function_name)
+        table = {**self._file_functions(), **self.functions}
+        spec = table.get(name)
+        if spec is None:
+            known = ", ".join(sorted(table)) or "none"
+            raise ActionFailed(
+                f"function {name!r} is not configured on this worker: map it to a handler "
+                f"in CONVEYOR_LAMBDA_FUNCTIONS or CONVEYOR_LAMBDA_FUNCTIONS_FILE as "
+                f'{{"{name}": "module:function"}} (configured: {known})'
+            )
+        module, sep, attr = spec.partition(":")
+        if not sep or not module or not attr:
+            raise ActionFailed(
+                f"function {name!r} maps to {spec!r}, which is not of the form module:function"
+            )
+        return spec
+
+    def _file_functions(self) -> dict[str, str]:
+        if self.functions_file is None:
+            return {}
+        where = f"CONVEYOR_LAMBDA_FUNCTIONS_FILE ({self.functions_file})"
+        try:
+            table = json.loads(self.functions_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ActionFailed(f"{where} cannot be read: {exc}") from None
+        if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+        ):
+            raise ActionFailed(f'{where} must be a JSON object {{"name": "module:function"}}')
+        return table
+
+
+def _bare_name(function_name: str) -> str:
+    """``my-fn`` from ``arn:aws:lambda:region:acct:function:my-fn[:alias]``; names as-is."""
+    if function_name.startswith("arn:") and ":function:" in function_name:
+        return function_name.split(":function:", 1)[1].split(":", 1)[0]
+    return function_name
+
+
+def load_settings() -> LambdaSettings:
+    try:
+        return LambdaSettings()
+    except ValidationError as exc:
+        raise ActionFailed(f"invalid CONVEYOR_LAMBDA_* settings: {exc}") from None
+
+
+class LambdaConfig(ProviderConfig):
+    FunctionName: str = Field(min_length=1, max_length=140)
+    UserParameters: str | None = None
+
+    @field_validator("FunctionName")
+    @classmethod
+    def _no_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+@dataclass
+class Invocation:
+    """Everything one function run needs, for an action and a rule alike."""
+
+    function_name: str
+    user_parameters: str | None
+    inputs: dict[str, ArtifactObject]
+    outputs: dict[str, ArtifactObject]
+    s3: S3Access
+    api_endpoint: str | None
+    deadline: float | None
+    cancelled: threading.Event
+    workdir: Path
+    # CodePipeline's pipelineContext (pipelineName, stage, action, pipelineExecutionId...).
+    pipeline_context: dict[str, Any]
+    action_type: dict[str, str] | None = None
+
+
+@dataclass
+class FunctionResult:
+    succeeded: bool
+    calls: int
+    summary: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    external_execution_id: str | None = None
+    output_variables: dict[str, str] = field(default_factory=dict)
+
+
+class LambdaInvoke(Provider):
+    action_type = ActionTypeId(
+        category=Category.INVOKE, owner="AWS", provider="Lambda", version="1"
+    )
+    Config = LambdaConfig
+    max_inputs = 5
+    max_outputs = 5
+    uses_artifact_locations = True
+
+    def run(self, job: Job) -> Result:
+        config: LambdaConfig = job.configuration
+        if job.jobs is None:
+            raise ActionFailed("this worker has no job API channel to run Lambda functions with")
+        invocation = Invocation(
+            function_name=config.FunctionName,
+            user_parameters=config.UserParameters,
+            inputs=job.input_locations,
+            outputs=job.output_locations,
+            s3=job.s3,
+            api_endpoint=job.api_endpoint,
+            deadline=job.deadline,
+            cancelled=job.cancelled,
+            workdir=job.workdir,
+            pipeline_context=pipeline_context(
+                job.pipeline_name,
+                job.execution_id,
+                job.stage_name,
+                job.action_name,
+                region=job.s3.region,
+                action_execution_id=job.action_execution_id,
+            ),
+            action_type=self.action_type.model_dump(mode="json"),
+        )
+        log_path = job.workdir / f"{LOG_NAME}.log"
+        with log_path.open("a", encoding="utf-8") as log:
+            outcome = run_function(invocation, job.jobs, log)
+        return Result(
+            succeeded=outcome.succeeded,
+            summary=outcome.summary,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message,
+            external_execution_id=outcome.external_execution_id,
+            output_variables=outcome.output_variables,
+            attachments={LOG_NAME: log_path},
+        )
+
+
+def pipeline_context(
+    pipeline: str,
+    execution_id: str,
+    stage: str,
+    action: str,
+    *,
+    region: str,
+    action_execution_id: str | None = None,
+) -> dict[str, Any]:
+    """CodePipeline's ``pipelineContext`` of a job (a rule's name stands in its action's)."""
+    action_context = {"name": action}
+    if action_execution_id:
+        action_context["actionExecutionId"] = action_execution_id
+    return {
+        "pipelineName": pipeline,
+        "stage": {"name": stage},
+        "action": action_context,
+        "pipelineArn": f"arn:aws:codepipeline:{region}:{ACCOUNT_ID}:{pipeline}",
+        "pipelineExecutionId": execution_id,
+    }
+
+
+def run_function(
+    inv: Invocation, jobs: JobChannel, log: TextIO, settings: LambdaSettings | None = None
+) -> FunctionResult:
+    """Call the function until it answers without a continuation token, or fails.
+
+    Each call gets a job of its own (a new id; ``continuationToken`` set from the second on).
+    A function that raises fails with the exception; one that never answers fails just
+    before the deadline, saying so. Raises ActionFailed for a function not configured.
+    """
+    settings = settings or load_settings()
+    handler = settings.handler_for(inv.function_name)
+    if not inv.api_endpoint:
+        # Without it the handler's boto3 would send its job results to AWS itself.
+        raise ActionFailed("no API endpoint for handlers to report to: set CONVEYOR_API_URL")
+    give_up = _give_up_at(inv.deadline)
+    token: str | None = None
+    calls = 0
+    while True:
+        calls += 1
+        data = job_data(inv, token)
+        job_id = jobs.create(data)
+        outcome, crash = _call(inv, handler, settings, job_id, data, jobs, log, give_up)
+        if outcome is None:
+            jobs.close(job_id)
+            return _unanswered(inv, calls, crash)
+        if not outcome.succeeded:
+            return FunctionResult(
+                succeeded=False,
+                calls=calls,
+                error_code=outcome.failure_type or "JobFailed",
+                error_message=outcome.message or f"function {inv.function_name} failed",
+                external_execution_id=outcome.external_execution_id,
+            )
+        if outcome.continuation_token:
+            token = outcome.continuation_token
+            progress = (
+                f" ({outcome.percent_complete}% complete)" if outcome.percent_complete else ""
+            )
+            _line(
+                log, f"Continuing after call {calls}: {outcome.summary or 'no summary'}{progress}"
+            )
+            continue
+        return FunctionResult(
+            succeeded=True,
+            calls=calls,
+            summary=outcome.summary,
+            external_execution_id=outcome.external_execution_id,
+            output_variables=outcome.output_variables,
+        )
+
+
+def _unanswered(inv: Invocation, calls: int, crash: dict[str, Any] | None) -> FunctionResult:
+    name = inv.function_name
+    if crash is not None:
+        return FunctionResult(
+            succeeded=False,
+            calls=calls,
+            error_code="FunctionError",
+            error_message=(
+                f"function {name} raised {crash.get('errorType')}: {crash.get('errorMessage')}"
+            ),
+        )
+    if inv.cancelled.is_set():
+        return FunctionResult(
+            succeeded=False,
+            calls=calls,
+            error_code="Stopped",
+            error_message=f"function {name} was stopped",
+        )
+    return FunctionResult(
+        succeeded=False,
+        calls=calls,
+        error_code="TimedOut",
+        error_message=(
+            f"function {name} never called PutJobSuccessResult or PutJobFailureResult "
+            f"for its job before the action's timeout (call {calls})"
+        ),
+    )
+
+
+def _give_up_at(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    margin = min(MAX_REPORT_MARGIN_SECONDS, max(0.0, deadline - time.time()) * 0.2)
+    return deadline - margin
+
+
+def job_data(inv: Invocation, continuation_token: str | None) -> dict[str, Any]:
+    """CodePipeline's ``JobData`` for one call (what GetJobDetails returns)."""
+    configuration = {"FunctionName": inv.function_name}
+    if inv.user_parameters is not None:
+        configuration["UserParameters"] = inv.user_parameters
+    data: dict[str, Any] = {
+        "actionConfiguration": {"configuration": configuration},
+        "pipelineContext": inv.pipeline_context,
+        "inputArtifacts": [_artifact(n, o) for n, o in inv.inputs.items()],
+        "outputArtifacts": [_artifact(n, o) for n, o in inv.outputs.items()],
+        # The store's own keys: there is no STS here to mint temporary ones, so the session
+        # token is empty (boto3 then signs without one).
+        "artifactCredentials": {
+            "accessKeyId": inv.s3.access_key_id,
+            "secretAccessKey": inv.s3.secret_access_key,
+            "sessionToken": "",
+        },
+    }
+    if inv.action_type is not None:
+        data["actionTypeId"] = inv.action_type
+    if continuation_token is not None:
+        data["continuationToken"] = continuation_token
+    return data
+
+
+def _artifact(name: str, obj: ArtifactObject) -> dict[str, Any]:
+    artifact: dict[str, Any] = {
+        "name": name,
+        "location": {"type": "S3", "s3Location": {"bucketName": obj.bucket, "objectKey": obj.key}},
+    }
+    if obj.revision is not None:
+        artifact["revision"] = obj.revision
+    return artifact
+
+
+# The members of JobData a Lambda's event carries (AWS's example event); GetJobDetails has
+# them all.
+_EVENT_FIELDS = (
+    "actionConfiguration",
+    "inputArtifacts",
+    "outputArtifacts",
+    "artifactCredentials",
+    "continuationToken",
+    "encryptionKey",
+)
+
+
+def event(job_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The event a CodePipeline Lambda receives for job ``job_id``."""
+    shown = {k: data[k] for k in _EVENT_FIELDS if k in data}
+    for key in ("inputArtifacts", "outputArtifacts"):
+        # AWS sends "revision": null when the artifact has none.
+        shown[key] = [{"revision": None, **a} for a in shown.get(key, [])]
+    return {"CodePipeline.job": {"id": job_id, "accountId": ACCOUNT_ID, "data": shown}}
+
+
+def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, str]:
+    """The environment of the handler's process: the worker's, without its settings and
+    identity, plus what a Lambda's boto3 needs to reach Conveyor and the artifact store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(HIDDEN_PREFIXES)}
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": inv.s3.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": inv.s3.secret_access_key,
+            "AWS_REGION": inv.s3.region,
+            "AWS_DEFAULT_REGION": inv.s3.region,
+            "AWS_ENDPOINT_URL_S3": inv.s3.endpoint_url,
+            "AWS_LAMBDA_FUNCTION_NAME": _bare_name(inv.function_name),
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if inv.api_endpoint:
+        env["AWS_ENDPOINT_URL_CODEPIPELINE"] = inv.api_endpoint
+    if settings.path:
+        env["PYTHONPATH"] = settings.path
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
+def _call(
+    inv: Invocation,
+    handler: str,
+    settings: LambdaSettings,
+    job_id: str,
+    data: dict[str, Any],
+    jobs: JobChannel,
+    log: TextIO,
+    give_up: float | None,
+) -> tuple[JobOutcome | None, dict[str, Any] | None]:
+    """One call: (the job's outcome or None, the handler's error if it raised)."""
+    request_id = str(uuid.uuid4())
+    report = inv.workdir / f".lambda-report-{request_id}.json"
+    invocation = {
+        "handler": handler,
+        "event": event(job_id, data),
+        "function_name": _bare_name(inv.function_name),
+        "request_id": request_id,
+        "deadline": give_up,
+        "region": inv.s3.region,
+        "account_id": ACCOUNT_ID,
+    }
+    _line(log, f"START RequestId: {request_id} Version: $LATEST")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, str(RUNTIME), str(report)],
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=inv.workdir,
+        env=handler_environment(inv, settings),
+        start_new_session=True,
+    )
+    crash: dict[str, Any] | None = None
+    outcome: JobOutcome | None = None
+    exited = False
+    try:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(invocation).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the process died at start; its exit is read below
+        while True:
+            until = time.time() + POLL_SECONDS
+            if give_up is not None:
+                until = min(until, give_up)
+            outcome = jobs.wait(job_id, until, inv.cancelled)
+            if outcome is not None or inv.cancelled.is_set():
+                break
+            if give_up is not None and time.time() >= give_up:
+                break
+            if not exited and proc.poll() is not None:
+                exited = True
+                crash = _crash(report, proc.returncode)
+                if crash is not None:
+                    # Answered, then raised: the answer was recorded before the raise.
+                    outcome = jobs.wait(job_id, time.time(), inv.cancelled)
+                    break
+                # Returned without answering: keep waiting, as CodePipeline does; whatever
+                # the function handed its job id to may still answer before the timeout.
+        if outcome is not None and proc.poll() is None:
+            grace = EXIT_GRACE_SECONDS
+            if give_up is not None:
+                grace = max(0.0, min(grace, give_up - time.time()))
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _line(log, f"The function did not return within {grace:.0f}s of answering")
+    finally:
+        _kill_group(proc)
+        report.unlink(missing_ok=True)
+    elapsed = (time.monotonic() - started) * 1000
+    _line(log, f"END RequestId: {request_id}")
+    _line(log, f"REPORT RequestId: {request_id} Duration: {elapsed:.2f} ms")
+    return outcome, crash
+
+
+def _crash(report: Path, returncode: int) -> dict[str, Any] | None:
+    """The handler's error, if its process says it raised (or died without saying)."""
+    try:
+        text = report.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    if text:
+        try:
+            found: dict[str, Any] = json.loads(text)
+        except json.JSONDecodeError:
+            found = {}
+        if "errorType" in found:
+            return found
+        if found.get("returned") and returncode == 0:
+            return None
+    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
+    return {"errorType": "Runtime.ExitError", "errorMessage": f"the function's process {how}"}
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """End the handler and everything it started (it leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _line(log: TextIO, text: str) -> None:
+    log.write(f"{text}\n")
+    log.flush()

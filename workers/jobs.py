@@ -1,0 +1,84 @@
+"""The worker's side of the job API: :class:`providers.base.JobChannel` over the Redis job
+store, so a provider can hand a job to a handler and wait for its answer without knowing
+where jobs live."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from typing import Any
+
+from engine.errors import InvalidJobStateError, JobNotFoundError, ServiceUnavailableError
+from engine.store.jobs import JobStatus, JobStore, StoredJob
+from providers.base import JobOutcome
+
+# Longest single block on Redis, so cancellation is noticed within this long.
+WAIT_SLICE_SECONDS = 1.0
+# An open job outlives its action's deadline by this much (then expires with no sweep).
+OPEN_GRACE_SECONDS = 3600.0
+# An open job of an action without a deadline lives this long.
+DEFAULT_OPEN_SECONDS = 24 * 3600.0
+
+
+class RedisJobChannel:
+    """Jobs of one attempt (``owner`` says which), kept until ``deadline`` plus a grace."""
+
+    def __init__(self, store: JobStore, owner: dict[str, Any], deadline: float | None) -> None:
+        self.store, self.owner, self.deadline = store, owner, deadline
+
+    def create(self, data: dict[str, Any]) -> str:
+        job_id = str(uuid.uuid4())
+        ttl = (
+            self.deadline - time.time() + OPEN_GRACE_SECONDS
+            if self.deadline is not None
+            else DEFAULT_OPEN_SECONDS
+        )
+        self.store.create(job_id, data, self.owner, ttl)
+        return job_id
+
+    def wait(
+        self, job_id: str, deadline: float | None, cancelled: threading.Event
+    ) -> JobOutcome | None:
+        while True:
+            remaining = WAIT_SLICE_SECONDS if deadline is None else deadline - time.time()
+            try:
+                job = self.store.wait(job_id, min(WAIT_SLICE_SECONDS, max(remaining, 0.0)))
+            except ServiceUnavailableError:
+                # Redis restarting: the answer is kept there, so look again shortly.
+                job = None
+                cancelled.wait(min(WAIT_SLICE_SECONDS, max(remaining, 0.0)))
+            if job is not None and job.status is not JobStatus.IN_PROGRESS:
+                return outcome(job)
+            if cancelled.is_set() or (deadline is not None and time.time() >= deadline):
+                return None
+
+    def close(self, job_id: str) -> None:
+        # Answered meanwhile, expired, or unreachable: then there is nothing left to refuse.
+        with contextlib.suppress(InvalidJobStateError, JobNotFoundError, ServiceUnavailableError):
+            self.store.finish(job_id, JobStatus.TIMED_OUT, {})
+
+
+def outcome(job: StoredJob) -> JobOutcome:
+    """A finished job's result request as the provider's :class:`JobOutcome`."""
+    result = job.result or {}
+    if job.status is JobStatus.SUCCEEDED:
+        details = result.get("executionDetails") or {}
+        return JobOutcome(
+            succeeded=True,
+            continuation_token=result.get("continuationToken"),
+            summary=details.get("summary"),
+            external_execution_id=details.get("externalExecutionId"),
+            percent_complete=details.get("percentComplete"),
+            output_variables=dict(result.get("outputVariables") or {}),
+        )
+    if job.status is JobStatus.FAILED:
+        failure = result.get("failureDetails") or {}
+        return JobOutcome(
+            succeeded=False,
+            failure_type=failure.get("type"),
+            message=failure.get("message"),
+            external_execution_id=failure.get("externalExecutionId"),
+        )
+    return JobOutcome(succeeded=False, message=f"job {job.job_id} {job.status.value}")

@@ -1,0 +1,67 @@
+"""Artifacts by location, for providers whose own code reads and writes the artifact store
+(``Provider.uses_artifact_locations``: a Lambda function), and the job channel a worker
+hands every provider.
+
+Inputs are the objects earlier actions recorded; each output gets the key the worker would
+have uploaded it to (deterministic per attempt, as for every other provider), and after the
+provider succeeds, the object there is what is recorded, so it must exist by then.
+"""
+
+from __future__ import annotations
+
+from engine.definition import ActionDeclaration
+from engine.execution import ActionState, ExecutionState
+from providers.base import ActionFailed, ArtifactObject
+from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key, s3_url
+from workers.jobs import RedisJobChannel
+from workers.runtime import Runtime
+
+
+def input_locations(act: ActionState) -> dict[str, ArtifactObject]:
+    return {loc.name: ArtifactObject(loc.bucket, loc.key) for loc in act.input_artifacts}
+
+
+def output_locations(
+    state: ExecutionState, act: ActionState, decl: ActionDeclaration, attempt: int
+) -> dict[str, ArtifactObject]:
+    assert act.action_execution_id is not None
+    return {
+        a.name: ArtifactObject(
+            state.artifact_bucket,
+            artifact_key(state.pipeline_name, a.name, act.action_execution_id, attempt),
+        )
+        for a in decl.output_artifacts
+    }
+
+
+def written_output(store: ArtifactStore, name: str, obj: ArtifactObject) -> ArtifactRef:
+    """The output artifact the provider's code wrote, or a failure naming where it should be."""
+    ref = store.stat(obj.bucket, obj.key)
+    if ref is None:
+        raise ActionFailed(
+            f"output artifact {name} was not written: the function must upload it to "
+            f"{s3_url(obj.bucket, obj.key)} (its outputArtifacts location) before it "
+            "reports success"
+        )
+    return ref
+
+
+def job_channel(
+    rt: Runtime,
+    state: ExecutionState,
+    stage: str,
+    name: str,
+    attempt: int,
+    kind: str,
+    deadline: float | None,
+) -> RedisJobChannel:
+    """Jobs of this attempt of an action or rule ``name``, kept until its deadline."""
+    owner = {
+        "pipeline": state.pipeline_name,
+        "executionId": state.execution_id,
+        "stage": stage,
+        "name": name,
+        "attempt": attempt,
+        "kind": kind,
+    }
+    return RedisJobChannel(rt.store.jobs, owner, deadline)
