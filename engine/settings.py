@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     max_artifact_files: int = 100_000
     workdir: str | None = None
 
+    # Builds: the local Parameter Store / Secrets Manager stand-in (a JSON or YAML file with
+    # ``parameters`` and ``secrets``), and where buildspec ``cache.paths`` are kept between
+    # runs on a worker (default: build-cache under the worker's scratch directory), each
+    # project's cache at most this big (a bigger one is not saved).
+    secrets_file: str | None = None
+    build_cache_dir: str | None = None
+    build_cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url

@@ -39,6 +39,7 @@ class Category(StrEnum):
     DEPLOY = "Deploy"
     APPROVAL = "Approval"
     INVOKE = "Invoke"
+    COMPUTE = "Compute"
 
 
 class ActionTypeId(BaseModel):
@@ -101,6 +102,21 @@ class Job:
     # Conveyor's own API (CodePipeline-compatible), for providers and the handlers they run
     # that report back or start pipelines through it; the worker fills it from its settings.
     api_endpoint: str | None = None
+    # input artifact name -> revision id of the source action that produced it (a commit id,
+    # an S3 version id); absent when not produced by a source action or not known.
+    input_revisions: dict[str, str] = field(default_factory=dict)
+    # The local Parameter Store / Secrets Manager stand-in (CONVEYOR_SECRETS_FILE), if any.
+    secrets_file: str | None = None
+    # Where builds keep ``cache.paths`` between runs on this worker (None: no cache).
+    cache_root: Path | None = None
+    cache_max_bytes: int = 2 * 1024**3
+    # From the action declaration, for compute (Commands) actions: its ``commands``, its
+    # ``outputVariables``, its ``environmentVariables`` ({name, value, type}) and each output
+    # artifact's ``files``.
+    commands: list[str] = field(default_factory=list)
+    output_variable_names: list[str] = field(default_factory=list)
+    environment_variables: list[dict[str, str]] = field(default_factory=list)
+    output_files: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def primary_input(self) -> Path | None:
@@ -140,6 +156,9 @@ class Provider(ABC):
     # How long an action may run when its declaration sets no ``timeoutInMinutes``: the
     # default AWS documents for the action type ("all other actions: 1 hour").
     default_timeout_minutes: ClassVar[int] = 60
+    # Compute actions (Commands) take the declaration's ``commands``, ``outputVariables``,
+    # ``environmentVariables`` and output ``files``; no other action may carry them.
+    takes_commands: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, job: Job) -> Result:
