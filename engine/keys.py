@@ -14,11 +14,12 @@ COMMANDS_RULE_QUEUE = "conveyor.rule.commands"
 POOLS: dict[str, tuple[str, ...]] = {
     "engine": ("engine",),
     "source": ("source",),
-    "build": ("build",),
+    # Compute (Commands) actions run the build runner, so build workers take them.
+    "build": ("build", "compute"),
     "test": ("test",),
     "deploy": ("deploy",),
     "invoke": ("invoke",),
-    "all": ("engine", "source", "build", "test", "deploy", "invoke"),
+    "all": ("engine", "source", "build", "test", "deploy", "invoke", "compute"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from providers.base import Provider
 from providers.codebuild import CodeBuild, CodeBuildTest
+from providers.commands_action import CommandsAction
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
 from providers.s3_deploy import S3Deploy
@@ -13,6 +14,7 @@ BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     S3Source,
     CodeBuild,
     CodeBuildTest,
+    CommandsAction,
     S3Deploy,
     ManualApproval,
 )
