@@ -108,10 +108,14 @@ class BuildCache:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        link = self.dir / f"tmp-link-{uuid.uuid4().hex}"
-        link.symlink_to(name)
-        link.replace(self.dir / CURRENT)
-        self._prune(keep=name)
+        # Writers take turns for the swap and the pruning (the copying above runs in
+        # parallel): a writer pruning while another swaps could remove the newer entry
+        # just before it becomes current.
+        with _project_lock(self.dir):
+            link = self.dir / f"tmp-link-{uuid.uuid4().hex}"
+            link.symlink_to(name)
+            link.replace(self.dir / CURRENT)
+            self._prune(keep=name)
 
     def _prune(self, keep: str) -> None:
         """Remove entries no build reads any more (a reader's shared lock keeps one)."""
@@ -123,6 +127,16 @@ class BuildCache:
                     shutil.rmtree(entry, ignore_errors=True)
                     with contextlib.suppress(OSError):
                         entry.with_name(entry.name + ".lock").unlink()
+
+
+@contextlib.contextmanager
+def _project_lock(directory: Path) -> Iterator[None]:
+    fd = os.open(directory / ".lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

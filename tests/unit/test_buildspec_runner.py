@@ -352,8 +352,13 @@ def test_concurrent_saves_and_restores_never_see_a_partial_cache(tmp_path: Path)
     for t in threads:
         t.join()
     assert errors == []
+    # An entry a reader held during the last prune outlives it; the next save removes it.
+    BuildCache(root, "shared", 10**9, lambda _: None).save(tmp_path / "w0", ["deps/**/*"])
     entries = [p for p in project_dir(root, "shared").glob("entry-*") if p.is_dir()]
     assert len(entries) == 1  # every superseded entry was removed once no one read it
+    current = project_dir(root, "shared") / "current"
+    assert current.resolve() == entries[0].resolve()
+    assert len(list((current / "deps").iterdir())) == 20
     assert not list(project_dir(root, "shared").glob("tmp-*"))
 
 
