@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.definition import validate
+from engine.definition import normalize, validate
 from engine.errors import DefinitionError
 from providers import default_registry
 from providers.base import ActionFailed, Job, S3Access
@@ -248,3 +248,60 @@ def test_compute_fields_only_on_commands_actions() -> None:
         f"{base}.outputVariables": "only Commands actions take outputVariables",
         f"{base}.outputArtifacts[0].files": "only Commands actions take files",
     }
+
+
+def test_cloudformation_properties_load_the_compute_fields() -> None:
+    props = {
+        "Name": "p",
+        "PipelineType": "V2",
+        "RoleArn": "arn:aws:iam::000000000000:role/r",
+        "ArtifactStore": {"Type": "S3", "Location": "b"},
+        "Stages": [
+            {
+                "Name": "Source",
+                "Actions": [
+                    {
+                        "Name": "Src",
+                        "ActionTypeId": {
+                            "Category": "Source",
+                            "Owner": "AWS",
+                            "Provider": "S3",
+                            "Version": "1",
+                        },
+                        "Configuration": {"S3Bucket": "b", "S3ObjectKey": "k"},
+                        "OutputArtifacts": [{"Name": "SourceOutput"}],
+                    }
+                ],
+            },
+            {
+                "Name": "Run",
+                "Actions": [
+                    {
+                        "Name": "Cmd",
+                        "ActionTypeId": {
+                            "Category": "Compute",
+                            "Owner": "AWS",
+                            "Provider": "Commands",
+                            "Version": "1",
+                        },
+                        "InputArtifacts": [{"Name": "SourceOutput"}],
+                        "OutputArtifacts": [{"Name": "Out", "Files": ["dist/**/*"]}],
+                        "Commands": ["make"],
+                        "OutputVariables": ["TAG"],
+                        "EnvironmentVariables": [
+                            {"Name": "T", "Value": "s:k", "Type": "SECRETS_MANAGER"}
+                        ],
+                    }
+                ],
+            },
+        ],
+    }
+    raw = normalize(
+        {"Resources": {"P": {"Type": "AWS::CodePipeline::Pipeline", "Properties": props}}}
+    )
+    cmd = validate(raw, default_registry(entry_points=False)).stages[1].actions[0]
+    assert cmd.commands == ["make"]
+    assert cmd.output_variables == ["TAG"]
+    assert cmd.output_artifacts[0].files == ["dist/**/*"]
+    assert cmd.environment_variables is not None
+    assert cmd.environment_variables[0].type == "SECRETS_MANAGER"
