@@ -62,6 +62,8 @@ class CommandsAction(Provider):
     max_inputs = 10
     min_outputs = 0
     max_outputs = 1
+    # AWS: "The timeout for builds with the Commands action is 55 minutes".
+    default_timeout_minutes = 55
 
     def run(self, job: Job) -> Result:
         if not job.commands:
