@@ -117,7 +117,7 @@ def parse_environment_variables(text: str) -> list[EnvVar]:
     return env
 
 
-class EnvironmentError_(Exception):
+class UnresolvedVariable(Exception):
     """A variable could not be resolved; the message names it and what it refers to."""
 
 
@@ -125,7 +125,7 @@ def resolve_environment(
     spec: Buildspec, action_env: list[EnvVar], source: SecretsSource, masker: Masker
 ) -> dict[str, str]:
     """The buildspec's env, then the action's EnvironmentVariables over it, secrets resolved
-    (and handed to ``masker``). Raises EnvironmentError_ naming the first that is missing."""
+    (and handed to ``masker``). Raises UnresolvedVariable naming the first that is missing."""
     env = dict(spec.variables)
 
     def fetch(where: str, kind: EnvType, name: str) -> str:
@@ -134,7 +134,7 @@ def resolve_environment(
         try:
             value = source.parameter(name) if kind == "PARAMETER_STORE" else source.secret(name)
         except SecretNotFound as exc:
-            raise EnvironmentError_(f"{where}: {exc}") from None
+            raise UnresolvedVariable(f"{where}: {exc}") from None
         masker.add(value)
         return value
 
@@ -297,10 +297,16 @@ class BuildRunner:
         are not handed to build commands. None (and the build failed) when a parameter or
         secret cannot be resolved.
         """
+        needs_source = (
+            spec.parameter_store
+            or spec.secrets_manager
+            or any(v.type != "PLAINTEXT" for v in self.action_env)
+        )
         try:
-            source = SecretsSource.load(self.job.secrets_file)
+            # Read only when asked for: a broken secrets file fails the builds that use it.
+            source = SecretsSource.load(self.job.secrets_file if needs_source else None)
             resolved = resolve_environment(spec, self.action_env, source, self.masker)
-        except (SecretNotFound, EnvironmentError_) as exc:
+        except (SecretNotFound, UnresolvedVariable) as exc:
             self._setup_failed(str(exc), log)
             return None
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}

@@ -429,3 +429,23 @@ def test_source_version_falls_back_to_the_execution_id(tmp_path: Path) -> None:
     result, _ = run(job)
     assert result.succeeded
     assert (job.outputs["BuildOutput"] / "v").read_text().strip() == "exec-1"
+
+
+def test_a_broken_secrets_file_fails_only_builds_that_use_it(tmp_path: Path) -> None:
+    broken = tmp_path / "secrets.yaml"
+    broken.write_text("parameters: [\n")
+    plain = make_job(
+        tmp_path / "plain", "version: 0.2\nphases:\n  build:\n    commands: [true]\n", outputs=()
+    )
+    plain.secrets_file = str(broken)
+    assert run(plain)[0].succeeded
+    uses = make_job(
+        tmp_path / "uses",
+        "version: 0.2\nenv:\n  parameter-store:\n    P: /p\n"
+        "phases:\n  build:\n    commands: [true]\n",
+        outputs=(),
+    )
+    uses.secrets_file = str(broken)
+    result, _ = run(uses)
+    assert not result.succeeded
+    assert f"CONVEYOR_SECRETS_FILE {broken} is not valid JSON or YAML" in (result.summary or "")
