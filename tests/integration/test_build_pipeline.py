@@ -199,3 +199,66 @@ def test_build_commands_and_test_actions_on_real_workers(
     assert out.exit_code == 0, out.output
     assert "tests: 1 passed, 1 failed (report group unit)" in out.output
     assert "Commands succeeded" in out.output
+
+
+CACHED = """\
+version: 0.2
+phases:
+  install:
+    commands:
+      - if [ -f deps/lib.txt ]; then echo hit > state.txt; else echo miss > state.txt; fi
+      - mkdir -p deps && echo lib > deps/lib.txt
+artifacts:
+  files: [state.txt]
+cache:
+  paths: ['deps/**/*']
+"""
+
+
+def test_cache_paths_survive_between_executions_on_a_worker(
+    spawn: Any, settings_env: dict[str, str], tmp_path: Path
+) -> None:
+    stack = start_stack(
+        spawn, settings_env, worker_env={"CONVEYOR_BUILD_CACHE_DIR": str(tmp_path / "cache")}
+    )
+    name, src = unique("cache"), unique("src")
+    s3 = stack.s3()
+    put_source(s3, src, {"buildspec.yml": CACHED})
+    build = action(
+        "Build",
+        "Build",
+        "CodeBuild",
+        config={"ProjectName": f"cached-{name}"},
+        ins=("SourceOutput",),
+        outs=("BuildOutput",),
+    )
+    fetch = action(
+        "Fetch",
+        "Source",
+        "S3",
+        config={"S3Bucket": src, "S3ObjectKey": "app.zip", "PollForSourceChanges": "false"},
+        outs=("SourceOutput",),
+    )
+    cp = stack.codepipeline()
+    cp.create_pipeline(
+        pipeline={
+            "name": name,
+            "roleArn": ROLE_ARN,
+            "artifactStore": {"type": "S3", "location": unique("artifacts")},
+            "stages": [
+                {"name": "Source", "actions": [fetch]},
+                {"name": "Build", "actions": [build]},
+            ],
+        }
+    )
+    states = []
+    for _ in range(2):
+        eid = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
+        assert wait_status(cp, name, eid, {"Succeeded", "Failed"}, timeout=90) == "Succeeded"
+        rows = cp.list_action_executions(pipelineName=name, filter={"pipelineExecutionId": eid})[
+            "actionExecutionDetails"
+        ]
+        [out] = next(d for d in rows if d["actionName"] == "Build")["output"]["outputArtifacts"]
+        states.append(_zip_files(s3, out["s3location"])["state.txt"].strip())
+    assert states == ["miss", "hit"]
+    assert any((tmp_path / "cache").iterdir())
