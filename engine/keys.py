@@ -16,11 +16,12 @@ LAMBDA_RULE_QUEUE = "conveyor.rule.lambdainvoke"
 POOLS: dict[str, tuple[str, ...]] = {
     "engine": ("engine",),
     "source": ("source",),
-    "build": ("build",),
+    # Compute (Commands) actions run the build runner, so build workers take them.
+    "build": ("build", "compute"),
     "test": ("test",),
     "deploy": ("deploy",),
     "invoke": ("invoke",),
-    "all": ("engine", "source", "build", "test", "deploy", "invoke"),
+    "all": ("engine", "source", "build", "test", "deploy", "invoke", "compute"),
 }
 
 

@@ -452,7 +452,7 @@ def _check_rule(rule: RuleDeclaration, rp: str) -> list[Problem]:
     except PydanticValidationError as exc:
         problems.extend(_config_problems(exc, f"{rp}.configuration"))
     if spec.takes_commands:
-        problems.extend(_check_commands(rule.commands, f"{rp}.commands"))
+        problems.extend(check_commands(rule.commands, f"{rp}.commands"))
     elif rule.commands is not None:
         problems.append(Problem(f"{rp}.commands", "only Commands rules take commands"))
     n = len(rule.input_artifacts)
@@ -480,9 +480,12 @@ def _check_rule(rule: RuleDeclaration, rp: str) -> list[Problem]:
     return problems
 
 
-def _check_commands(commands: list[str] | None, cp: str) -> list[Problem]:
+def check_commands(
+    commands: list[str] | None, cp: str, what: str = "a Commands rule"
+) -> list[Problem]:
+    """CodePipeline's limits on a ``commands`` list (rules and Commands actions alike)."""
     if not commands:
-        return [Problem(cp, f"a Commands rule needs 1 to {MAX_COMMANDS} commands")]
+        return [Problem(cp, f"{what} needs 1 to {MAX_COMMANDS} commands")]
     problems: list[Problem] = []
     if len(commands) > MAX_COMMANDS:
         problems.append(Problem(cp, f"at most {MAX_COMMANDS} commands, got {len(commands)}"))

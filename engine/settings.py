@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     webhook_delivery_ttl_seconds: int = Field(default=3 * 24 * 3600, ge=1)
     # GitLab signed webhooks: how far webhook-timestamp may be from now.
     webhook_signature_tolerance_seconds: float = Field(default=300.0, gt=0)
+    # Builds: the local Parameter Store / Secrets Manager stand-in (a JSON or YAML file with
+    # ``parameters`` and ``secrets``), and where buildspec ``cache.paths`` are kept between
+    # runs on a worker (default: build-cache under the worker's scratch directory), each
+    # project's cache at most this big (a bigger one is not saved).
+    secrets_file: str | None = None
+    build_cache_dir: str | None = None
+    build_cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
 
     @property
     def broker(self) -> str:

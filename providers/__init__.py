@@ -5,6 +5,7 @@ from __future__ import annotations
 from providers.base import Provider
 from providers.codebuild import CodeBuild, CodeBuildTest
 from providers.codepipeline_invoke import PipelineInvoke
+from providers.commands_action import CommandsAction
 from providers.ecr_source import EcrSource
 from providers.jenkins import JenkinsBuild, JenkinsTest
 from providers.lambda_invoke import LambdaInvoke
@@ -18,6 +19,7 @@ BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     EcrSource,
     CodeBuild,
     CodeBuildTest,
+    CommandsAction,
     S3Deploy,
     ManualApproval,
     JenkinsBuild,

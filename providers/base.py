@@ -40,6 +40,7 @@ class Category(StrEnum):
     DEPLOY = "Deploy"
     APPROVAL = "Approval"
     INVOKE = "Invoke"
+    COMPUTE = "Compute"
 
 
 class ActionTypeId(BaseModel):
@@ -158,6 +159,21 @@ class Job:
     # runs (Lambda-style handlers); the worker fills it in for those providers.
     jobs: JobChannel | None = None
     action_execution_id: str | None = None
+    # input artifact name -> revision id of the source action that produced it (a commit id,
+    # an S3 version id); absent when not produced by a source action or not known.
+    input_revisions: dict[str, str] = field(default_factory=dict)
+    # The local Parameter Store / Secrets Manager stand-in (CONVEYOR_SECRETS_FILE), if any.
+    secrets_file: str | None = None
+    # Where builds keep ``cache.paths`` between runs on this worker (None: no cache).
+    cache_root: Path | None = None
+    cache_max_bytes: int = 2 * 1024**3
+    # From the action declaration, for compute (Commands) actions: its ``commands``, its
+    # ``outputVariables``, its ``environmentVariables`` ({name, value, type}) and each output
+    # artifact's ``files``.
+    commands: list[str] = field(default_factory=list)
+    output_variable_names: list[str] = field(default_factory=list)
+    environment_variables: list[dict[str, str]] = field(default_factory=list)
+    output_files: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def primary_input(self) -> Path | None:
@@ -201,6 +217,9 @@ class Provider(ABC):
     # does on AWS): the worker passes ``Job.input_locations``/``output_locations`` instead of
     # downloading and zipping, and after success checks that every output object exists.
     uses_artifact_locations: ClassVar[bool] = False
+    # Compute actions (Commands) take the declaration's ``commands``, ``outputVariables``,
+    # ``environmentVariables`` and output ``files``; no other action may carry them.
+    takes_commands: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, job: Job) -> Result:

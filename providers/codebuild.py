@@ -6,6 +6,11 @@ install or pre_build skips the rest; a failing build still runs post_build (with
 ``CODEBUILD_BUILD_SUCCEEDING=0``) and the build still fails; ``finally`` always runs. The
 log is written in CodeBuild's ``[Container]`` style so people can read it the way they
 read CodeBuild logs.
+
+Parameter Store and Secrets Manager values come from the local secrets source
+(:mod:`providers.secrets`) and are masked in the log. Test reports are parsed into the
+action's summary; as on CodeBuild, failed test cases fail nothing by themselves (a test
+action fails when a command fails). ``cache.paths`` are kept per project on the worker.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from pydantic import field_validator
 
@@ -31,6 +36,7 @@ from providers.base import (
     Result,
 )
 from providers.bash_session import BashSession, BuildLog
+from providers.build_cache import BuildCache
 from providers.buildspec import (
     ArtifactPathError,
     ArtifactSpec,
@@ -41,10 +47,21 @@ from providers.buildspec import (
     find_buildspec,
     parse_buildspec,
 )
+from providers.reports import GroupTotals, collect_reports, summary_text, write_json
 from providers.s3_source import bool_string
+from providers.secrets import Masker, SecretNotFound, SecretsSource
 from providers.ziputil import UnsafeArchiveError, check_tree
 
 LOG_NAME = "build-log"
+REPORTS_NAME = "test-reports"
+EnvType = Literal["PLAINTEXT", "PARAMETER_STORE", "SECRETS_MANAGER"]
+ENV_TYPES: tuple[EnvType, ...] = ("PLAINTEXT", "PARAMETER_STORE", "SECRETS_MANAGER")
+
+
+class EnvVar(NamedTuple):
+    name: str
+    value: str
+    type: EnvType = "PLAINTEXT"
 
 
 class CodeBuildConfig(ProviderConfig):
@@ -66,15 +83,14 @@ class CodeBuildConfig(ProviderConfig):
             parse_environment_variables(value)
         return value
 
-    def environment(self) -> dict[str, str]:
+    def environment(self) -> list[EnvVar]:
         return parse_environment_variables(self.EnvironmentVariables or "[]")
 
 
-def parse_environment_variables(text: str) -> dict[str, str]:
-    """CodePipeline's ``[{"name": .., "value": .., "type": "PLAINTEXT"}]`` as a dict.
+def parse_environment_variables(text: str) -> list[EnvVar]:
+    """CodePipeline's ``[{"name": .., "value": .., "type": "PLAINTEXT"}]``, checked.
 
-    Only PLAINTEXT is supported: passing a Parameter Store name through as if it were the
-    value would run the build with the wrong secret rather than fail.
+    PARAMETER_STORE and SECRETS_MANAGER values are names, resolved when the build starts.
     """
     try:
         items = json.loads(text)
@@ -82,16 +98,52 @@ def parse_environment_variables(text: str) -> dict[str, str]:
         raise ValueError(f"EnvironmentVariables is not valid JSON: {exc}") from exc
     if not isinstance(items, list):
         raise ValueError("EnvironmentVariables must be a JSON list of {name, value, type}")
-    env: dict[str, str] = {}
+    env: list[EnvVar] = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
             raise ValueError(f"EnvironmentVariables[{i}] needs a string 'name'")
         kind = item.get("type", "PLAINTEXT")
-        if kind != "PLAINTEXT":
+        if kind not in ENV_TYPES:
             raise ValueError(
-                f"EnvironmentVariables[{i}] type {kind!r} is not supported (PLAINTEXT only)"
+                f"EnvironmentVariables[{i}] ({item['name']}): type {kind!r} is not one of "
+                f"{', '.join(ENV_TYPES)}"
             )
-        env[item["name"]] = str(item.get("value", ""))
+        value = item.get("value", "")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(
+                f"EnvironmentVariables[{i}] ({item['name']}): 'value' must be a string"
+            )
+        env.append(EnvVar(item["name"], str(value), kind))
+    return env
+
+
+class UnresolvedVariable(Exception):
+    """A variable could not be resolved; the message names it and what it refers to."""
+
+
+def resolve_environment(
+    spec: Buildspec, action_env: list[EnvVar], source: SecretsSource, masker: Masker
+) -> dict[str, str]:
+    """The buildspec's env, then the action's EnvironmentVariables over it, secrets resolved
+    (and handed to ``masker``). Raises UnresolvedVariable naming the first that is missing."""
+    env = dict(spec.variables)
+
+    def fetch(where: str, kind: EnvType, name: str) -> str:
+        if kind == "PLAINTEXT":
+            return name
+        try:
+            value = source.parameter(name) if kind == "PARAMETER_STORE" else source.secret(name)
+        except SecretNotFound as exc:
+            raise UnresolvedVariable(f"{where}: {exc}") from None
+        masker.add(value)
+        return value
+
+    for var, name in spec.parameter_store.items():
+        env[var] = fetch(f"env.parameter-store.{var}", "PARAMETER_STORE", name)
+    for var, ref in spec.secrets_manager.items():
+        env[var] = fetch(f"env.secrets-manager.{var}", "SECRETS_MANAGER", ref)
+    for i, item in enumerate(action_env):
+        env[item.name] = fetch(f"EnvironmentVariables[{i}] {item.name}", item.type, item.value)
     return env
 
 
@@ -113,43 +165,59 @@ class BuildState:
             self.failed_phase, self.reason = phase, reason
 
 
-class _CodeBuildRunner:
-    """One build: prepare sources, run phases, collect artifacts."""
+class BuildRunner:
+    """One build: prepare sources, run phases, collect artifacts, reports and cache.
 
-    def __init__(self, job: Job, config: CodeBuildConfig) -> None:
+    The CodeBuild provider reads the buildspec from the primary source; the Commands
+    action (:mod:`providers.commands_action`) hands over one it made from its declaration.
+    """
+
+    label = "Build"
+    shell_prefix = ""  # "set -o posix" for env.shell sh
+
+    def __init__(
+        self, job: Job, project: str, primary: str | None, action_env: list[EnvVar]
+    ) -> None:
         self.job = job
-        self.config = config
-        self.build_id = f"{config.ProjectName}:{uuid.uuid4()}"
+        self.project = project
+        self.primary = primary
+        self.action_env = action_env
+        self.build_id = f"{project}:{uuid.uuid4()}"
         self.root = job.workdir / "codebuild"
         self.state = BuildState()
+        self.masker = Masker()
+        self.reports: list[GroupTotals] = []
 
     def run(self) -> Result:
         if self.root.exists():  # a retried attempt reusing its workdir starts clean
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         log_path = self.job.workdir / "build.log"
-        log = BuildLog(log_path, self.job.log)
+        mirror = self.masker.stream(self.job.log)
+        log = BuildLog(log_path, mirror)
         session: BashSession | None = None
         exported: dict[str, str] = {}
+        attachments: dict[str, Path] = {}
         try:
-            log.line(
-                f"Running build {self.build_id} for CodeBuild project {self.config.ProjectName}"
-            )
+            log.line(f"Running build {self.build_id} for CodeBuild project {self.project}")
             src, secondaries = self._prepare_sources(log)
             spec = self._load_buildspec(src, log)
-            if spec is not None:
+            env = self._environment(src, secondaries, spec, log) if spec is not None else None
+            if spec is not None and env is not None:
                 session = BashSession(
-                    src,
-                    self.root / "state",
-                    self._environment(src, secondaries, spec),
-                    log,
-                    self.job.cancelled,
-                    self.job.deadline,
+                    src, self.root / "state", env, log, self.job.cancelled, self.job.deadline
                 )
+                cache = self._cache(log)
+                if cache is not None and spec.cache_paths:
+                    cache.restore(src)
                 self._run_phases(spec, session, log)
                 if self.state.succeeding:
                     self._upload_artifacts(spec, src, log)
-                exported = session.read_variables(spec.exported_variables)
+                if spec.reports and not self.state.stopped:
+                    attachments.update(self._collect_reports(spec, src, log))
+                if cache is not None and spec.cache_paths and self.state.succeeding:
+                    cache.save(src, spec.cache_paths)
+                exported = self._exported(session, spec, log)
         except Exception as exc:
             # Keep the log's last line truthful when setup itself fails (bad PrimarySource).
             self.state.fail("DOWNLOAD_SOURCE", getattr(exc, "message", None) or repr(exc))
@@ -157,16 +225,20 @@ class _CodeBuildRunner:
         finally:
             if session is not None:
                 session.close()
-            log.line(f"Build {self.build_id} finished: {self._summary()}")
+            log.line(f"{self.label} {self.build_id} finished: {self._summary()}")
             log.close()
+            mirror.close()
+            self.masker.mask_file(log_path)
+        attachments[LOG_NAME] = log_path  # last: the worker stores the last one as the log
+        summary = self._summary()
         return Result(
             succeeded=self.state.succeeding,
-            summary=self._summary(),
+            summary=summary,
             error_code=None if self.state.succeeding else self._error_code(),
-            error_message=None if self.state.succeeding else self._summary(),
+            error_message=None if self.state.succeeding else summary,
             external_execution_id=self.build_id,
             output_variables=exported,
-            attachments={LOG_NAME: log_path},
+            attachments=attachments,
         )
 
     # -- preparation ---------------------------------------------------------------
@@ -175,12 +247,13 @@ class _CodeBuildRunner:
         """Copy inputs so the build can write freely without touching the worker's copy."""
         inputs = self.job.inputs
         if not inputs:
-            raise ActionFailed("CodeBuild needs at least one input artifact")
-        primary = self.config.PrimarySource or next(iter(inputs))
+            raise ActionFailed(f"{self.label} needs at least one input artifact")
+        primary = self.primary or next(iter(inputs))
         if primary not in inputs:
             raise ActionFailed(
                 f"PrimarySource {primary!r} is not one of the input artifacts {list(inputs)}"
             )
+        self.primary = primary
         log.line("Entering phase DOWNLOAD_SOURCE")
         src = self.root / "src"
         shutil.copytree(inputs[primary], src, symlinks=True)
@@ -197,29 +270,50 @@ class _CodeBuildRunner:
             path = find_buildspec(src)
             spec = parse_buildspec(path.read_text())
         except (BuildspecError, UnicodeDecodeError) as exc:
-            log.line(f"Phase complete: DOWNLOAD_SOURCE State: FAILED ({exc})")
-            self.state.fail("DOWNLOAD_SOURCE", str(exc))
-            self.state.aborted_at = "DOWNLOAD_SOURCE"
+            self._setup_failed(str(exc), log)
             return None
         log.line(f"Using buildspec {path.name}")
-        if self.config.BatchEnabled == "true":
+        if getattr(self.job.configuration, "BatchEnabled", None) == "true":
             log.line("BatchEnabled is set: the local runner runs one build, not a batch")
         return spec
 
+    def _setup_failed(self, reason: str, log: BuildLog) -> None:
+        log.line(f"Phase complete: DOWNLOAD_SOURCE State: FAILED ({reason})")
+        self.state.fail("DOWNLOAD_SOURCE", reason)
+        self.state.aborted_at = "DOWNLOAD_SOURCE"
+
+    def source_version(self) -> str:
+        """The primary input's revision (a commit id, an S3 version id), else the execution."""
+        primary = self.primary or ""
+        return self.job.input_revisions.get(primary) or self.job.execution_id
+
     def _environment(
-        self, src: Path, secondaries: dict[str, Path], spec: Buildspec
-    ) -> dict[str, str]:
+        self, src: Path, secondaries: dict[str, Path], spec: Buildspec, log: BuildLog
+    ) -> dict[str, str] | None:
         """Worker env < buildspec env < action EnvironmentVariables < CODEBUILD_*.
 
         The same precedence as CodeBuild, where CodePipeline's variables arrive as a
         start-build override. The worker's own CONVEYOR_* settings (S3 keys among them)
-        are not handed to build commands.
+        are not handed to build commands. None (and the build failed) when a parameter or
+        secret cannot be resolved.
         """
+        needs_source = (
+            spec.parameter_store
+            or spec.secrets_manager
+            or any(v.type != "PLAINTEXT" for v in self.action_env)
+        )
+        try:
+            # Read only when asked for: a broken secrets file fails the builds that use it.
+            source = SecretsSource.load(self.job.secrets_file if needs_source else None)
+            resolved = resolve_environment(spec, self.action_env, source, self.masker)
+        except (SecretNotFound, UnresolvedVariable) as exc:
+            self._setup_failed(str(exc), log)
+            return None
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        env.update(spec.variables)
-        env.update(self.config.environment())
+        env.update(resolved)
         job = self.job
         arn = f"arn:aws:codebuild:{job.s3.region}:000000000000:build/{self.build_id}"
+        version = self.source_version()
         env.update(
             {
                 "CODEBUILD_CI": "true",
@@ -227,8 +321,8 @@ class _CodeBuildRunner:
                 "CODEBUILD_BUILD_ARN": arn,
                 "CODEBUILD_BUILD_NUMBER": str(job.attempt),
                 "CODEBUILD_INITIATOR": f"codepipeline/{job.pipeline_name}",
-                "CODEBUILD_SOURCE_VERSION": job.execution_id,
-                "CODEBUILD_RESOLVED_SOURCE_VERSION": job.execution_id,
+                "CODEBUILD_SOURCE_VERSION": version,
+                "CODEBUILD_RESOLVED_SOURCE_VERSION": version,
                 "CODEBUILD_SRC_DIR": str(src),
                 "CODEBUILD_START_TIME": str(int(time.time() * 1000)),
                 "CODEBUILD_BUILD_IMAGE": "local",
@@ -238,7 +332,15 @@ class _CodeBuildRunner:
         )
         for name, path in secondaries.items():
             env[f"CODEBUILD_SRC_DIR_{name}"] = str(path)
+            if name in job.input_revisions:
+                env[f"CODEBUILD_SOURCE_VERSION_{name}"] = job.input_revisions[name]
+        self.shell_prefix = "set -o posix\n" if spec.shell == "sh" else ""
         return env
+
+    def _cache(self, log: BuildLog) -> BuildCache | None:
+        if self.job.cache_root is None:
+            return None
+        return BuildCache(self.job.cache_root, self.project, self.job.cache_max_bytes, log.line)
 
     # -- phases --------------------------------------------------------------------
 
@@ -280,7 +382,7 @@ class _CodeBuildRunner:
         for command in commands:
             log.line(f"Running command {command}")
             outcome = session.run(
-                command,
+                self.shell_prefix + command,
                 {"CODEBUILD_BUILD_SUCCEEDING": "1" if self.state.succeeding else "0"},
             )
             if outcome.stopped:
@@ -293,6 +395,14 @@ class _CodeBuildRunner:
                 )
                 return f"command `{command}` exited {outcome.exit_code}"
         return None
+
+    def _exported(self, session: BashSession, spec: Buildspec, log: BuildLog) -> dict[str, str]:
+        """``exported-variables`` as the shell left them; never one holding a secret."""
+        values = session.read_variables(spec.exported_variables)
+        for name in [n for n, v in values.items() if self.masker.holds_secret(v)]:
+            log.line(f"Not exporting {name}: its value holds a secret")
+            del values[name]
+        return values
 
     # -- artifacts -----------------------------------------------------------------
 
@@ -339,14 +449,34 @@ class _CodeBuildRunner:
             return
         log.line("Phase complete: UPLOAD_ARTIFACTS State: SUCCEEDED")
 
+    # -- reports -------------------------------------------------------------------
+
+    def _collect_reports(self, spec: Buildspec, src: Path, log: BuildLog) -> dict[str, Path]:
+        self.reports = collect_reports(spec.reports, src)
+        for group in self.reports:
+            log.line(
+                f"Report group {group.name} ({group.file_format}): {group.files} files, "
+                f"{group.describe()}, {group.duration_seconds:.3f}s"
+            )
+            for problem in group.problems:
+                log.line(f"Report group {group.name}: {problem}")
+        path = self.job.workdir / "test-reports.json"
+        write_json(self.reports, path)
+        return {REPORTS_NAME: path}
+
     # -- results -------------------------------------------------------------------
 
     def _summary(self) -> str:
         if self.state.succeeding:
-            return "Build succeeded"
-        if self.state.stopped:
-            return f"Build {self.state.stopped} in phase {self.state.failed_phase}"
-        return f"Build failed in phase {self.state.failed_phase}: {self.state.reason}"
+            text = f"{self.label} succeeded"
+        elif self.state.stopped:
+            text = f"{self.label} {self.state.stopped} in phase {self.state.failed_phase}"
+        else:
+            text = f"{self.label} failed in phase {self.state.failed_phase}: {self.state.reason}"
+        tests = summary_text(self.reports)
+        if tests:
+            text = f"{text}; {tests}"
+        return self.masker.mask(text)
 
     def _error_code(self) -> str:
         return "ConfigurationError" if self.state.failed_phase == "DOWNLOAD_SOURCE" else "JobFailed"
@@ -362,7 +492,10 @@ class _CodeBuildBase(Provider):
     default_timeout_minutes = 8 * 60
 
     def run(self, job: Job) -> Result:
-        return _CodeBuildRunner(job, job.configuration).run()
+        config: CodeBuildConfig = job.configuration
+        return BuildRunner(
+            job, config.ProjectName, config.PrimarySource, config.environment()
+        ).run()
 
 
 class CodeBuild(_CodeBuildBase):

@@ -95,6 +95,16 @@ def _files(directory: Path) -> list[Path]:
     return found
 
 
+def _check_key(key: str, what: str) -> None:
+    """A newline in an object key is legal in S3 but almost always a mistake (a variable
+    that captured command output), and breaks every listing and log that shows keys."""
+    if "\n" in key or "\r" in key:
+        raise ActionFailed(
+            f"{what} {key!r} contains a line break; S3 object keys deployed by Deploy/S3 may "
+            "not (nothing was uploaded)"
+        )
+
+
 def _check_limits(files: list[Path], job: Job) -> None:
     """The worker extracted the input within the limits; a deploy never publishes more."""
     if len(files) > job.max_artifact_files:
@@ -128,6 +138,7 @@ class S3Deploy(Provider):
 
         if config.Extract == "false":
             key = config.ObjectKey or ""  # validated: present when not extracting
+            _check_key(key, "ObjectKey")
             archive = self._package(job, source)
             self._put(
                 client, job, archive, bucket, key, {**base_args, "ContentType": "application/zip"}
@@ -135,8 +146,11 @@ class S3Deploy(Provider):
             return Result(summary=f"Deployed s3://{bucket}/{key}")
 
         prefix = (config.ObjectKey or "").strip("/")
+        _check_key(prefix, "ObjectKey")
         files = _files(source)
         _check_limits(files, job)
+        for path in files:  # every key checked before the first byte is written
+            _check_key(path.relative_to(source).as_posix(), "file name in the input artifact")
         # The worker runs this again after a transient failure: files an earlier try of
         # this attempt uploaded (same input, same keys) are not uploaded twice.
         journal = job.workdir / "s3-deploy-uploaded.txt"

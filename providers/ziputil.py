@@ -201,6 +201,26 @@ def safe_member_path(root: Path, name: str) -> Path:
     return target
 
 
+def _check_layout(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse a name that is both a file and a directory (``a`` and ``a/b``): extracting it
+    would fail half-way, or let the later entry silently replace the earlier one."""
+    files: dict[tuple[str, ...], str] = {}
+    dirs: set[tuple[str, ...]] = set()
+    for info in infos:
+        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+        dirs.update(parts[:i] for i in range(1, len(parts)))
+        if info.is_dir():
+            dirs.add(parts)
+        else:
+            files[parts] = info.filename
+    clash = sorted(set(files) & dirs)
+    if clash:
+        name = "/".join(clash[0])
+        raise UnsafeArchiveError(
+            f"{name!r} is both a file and a directory in the archive; nothing was extracted"
+        )
+
+
 def _check_headers(infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int) -> None:
     if len(infos) > max_files:
         raise _over_files(f"archive has {len(infos)} entries", max_files)
@@ -249,6 +269,7 @@ def extract_zip(
             infos = zf.infolist()
             _check_headers(infos, max_bytes, max_files)
             targets = [(info, safe_member_path(root, info.filename)) for info in infos]
+            _check_layout(infos)
             total = 0
             for info, target in targets:
                 if info.is_dir():

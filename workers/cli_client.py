@@ -238,6 +238,30 @@ def executions_get(name: str, execution_id: str) -> None:
     click.echo(_dumps(_client().get_execution(name, execution_id)))
 
 
+@executions.command("actions")
+@click.argument("name")
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def executions_actions(name: str, execution_id: str, as_json: bool) -> None:
+    """The action executions of one execution, with each result's summary (a build's test
+    totals among them), as ListActionExecutions returns them."""
+    rows = _client().list_action_executions(name, execution_id)
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    table = _table("stage", "action", "status", "summary", "updated", keep=2)
+    for d in sorted(rows, key=lambda r: _when(r.get("startTime"))):
+        result = (d.get("output") or {}).get("executionResult") or {}
+        table.add_row(
+            d.get("stageName", ""),
+            d.get("actionName", ""),
+            _status(d.get("status")),
+            result.get("externalExecutionSummary") or "",
+            _when(d.get("lastUpdateTime")),
+        )
+    _console().print(table)
+
+
 @executions.command("list")
 @click.argument("name")
 @click.option("--max", "max_results", type=int, default=20, show_default=True)

@@ -19,7 +19,7 @@ from typing import TextIO, TypeVar
 from engine.errors import ConveyorError, ProviderError
 from engine.execution import ActionResult, ArtifactLocation, ExecutionState
 from engine.messages import WorkKind
-from providers.base import ActionFailed, Job, Provider, Result, S3Access
+from providers.base import ActionFailed, Category, Job, Provider, Result, S3Access
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
 from workers.located import input_locations, job_channel, output_locations, written_output
@@ -123,6 +123,16 @@ def execute(
                         else None
                     ),
                     action_execution_id=act.action_execution_id,
+                    input_revisions=_input_revisions(state, list(inputs)),
+                    secrets_file=s.secrets_file,
+                    cache_root=Path(s.build_cache_dir or rt.scratch.root / "build-cache"),
+                    cache_max_bytes=s.build_cache_max_bytes,
+                    commands=list(decl.commands or []),
+                    output_variable_names=list(decl.output_variables or []),
+                    environment_variables=[
+                        e.model_dump() for e in decl.environment_variables or []
+                    ],
+                    output_files={a.name: list(a.files) for a in decl.output_artifacts if a.files},
                 )
                 res = steps.run("running the provider", partial(_run_provider, provider_cls(), job))
                 attachments = dict(res.attachments)
@@ -351,3 +361,25 @@ def _pinned_revision(state: ExecutionState, action: str) -> str | None:
         if rev.get("actionName") == action and rev.get("revisionType") in _PINNABLE:
             return str(rev.get("revisionId"))
     return None
+
+
+def _input_revisions(state: ExecutionState, artifacts: list[str]) -> dict[str, str]:
+    """Input artifact -> the revision its source action recorded on this execution (a commit
+    id, an S3 version id); artifacts not made by a source action are left out."""
+    producer: dict[str, str] = {}
+    for stage in state.decl.stages:
+        for action in stage.actions:
+            if action.action_type_id.category is not Category.SOURCE:
+                continue  # only sources record revisions (by action name, unique among them)
+            for out in action.output_artifacts:
+                producer.setdefault(out.name, action.name)
+    revisions = {
+        str(rev.get("actionName")): str(rev["revisionId"])
+        for rev in state.source_revisions
+        if rev.get("revisionId")
+    }
+    return {
+        name: revisions[producer[name]]
+        for name in artifacts
+        if name in producer and producer[name] in revisions
+    }

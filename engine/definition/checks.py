@@ -5,6 +5,7 @@ Validation happens once, here, and reports every problem with its path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,8 +140,8 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
     ns_by: dict[str, tuple[int, int]] = {}  # namespace -> (stage index, runOrder)
     for si, stage in enumerate(decl.stages):
         for action in stage.actions:
-            for art in action.output_artifacts:
-                made_by.setdefault(art.name, (si, action.run_order))
+            for made in action.output_artifacts:
+                made_by.setdefault(made.name, (si, action.run_order))
             if action.namespace is not None:
                 ns_by.setdefault(action.namespace, (si, action.run_order))
 
@@ -209,13 +210,13 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
                         f"artifact '{art.name}' is not an output of an earlier action "
                         f"(it is produced by {where})",
                     )
-            for oi, art in enumerate(action.output_artifacts):
+            for oi, out in enumerate(action.output_artifacts):
                 op = f"{ap}.outputArtifacts[{oi}].name"
-                if not ARTIFACT_RE.match(art.name):
+                if not ARTIFACT_RE.match(out.name):
                     add(op, "must be 1-100 characters of a-zA-Z0-9_-")
-                if art.name in outputs_seen:
-                    add(op, f"output artifact name '{art.name}' is already used")
-                outputs_seen.add(art.name)
+                if out.name in outputs_seen:
+                    add(op, f"output artifact name '{out.name}' is already used")
+                outputs_seen.add(out.name)
             for key, value in action.configuration.items():
                 for ref_ns, ref_var in references(value):
                     msg = _reference_problem(
@@ -228,6 +229,7 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
                     if msg:
                         add(f"{ap}.configuration.{key}", msg)
             problems.extend(_check_provider(action, ap, registry))
+            problems.extend(_check_compute(action, ap, registry, decl.pipeline_type))
     problems.extend(_check_triggers(decl))
     return problems
 
@@ -351,6 +353,88 @@ def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> l
                 f"{action.action_type_id} takes {outs} output artifacts, got {n_out}",
             )
         )
+    return problems
+
+
+# CodePipeline's limits on a compute action's declaration (ActionDeclaration, OutputArtifact).
+MAX_OUTPUT_VARIABLES = 15
+MAX_OUTPUT_VARIABLE_LENGTH = 128
+MAX_OUTPUT_FILES = 10
+MAX_OUTPUT_FILE_LENGTH = 128
+MAX_ENVIRONMENT_VARIABLES = 10
+MAX_ENVIRONMENT_VALUE_LENGTH = 2000
+ENV_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,128}$")
+
+
+def _check_compute(
+    action: ActionDeclaration, ap: str, registry: Registry, pipeline_type: str
+) -> list[Problem]:
+    """``commands``, ``outputVariables``, ``environmentVariables`` and output ``files``
+    belong to compute actions (Commands) only, within CodePipeline's limits."""
+    provider = registry.get(action.action_type_id)
+    compute = provider is not None and provider.takes_commands
+    problems: list[Problem] = []
+    given = {
+        "commands": action.commands is not None,
+        "outputVariables": action.output_variables is not None,
+        "environmentVariables": action.environment_variables is not None,
+    }
+    given.update(
+        {
+            f"outputArtifacts[{i}].files": o.files is not None
+            for i, o in enumerate(action.output_artifacts)
+        }
+    )
+    if not compute:
+        for key, present in given.items():
+            if present:
+                problems.append(
+                    Problem(f"{ap}.{key}", f"only Commands actions take {key.split('.')[-1]}")
+                )
+        return problems
+    what = f"a {action.action_type_id.provider} action"
+    if pipeline_type != "V2":
+        problems.append(Problem(f"{ap}.actionTypeId", f"{what} needs pipelineType V2"))
+    problems.extend(rules.check_commands(action.commands, f"{ap}.commands", what))
+    names = action.output_variables
+    if names is not None:
+        vp = f"{ap}.outputVariables"
+        if not 1 <= len(names) <= MAX_OUTPUT_VARIABLES:
+            problems.append(Problem(vp, f"1 to {MAX_OUTPUT_VARIABLES} names, got {len(names)}"))
+        for i, name in enumerate(names):
+            if not name.isidentifier() or len(name) > MAX_OUTPUT_VARIABLE_LENGTH:
+                problems.append(
+                    Problem(
+                        f"{vp}[{i}]",
+                        f"{name!r} is not a shell variable name of at most "
+                        f"{MAX_OUTPUT_VARIABLE_LENGTH} characters",
+                    )
+                )
+    for oi, out in enumerate(action.output_artifacts):
+        if out.files is None:
+            continue
+        fp = f"{ap}.outputArtifacts[{oi}].files"
+        if not 1 <= len(out.files) <= MAX_OUTPUT_FILES:
+            problems.append(Problem(fp, f"1 to {MAX_OUTPUT_FILES} paths, got {len(out.files)}"))
+        for i, path in enumerate(out.files):
+            if not 1 <= len(path) <= MAX_OUTPUT_FILE_LENGTH:
+                problems.append(Problem(f"{fp}[{i}]", f"1 to {MAX_OUTPUT_FILE_LENGTH} characters"))
+    env = action.environment_variables
+    if env is not None:
+        ep = f"{ap}.environmentVariables"
+        if not 1 <= len(env) <= MAX_ENVIRONMENT_VARIABLES:
+            problems.append(
+                Problem(ep, f"1 to {MAX_ENVIRONMENT_VARIABLES} variables, got {len(env)}")
+            )
+        for i, var in enumerate(env):
+            if not ENV_NAME_RE.match(var.name):
+                problems.append(
+                    Problem(f"{ep}[{i}].name", "must be 1-128 characters of A-Za-z0-9_")
+                )
+            if not 1 <= len(var.value) <= MAX_ENVIRONMENT_VALUE_LENGTH:
+                problems.append(
+                    Problem(f"{ep}[{i}].value", f"1 to {MAX_ENVIRONMENT_VALUE_LENGTH} characters")
+                )
     return problems
 
 

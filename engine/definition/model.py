@@ -31,8 +31,6 @@ NOT_YET_SUPPORTED = frozenset(
     {
         "artifactStores",
         "blockers",
-        "commands",
-        "outputVariables",
         "disableInboundStageTransitions",
     }
 )
@@ -50,13 +48,35 @@ class ArtifactRefDecl(_Model):
     name: str
 
 
+class OutputArtifactDecl(_Model):
+    name: str
+    # Which files a compute (Commands) action puts in the artifact; None: not given.
+    files: list[str] | None = None
+
+
+class EnvironmentVariableDecl(_Model):
+    """An action's ``environmentVariables`` item (Commands actions)."""
+
+    name: str
+    value: str
+    type: Literal["PLAINTEXT", "SECRETS_MANAGER"] = "PLAINTEXT"
+
+
 class ActionDeclaration(_Model):
     name: str
     action_type_id: ActionTypeId = Field(alias="actionTypeId")
     run_order: int = Field(default=1, alias="runOrder")
     configuration: dict[str, str] = Field(default_factory=dict)
     input_artifacts: list[ArtifactRefDecl] = Field(default_factory=list, alias="inputArtifacts")
-    output_artifacts: list[ArtifactRefDecl] = Field(default_factory=list, alias="outputArtifacts")
+    output_artifacts: list[OutputArtifactDecl] = Field(
+        default_factory=list, alias="outputArtifacts"
+    )
+    # Compute (Commands) actions only; None (not []) so to_aws() omits what was not given.
+    commands: list[str] | None = None
+    output_variables: list[str] | None = Field(default=None, alias="outputVariables")
+    environment_variables: list[EnvironmentVariableDecl] | None = Field(
+        default=None, alias="environmentVariables"
+    )
     role_arn: str | None = Field(default=None, alias="roleArn")
     region: str | None = None
     namespace: str | None = None

@@ -273,3 +273,25 @@ def test_manual_approval_is_declared_not_run(tmp_path: Path, access: S3Access) -
     job = make_job(tmp_path, access, ManualApproval, {"CustomData": "Please review"})
     with pytest.raises(ActionFailed, match="engine"):
         ManualApproval().run(job)
+
+
+@pytest.mark.parametrize(
+    ("config", "culprit"),
+    [
+        ({"Extract": "false", "ObjectKey": "releases/site\n.zip"}, "ObjectKey"),
+        ({"Extract": "true", "ObjectKey": "web\r\nv1"}, "ObjectKey"),
+        ({"Extract": "true"}, "file name in the input artifact"),
+    ],
+)
+def test_deploy_key_with_a_line_break_fails_before_anything_is_written(
+    tmp_path: Path, access: S3Access, s3: Any, bucket: str, config: dict[str, str], culprit: str
+) -> None:
+    root = site(tmp_path)
+    if culprit.startswith("file"):
+        (root / "zz-bad\nname.html").write_text("x")  # sorted last: the others come first
+    job = make_job(
+        tmp_path, access, S3Deploy, {"BucketName": bucket, **config}, inputs={"BuildOutput": root}
+    )
+    with pytest.raises(ActionFailed, match=f"{culprit} .* contains a line break"):
+        S3Deploy().run(job)
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0

@@ -412,10 +412,26 @@ def test_unknown_primary_source(tmp_path: Path) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValidationError, match="ProjectName"):
         CodeBuildConfig.model_validate({})
-    with pytest.raises(ValidationError, match="PLAINTEXT only"):
+    with pytest.raises(ValidationError, match=r"EnvironmentVariables\[0\] \(A\): type 'VAULT'"):
         CodeBuildConfig.model_validate(
-            {"ProjectName": "p", "EnvironmentVariables": '[{"name":"A","type":"SECRETS_MANAGER"}]'}
+            {"ProjectName": "p", "EnvironmentVariables": '[{"name":"A","type":"VAULT"}]'}
         )
+    with pytest.raises(ValidationError, match=r"EnvironmentVariables\[1\] needs a string 'name'"):
+        CodeBuildConfig.model_validate(
+            {"ProjectName": "p", "EnvironmentVariables": '[{"name":"A"}, {"value":"x"}]'}
+        )
+    config = CodeBuildConfig.model_validate(
+        {
+            "ProjectName": "p",
+            "EnvironmentVariables": '[{"name":"A","value":"/p","type":"PARAMETER_STORE"},'
+            '{"name":"B","value":"s:k","type":"SECRETS_MANAGER"},{"name":"C","value":"c"}]',
+        }
+    )
+    assert [tuple(v) for v in config.environment()] == [
+        ("A", "/p", "PARAMETER_STORE"),
+        ("B", "s:k", "SECRETS_MANAGER"),
+        ("C", "c", "PLAINTEXT"),
+    ]
     with pytest.raises(ValidationError, match="JSON"):
         CodeBuildConfig.model_validate({"ProjectName": "p", "EnvironmentVariables": "[{"})
     with pytest.raises(ValidationError):

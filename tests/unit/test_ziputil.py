@@ -150,3 +150,24 @@ def test_sha256_file(tmp_path: Path) -> None:
     f = tmp_path / "f"
     f.write_bytes(b"abc")
     assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize(
+    ("entries", "clash"),
+    [
+        ([("a", b"file"), ("a/b.txt", b"inside")], "a"),  # file first, then a child
+        ([("x/y/z.txt", b"deep"), ("x/y", b"file")], "x/y"),  # child first, then the file
+        ([("d/", b""), ("d", b"file")], "d"),  # an explicit directory entry
+    ],
+)
+def test_file_and_directory_of_one_name_fails_with_nothing_extracted(
+    tmp_path: Path, entries: list[tuple[str, bytes]], clash: str
+) -> None:
+    archive = tmp_path / "clash.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    out = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError, match=f"'{clash}' is both a file and a directory"):
+        extract_zip(archive, out)
+    assert list(out.iterdir()) == []
