@@ -9,6 +9,9 @@ from providers.commands_action import CommandsAction
 from providers.ecr_source import EcrSource
 from providers.jenkins import JenkinsBuild, JenkinsTest
 from providers.lambda_invoke import LambdaInvoke
+from providers.codecommit import CodeCommitSource
+from providers.codestar_connection import CodeStarSourceConnection
+from providers.github_source import GitHubSource
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
 from providers.s3_deploy import S3Deploy
@@ -26,6 +29,9 @@ BUILTIN_PROVIDERS: tuple[type[Provider], ...] = (
     JenkinsTest,
     PipelineInvoke,
     LambdaInvoke,
+    CodeCommitSource,
+    CodeStarSourceConnection,
+    GitHubSource,
 )
 
 

@@ -352,11 +352,12 @@ def _with_retries(summary: str | None, retried: int) -> str:
 
 
 # Revision types a source action can fetch exactly (an S3 object's ETag cannot be).
-_PINNABLE = ("S3_OBJECT_VERSION_ID", "IMAGE_DIGEST")
+_PINNABLE = ("S3_OBJECT_VERSION_ID", "IMAGE_DIGEST", "COMMIT_ID")
 
 
 def _pinned_revision(state: ExecutionState, action: str) -> str | None:
-    """The object version (or image digest) a poll trigger detected for this source action."""
+    """The revision a trigger (a poll, a webhook, a sourceRevisions override) pinned this
+    source action to: an object version, an image digest or a git commit."""
     for rev in state.source_revisions:
         if rev.get("actionName") == action and rev.get("revisionType") in _PINNABLE:
             return str(rev.get("revisionId"))
