@@ -13,6 +13,7 @@ import threading
 import time
 
 from engine.settings import Settings
+from workers.git_poller import GitBranchPoller
 from workers.image_triggers import EcrImagePoller
 from workers.runtime import Runtime
 from workers.sweep import sweep
@@ -30,7 +31,11 @@ class Beat:
         self.sources = SourcePoller(
             rt.store.r,
             rt.service,
-            [S3ObjectPoller.from_settings(settings), EcrImagePoller.from_env()],
+            [
+                S3ObjectPoller.from_settings(settings),
+                EcrImagePoller.from_env(),
+                GitBranchPoller(),
+            ],
             interval=poll_interval,
             budget=interval,
         )
