@@ -272,8 +272,14 @@ _PATTERNS: tuple[tuple[Failure, tuple[str, ...]], ...] = (
 )
 
 
+# Smart HTTP's 404: "fatal: repository 'https://host/x/' not found".
+_HTTP_NOT_FOUND = re.compile(r"repository '[^']*' not found")
+
+
 def classify(stderr: str) -> Failure:
     low = stderr.lower()
+    if _HTTP_NOT_FOUND.search(low) and "authentication" not in low:
+        return Failure.REPOSITORY
     for kind, needles in _PATTERNS:
         if any(n in low for n in needles):
             return kind
