@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
+from botocore.exceptions import ClientError
 
 from engine import keys
 from tests.conftest import Spawn
@@ -52,6 +53,7 @@ def served(tmp_path: Path) -> Path:
 def repo(served: Path) -> Repo:
     repo = make_repo(served, "app.git", {"buildspec.yml": BUILDSPEC, "README": "one\n"})
     repo.commit({"README": "two\n"}, "second commit")
+    repo.commit({"README": "three\n"}, "third commit")
     return repo
 
 
@@ -163,7 +165,7 @@ def test_a_git_sourced_pipeline_end_to_end(
     assert ex["status"] == "Succeeded", ex
     (rev,) = ex["artifactRevisions"]
     assert rev["revisionId"] == head
-    assert rev["revisionSummary"] == "second commit"
+    assert rev["revisionSummary"] == "third commit"
     runs = cp.list_action_executions(
         pipelineName=name, filter={"pipelineExecutionId": ex["pipelineExecutionId"]}
     )["actionExecutionDetails"]
@@ -171,12 +173,23 @@ def test_a_git_sourced_pipeline_end_to_end(
     assert fetch["output"]["outputVariables"]["CommitId"] == head
     assert fetch["output"]["outputVariables"]["RepositoryName"] == "app"
 
+    # StartPipelineExecution's sourceRevisions override pins the source to a commit.
+    second = repo.commits[1]
+    pin = [{"actionName": "Fetch", "revisionType": "COMMIT_ID", "revisionValue": second}]
+    eid = cp.start_pipeline_execution(name=name, sourceRevisions=pin)["pipelineExecutionId"]
+    ex = wait_for(lambda: finished(cp, name, eid), 120, 0.5, "the pinned run did not finish")
+    assert ex["status"] == "Succeeded", ex  # the build checked HEAD is the pinned commit
+    assert ex["artifactRevisions"][0]["revisionId"] == second
+    assert ex["artifactRevisions"][0]["revisionSummary"] == "second commit"
+    with pytest.raises(ClientError, match=r"sourceRevisions\[0\].actionName: 'Nope'"):
+        cp.start_pipeline_execution(name=name, sourceRevisions=[{**pin[0], "actionName": "Nope"}])
+
     # Polling: beat records the branch's head as its baseline, then a push starts one run.
     ledger = keys.source_revisions(name)
     wait_for(lambda: redis_client.hget(ledger, "Source/Fetch"), 30, message="no baseline")
     time.sleep(3)  # three poll rounds with no new commit
-    assert len(cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"]) == 1
-    pushed = repo.commit({"README": "three\n"}, "third commit")
+    assert len(cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"]) == 2
+    pushed = repo.commit({"README": "four\n"}, "fourth commit")
 
     def polled() -> list[dict[str, Any]]:
         rows = cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"]
