@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install redis-server docker-registry lint format test demo bench flower dev clean distclean
+.PHONY: help install redis-server docker-registry git lint format test demo bench flower dev clean distclean
 
 help:
-	@echo "make install   create $(VENV) and install Conveyor with constraints.txt (+ redis-server, docker-registry)"
+	@echo "make install   create $(VENV) and install Conveyor with constraints.txt (+ redis-server, docker-registry, git)"
 	@echo "make test      lint, type-check, then the whole test suite"
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff format + ruff check --fix"
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) redis-server docker-registry
+install: $(STAMP) redis-server docker-registry git
 
 # Tests and `conveyor dev` start their own redis-server; install it when we can.
 redis-server:
@@ -55,6 +55,20 @@ docker-registry:
 	else \
 		echo "WARNING: docker-registry not found on PATH. Install Debian's docker-registry" \
 			"package (the reference OCI distribution server) for the ECR source's tests." >&2; \
+	fi
+
+# Git sources run the git binary; their tests serve repositories with `git daemon` and
+# `git http-backend` (both ship with Debian's git package).
+git:
+	@if command -v git >/dev/null 2>&1 && [ -x "$$(git --exec-path)/git-http-backend" ]; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "git not found: installing it with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq git >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq git >/dev/null; }; \
+	else \
+		echo "WARNING: git not found on PATH. Install it (apt-get install git) for git sources." >&2; \
 	fi
 
 lint: $(STAMP)
