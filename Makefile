@@ -91,6 +91,7 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.git_source
 
 flower: install
 	$(BIN)/conveyor flower
