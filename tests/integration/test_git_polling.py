@@ -148,3 +148,40 @@ def test_an_unreachable_server_starts_nothing(
     )
     assert poll_once(redis_client, service, [dead], now=1.0) == []
     assert poll_once(redis_client, service, [dead], now=2.0) == []
+
+
+def test_connection_and_github_sources_are_polled(
+    redis_client: redis.Redis, service: Service, daemon: str, served: Path
+) -> None:
+    arn = "arn:aws:codestar-connections:us-east-1:123456789012:connection/poll"
+    org = unique("org")
+    (served / org).mkdir()
+    conn = make_repo(served / org, "conn.git", {"c": "1"})
+    hub = make_repo(served / org, "hub.git", {"h": "1"})
+    codestar = action(
+        "Conn",
+        "Source",
+        "CodeStarSourceConnection",
+        config={"ConnectionArn": arn, "FullRepositoryId": f"{org}/conn", "BranchName": "main"},
+        outs=("ConnOut",),
+    )
+    github = action(
+        "Hub",
+        "Source",
+        "GitHub",
+        config={"Owner": org, "Repo": "hub", "Branch": "main", "OAuthToken": "****"},
+        outs=("HubOut",),
+    )
+    github["actionTypeId"]["owner"] = "ThirdParty"
+    quiet = {**codestar, "name": "Quiet", "outputArtifacts": [{"name": "QuietOut"}]}
+    quiet["configuration"] = {**codestar["configuration"], "DetectChanges": "false"}
+    name = create(service, codestar, github, quiet)
+    poller = GitBranchPoller(
+        GitSettings(connections={arn: {"url": daemon}}, github_url=daemon, poll_timeout_seconds=5)
+    )
+    poll_once(redis_client, service, [poller], now=1.0)
+    conn.commit({"c": "2"}, "c2")
+    hub.commit({"h": "2"}, "h2")
+    assert len(poll_once(redis_client, service, [poller], now=2.0)) == 2
+    details = sorted(e.trigger_detail or "" for e in polled(service, name))
+    assert details == ["Conn", "Hub"]  # "Quiet" (DetectChanges false) started nothing
