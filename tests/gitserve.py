@@ -196,8 +196,7 @@ class GitHttpServer:
             h.end_headers()
             return
         path, _, query = h.path.partition("?")
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
+        body = _read_body(h)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GIT_PROJECT_ROOT": str(self.root),
@@ -231,3 +230,18 @@ class GitHttpServer:
         h.send_header("Content-Length", str(len(payload)))
         h.end_headers()
         h.wfile.write(payload)
+
+
+def _read_body(h: BaseHTTPRequestHandler) -> bytes:
+    """The request body; git sends big ones (over ``http.postBuffer``) chunked."""
+    if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        parts: list[bytes] = []
+        while True:
+            size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                h.rfile.readline()  # the blank line after the last chunk
+                return b"".join(parts)
+            parts.append(h.rfile.read(size))
+            h.rfile.readline()
+    length = int(h.headers.get("Content-Length") or 0)
+    return h.rfile.read(length) if length else b""
