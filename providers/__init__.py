@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from providers.base import Provider
 from providers.codebuild import CodeBuild, CodeBuildTest
+from providers.codecommit import CodeCommitSource
 from providers.codepipeline_invoke import PipelineInvoke
+from providers.codestar_connection import CodeStarSourceConnection
 from providers.commands_action import CommandsAction
 from providers.ecr_source import EcrSource
+from providers.github_source import GitHubSource
 from providers.jenkins import JenkinsBuild, JenkinsTest
 from providers.lambda_invoke import LambdaInvoke
-from providers.codecommit import CodeCommitSource
-from providers.codestar_connection import CodeStarSourceConnection
-from providers.github_source import GitHubSource
 from providers.manual_approval import ManualApproval
 from providers.registry import Registry
 from providers.s3_deploy import S3Deploy

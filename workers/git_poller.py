@@ -70,12 +70,7 @@ _KINDS: dict[tuple[str, str], tuple[str, _Locate]] = {
 def _webhook_actions(pipeline: PipelineDeclaration) -> set[str]:
     """Source actions a V2 ``triggers`` git configuration starts (webhooks): polling them
     too would start a second execution for the same push."""
-    names = set()
-    for trigger in pipeline.triggers:
-        git_config = trigger.get("gitConfiguration") or {}
-        if isinstance(git_config, dict) and git_config.get("sourceActionName"):
-            names.add(str(git_config["sourceActionName"]))
-    return names
+    return {t.git_configuration.source_action_name for t in pipeline.triggers}
 
 
 class GitBranchPoller(ChangeDetector):

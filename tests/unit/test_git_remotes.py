@@ -270,8 +270,5 @@ def test_commit_revisions_pin_their_source_action() -> None:
     s = state({"actionName": "Fetch", "revisionType": "COMMIT_ID", "revisionId": sha})
     assert _pinned_revision(s, "Fetch") == sha
     assert _pinned_revision(s, "Other") is None
-    # AWS's StartPipelineExecution override spells the value revisionValue.
-    s = state({"actionName": "Fetch", "revisionType": "COMMIT_ID", "revisionValue": sha})
-    assert _pinned_revision(s, "Fetch") == sha
     # A recorded revision of a finished action (no type) pins nothing.
     assert _pinned_revision(state({"actionName": "Fetch", "revisionId": sha}), "Fetch") is None
