@@ -12,6 +12,10 @@ Environment:
 - ``DEMO_INTERACTIVE=1``: wait for a person to approve or reject (with the printed command)
   instead of approving automatically.
 - ``DEMO_KEEP=1``: leave the stack running at the end until Ctrl-C.
+- ``DEMO=git``: the same pipeline with a CodeCommit-style git source
+  (``examples/git-pipeline.json``): ``examples/app`` is committed to a bare git repository
+  in the demo's working directory, which the workers reach through
+  ``CONVEYOR_GIT_BASE_URL``; the build sees the commit id and message.
 - ``DEMO_PIPELINE``: another definition file (e.g. ``examples/reference-pipeline.cfn.yaml``).
 - ``DEMO_TIMEOUT``: seconds to wait for each phase of the run (default 120).
 - ``DEMO_WORKDIR``: where the process logs go (default ``.conveyor/demo-<timestamp>``).
@@ -28,7 +32,9 @@ from __future__ import annotations
 import io
 import os
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -55,6 +61,7 @@ from workers.stack import DevStack, run_dev_stack
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "examples" / "app"
 DEFAULT_PIPELINE = REPO / "examples" / "reference-pipeline.json"
+GIT_PIPELINE = REPO / "examples" / "git-pipeline.json"
 # CodePipeline's S3 source shows this object metadata as the revision summary.
 REVISION_SUMMARY_KEY = "codepipeline-artifact-revision-summary"
 # botocore refuses a CreatePipeline without roleArn; Conveyor does not assume IAM roles, so
@@ -93,10 +100,12 @@ class Layout:
 
     name: str
     artifact_bucket: str | None
-    source_bucket: str
-    source_key: str
+    source_bucket: str | None  # an S3 source's bucket and key
+    source_key: str | None
     deploy_buckets: tuple[str, ...]  # in stage order: staging first, production last
     approval: tuple[str, str]  # (stage, action)
+    source_repository: str | None = None  # a git source's RepositoryName
+    source_branch: str = "main"
 
     @property
     def staging_bucket(self) -> str:
@@ -109,6 +118,7 @@ class Layout:
 
 def read_layout(decl: dict[str, Any]) -> Layout:
     sources: list[tuple[str, str]] = []
+    repositories: list[tuple[str, str]] = []
     deploys: list[str] = []
     approvals: list[tuple[str, str]] = []
     for stage in decl.get("stages", []):
@@ -118,24 +128,62 @@ def read_layout(decl: dict[str, Any]) -> Layout:
             match (kind.get("category"), kind.get("provider")):
                 case ("Source", "S3"):
                     sources.append((config["S3Bucket"], config["S3ObjectKey"]))
+                case ("Source", "CodeCommit"):
+                    repositories.append((config["RepositoryName"], config["BranchName"]))
                 case ("Deploy", "S3"):
                     deploys.append(config["BucketName"])
                 case ("Approval", "Manual"):
                     approvals.append((stage["name"], action["name"]))
-    if len(sources) != 1 or not deploys or not approvals:
+    if len(sources) + len(repositories) != 1 or not deploys or not approvals:
         raise DemoError(
-            "the demo needs a pipeline with one Source/S3 action, a Deploy/S3 action and a "
-            "Manual approval (like examples/reference-pipeline.json)"
+            "the demo needs a pipeline with one Source/S3 or Source/CodeCommit action, a "
+            "Deploy/S3 action and a Manual approval (like examples/reference-pipeline.json)"
         )
     store = decl.get("artifactStore") or {}
+    bucket, key = sources[0] if sources else (None, None)
+    repository, branch = repositories[0] if repositories else (None, "main")
     return Layout(
         name=decl["name"],
         artifact_bucket=store.get("location"),
-        source_bucket=sources[0][0],
-        source_key=sources[0][1],
+        source_bucket=bucket,
+        source_key=key,
         deploy_buckets=tuple(dict.fromkeys(deploys)),
         approval=approvals[0],
+        source_repository=repository,
+        source_branch=branch,
     )
+
+
+def commit_app(directory: Path, root: Path, repository: str, branch: str) -> str:
+    """``directory`` committed to a new bare repository ``root/<repository>.git`` on
+    ``branch`` (what a developer's push would leave on a git server); returns the commit."""
+    bare = root / f"{repository}.git"
+    work = root / f"{repository}-work"
+    if bare.exists() or work.exists():
+        raise DemoError(f"{bare} already exists: point DEMO_WORKDIR at a new directory")
+    ident = {
+        "GIT_AUTHOR_NAME": "Conveyor demo",
+        "GIT_AUTHOR_EMAIL": "demo@conveyor.invalid",
+        "GIT_COMMITTER_NAME": "Conveyor demo",
+        "GIT_COMMITTER_EMAIL": "demo@conveyor.invalid",
+    }
+    env = {**os.environ, **ident, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+
+    def git(*args: str, cwd: Path) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise DemoError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(directory, work)
+    git("init", "-q", "-b", branch, cwd=work)
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", f"Sample app {(directory / 'VERSION').read_text().strip()}", cwd=work)
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=root)
+    return git("rev-parse", "HEAD", cwd=work)
 
 
 # ------------------------------------------------------------------ S3 and the sample app
@@ -348,14 +396,24 @@ class Demo:
         lay = self.layout
         region = self.stack.env["CONVEYOR_S3_REGION"]
         self.step("Creating buckets")
-        create_bucket(self.s3, lay.source_bucket, region, versioned=True)
-        self.say(f"    s3://{lay.source_bucket}  (source, versioned)")
+        if lay.source_bucket is not None:
+            create_bucket(self.s3, lay.source_bucket, region, versioned=True)
+            self.say(f"    s3://{lay.source_bucket}  (source, versioned)")
         for bucket in lay.deploy_buckets:
             create_bucket(self.s3, bucket, region)
             self.say(f"    s3://{bucket}  (deploy target)")
 
     def upload_source(self) -> str:
         lay = self.layout
+        if lay.source_repository is not None:
+            self.step(
+                f"Source: {APP_DIR.relative_to(REPO)} committed to git repository "
+                f"{lay.source_repository}, branch {lay.source_branch}"
+            )
+            base = self.stack.env.get("CONVEYOR_GIT_BASE_URL")
+            self.say(f"    {base}/{lay.source_repository}.git")
+            return ""
+        assert lay.source_bucket is not None and lay.source_key is not None
         data, names = zip_app(APP_DIR)
         version_file = APP_DIR / "VERSION"
         app_version = version_file.read_text().strip() if version_file.exists() else "?"
@@ -669,7 +727,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     console = Console(highlight=False)
     started = time.monotonic()
-    definition = Path(os.environ.get("DEMO_PIPELINE") or DEFAULT_PIPELINE)
+    git_demo = os.environ.get("DEMO", "").strip().lower() == "git"
+    default = GIT_PIPELINE if git_demo else DEFAULT_PIPELINE
+    definition = Path(os.environ.get("DEMO_PIPELINE") or default)
     timeout = float(os.environ.get("DEMO_TIMEOUT") or 120)
     workdir = Path(
         os.environ.get("DEMO_WORKDIR")
@@ -682,6 +742,18 @@ def main() -> int:
         declaration.setdefault("roleArn", PLACEHOLDER_ROLE_ARN)
         layout = read_layout(declaration)
         console.print(Text("Conveyor demo: the reference pipeline, end to end", style="bold"))
+        if layout.source_repository is not None:
+            # Before the stack starts, so its workers inherit where the repository is.
+            git_root = workdir / "git"
+            commit = commit_app(APP_DIR, git_root, layout.source_repository, layout.source_branch)
+            os.environ["CONVEYOR_GIT_BASE_URL"] = str(git_root.absolute())
+            console.print(
+                f"==> Committed {APP_DIR.relative_to(REPO)} to {git_root}/"
+                f"{layout.source_repository}.git as {commit}",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
         console.print(Text("==> Starting the local stack", style="bold"))
         stack = run_dev_stack(workdir, with_flower=True)
         Demo(stack, console, layout, definition, declaration, timeout, started).run()

@@ -181,3 +181,18 @@ def test_printed_approval_command_works(
     if verb == "reject":
         assert "rejected: not yet" in demo.output
         assert "Approve / ApproveProduction: Failed" in demo.output
+
+
+def test_demo_runs_the_git_sourced_pipeline(run_demo: StartDemo) -> None:
+    """``make demo DEMO=git``: the sample app committed to a bare repository, fetched by a
+    CodeCommit-style source, built with the commit's id and message, deployed."""
+    demo = run_demo(DEMO="git")
+    code = demo.wait(TIMEOUT)
+    assert_clean_exit(demo, code)
+    out = demo.output
+    assert "conveyor-demo-app.git as " in out
+    commit = out.split("conveyor-demo-app.git as ", 1)[1].split()[0]
+    assert len(commit) == 40
+    assert "Source / Source: Succeeded - Sample app" in out
+    assert "execution: Succeeded" in out
+    assert "s3://conveyor-demo-production/" in out
