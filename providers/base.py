@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
+from providers.sandbox import SandboxPolicy
 from providers.ziputil import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES
 
 
@@ -101,6 +102,8 @@ class Job:
     # Conveyor's own API (CodePipeline-compatible), for providers and the handlers they run
     # that report back or start pipelines through it; the worker fills it from its settings.
     api_endpoint: str | None = None
+    # How build commands run (user, cgroup, log cap); the worker fills it from its settings.
+    sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
 
     @property
     def primary_input(self) -> Path | None:

@@ -11,7 +11,6 @@ read CodeBuild logs.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -42,6 +41,7 @@ from providers.buildspec import (
     parse_buildspec,
 )
 from providers.s3_source import bool_string
+from providers.sandbox import base_environment
 from providers.ziputil import UnsafeArchiveError, check_tree
 
 LOG_NAME = "build-log"
@@ -128,7 +128,7 @@ class _CodeBuildRunner:
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         log_path = self.job.workdir / "build.log"
-        log = BuildLog(log_path, self.job.log)
+        log = BuildLog(log_path, self.job.log, self.job.sandbox.log_max_bytes)
         session: BashSession | None = None
         exported: dict[str, str] = {}
         try:
@@ -145,6 +145,7 @@ class _CodeBuildRunner:
                     log,
                     self.job.cancelled,
                     self.job.deadline,
+                    self.job.sandbox,
                 )
                 self._run_phases(spec, session, log)
                 if self.state.succeeding:
@@ -209,13 +210,13 @@ class _CodeBuildRunner:
     def _environment(
         self, src: Path, secondaries: dict[str, Path], spec: Buildspec
     ) -> dict[str, str]:
-        """Worker env < buildspec env < action EnvironmentVariables < CODEBUILD_*.
+        """Allowed worker env < buildspec env < action EnvironmentVariables < CODEBUILD_*.
 
         The same precedence as CodeBuild, where CodePipeline's variables arrive as a
-        start-build override. The worker's own CONVEYOR_* settings (S3 keys among them)
-        are not handed to build commands.
+        start-build override. Of the worker's own environment only what
+        :func:`providers.sandbox.base_environment` allows (PATH, locale) is handed on.
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env = base_environment()
         env.update(spec.variables)
         env.update(self.config.environment())
         job = self.job

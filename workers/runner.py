@@ -107,6 +107,7 @@ def execute(
                     max_artifact_bytes=s.max_artifact_bytes,
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
+                    sandbox=rt.sandbox,
                 )
                 res = steps.run("running the provider", partial(_run_provider, provider_cls(), job))
                 attachments = dict(res.attachments)

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 from celery import Celery
 from kombu.exceptions import ChannelError
@@ -17,6 +18,7 @@ from engine.settings import Settings
 from engine.store import Store
 from providers import default_registry
 from providers.registry import Registry
+from providers.sandbox import SandboxPolicy, reap_orphaned_cgroups, resolve_build_user
 from workers.app import make_app
 from workers.artifacts import ArtifactStore
 from workers.scratch import ScratchSpace
@@ -49,6 +51,37 @@ class Runtime:
     @cached_property
     def scratch(self) -> ScratchSpace:
         return ScratchSpace(self.settings.workdir)
+
+    @cached_property
+    def sandbox(self) -> SandboxPolicy:
+        """How this process runs build commands (the build user is created if missing)."""
+        return SandboxPolicy(
+            user=resolve_build_user(self.settings.build_user),
+            log_max_bytes=self.settings.build_log_max_bytes,
+            boundary=self.scratch.root,
+        )
+
+    def prepare_worker(self) -> None:
+        """At worker start, before any task: the build user exists, and what dead workers
+        left behind (scratch directories, build cgroups with their processes) is gone."""
+        policy = self.sandbox
+        claimed = self.scratch.sweep()
+        reaped = reap_orphaned_cgroups()
+        if reaped:
+            log.info("killed the builds of %d worker processes that are gone", reaped)
+        root = Path(self.scratch.root)
+        if policy.user is not None and not root.stat().st_mode & 0o001:
+            log.warning(
+                "the scratch root %s is not searchable by others: builds running as %s "
+                "cannot reach their directories (chmod o+x it)",
+                root,
+                policy.user.name,
+            )
+        log.info(
+            "builds run as %s; %d leftover scratch directories removed",
+            policy.user.name if policy.user else "this worker's user",
+            len(claimed),
+        )
 
     @cached_property
     def service(self) -> Service:

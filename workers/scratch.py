@@ -1,15 +1,24 @@
-"""Scratch directories for attempts, removed in the background.
+"""Scratch directories for attempts, removed in the background, and after a crash.
 
 Every attempt works in a fresh temporary directory (inputs, outputs, the provider's work, the
 zips). Removing a directory tree is slow on some filesystems (a few milliseconds per
 directory on the ext4 these machines run), which a short action would spend waiting. So a
 directory that is done with is renamed into this process's trash (same filesystem, one cheap
-rename) and a background thread removes it. Trash that a dead process left behind is removed
-by the next process that starts here.
+rename) and a background thread removes it.
+
+Each process keeps its attempts in a directory of its own, named after its pid and the
+time the kernel started it (``.conveyor-<pid>-<start>``), so several worker processes can
+share one scratch root and still know whose leftovers are whose: a process that starts here
+removes the directories of processes that are gone (a worker killed mid-attempt never
+cleaned up), and never those of a live one, even one that reuses a dead worker's pid.
+
+That directory is execute-only for others (0711): a build running as another user can
+reach its own attempt's directories, but cannot list which other attempts exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -23,7 +32,9 @@ from pathlib import Path
 
 log = logging.getLogger("conveyor.scratch")
 
-TRASH_PREFIX = ".conveyor-trash-"
+OWNER_PREFIX = ".conveyor-"
+LEGACY_TRASH_PREFIX = ".conveyor-trash-"
+TRASH = ".trash"
 
 
 class ScratchSpace:
@@ -31,20 +42,20 @@ class ScratchSpace:
         self.root = Path(root or tempfile.gettempdir())
         self._queue: queue.SimpleQueue[Path] = queue.SimpleQueue()
         self._pid = -1
+        self._own_path = self.root
         self._lock = threading.Lock()
 
     @contextmanager
     def directory(self, prefix: str = "conveyor-") -> Iterator[Path]:
-        """A new empty directory, removed (in the background) when the block ends."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root))
+        """A new empty directory (0700), removed (in the background) when the block ends."""
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self._own()))
         try:
             yield path
         finally:
             self.discard(path)
 
     def discard(self, path: Path) -> None:
-        trash = self._trash()
+        trash = self._own() / TRASH
         try:
             moved = path.rename(trash / uuid.uuid4().hex)
         except OSError:
@@ -52,18 +63,45 @@ class ScratchSpace:
             return
         self._queue.put(moved)
 
-    def _trash(self) -> Path:
-        """This process's trash, and its cleaner thread (made again after a fork)."""
+    def sweep(self) -> list[Path]:
+        """Claim the directories of processes that are gone, for removal; returns them.
+
+        Each is first renamed into this process's trash: one atomic step, so two processes
+        starting at once never both work on the same leftovers.
+        """
+        own = self._own()
+        claimed: list[Path] = []
+        for left in self.root.glob(f"{OWNER_PREFIX}*"):
+            if left == own or _owner_alive(left.name):
+                continue
+            try:
+                moved = left.rename(own / TRASH / uuid.uuid4().hex)
+            except OSError:
+                continue  # another process claimed it first, or it is not ours to move
+            claimed.append(left)
+            self._queue.put(moved)
+        if claimed:
+            log.info("removing %d scratch directories of processes that are gone", len(claimed))
+        return claimed
+
+    def _own(self) -> Path:
+        """This process's directory and trash, and its cleaner thread (again after a fork)."""
         with self._lock:
-            trash = self.root / f"{TRASH_PREFIX}{os.getpid()}"
             if self._pid != os.getpid():
                 self._pid = os.getpid()
-                trash.mkdir(parents=True, exist_ok=True)
-                for left in self.root.glob(f"{TRASH_PREFIX}*"):
-                    if left != trash and not _alive(left.name.removeprefix(TRASH_PREFIX)):
-                        self._queue.put(left)  # a dead process's trash
+                own = self.root / f"{OWNER_PREFIX}{self._pid}-{_start_time(self._pid)}"
+                self._own_path = own
+                self.root.mkdir(parents=True, exist_ok=True)
+                own.mkdir(exist_ok=True)
+                own.chmod(0o711)
+                (own / TRASH).mkdir(mode=0o700, exist_ok=True)
                 threading.Thread(target=self._clean, name="conveyor-scratch", daemon=True).start()
-            return trash
+                fresh = True
+            else:
+                own, fresh = self._own_path, False
+        if fresh:
+            self.sweep()
+        return own
 
     def _clean(self) -> None:
         while True:
@@ -74,11 +112,33 @@ class ScratchSpace:
                 log.warning("could not remove %s", path, exc_info=True)
 
 
-def _alive(pid: str) -> bool:
+def _start_time(pid: int) -> str:
+    """When the kernel started ``pid`` (clock ticks since boot), "0" where unknown."""
     try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    # The command name (field 2) may hold spaces and parentheses; fields after it do not.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process a scratch directory name belongs to is still running."""
+    if name.startswith(LEGACY_TRASH_PREFIX):
+        pid_text, start = name.removeprefix(LEGACY_TRASH_PREFIX), None
+    else:
+        pid_text, _, start = name.removeprefix(OWNER_PREFIX).partition("-")
+    if not pid_text.isdigit():
+        return True  # not a name we made: leave it alone
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if start is None or start == "0":
         return True
+    with contextlib.suppress(IndexError):
+        return _start_time(pid) == start
     return True
