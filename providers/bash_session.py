@@ -161,6 +161,7 @@ class BashSession:
         # link it planted there can make the worker write anywhere else.
         path = self.state_dir / f"command-{uuid.uuid4().hex}.sh"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)  # readable by the build user whatever the worker's umask
         with os.fdopen(fd, "w") as fh:
             fh.write(body)
         return path

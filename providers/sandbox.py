@@ -304,7 +304,8 @@ def cgroup_parents() -> list[tuple[type[BuildCgroup], Path]]:
 
 def create_build_cgroup() -> BuildCgroup | None:
     """A fresh cgroup for one build, or None (warned once) when none can be made here."""
-    name = f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    pid = os.getpid()
+    name = f"{CGROUP_PREFIX}{pid}-{start_time(pid)}-{uuid.uuid4().hex[:12]}"
     errors = []
     for kind, parent in cgroup_parents():
         path = parent / name
@@ -341,8 +342,9 @@ def reap_orphaned_cgroups() -> int:
     for kind, parent in cgroup_parents():
         with contextlib.suppress(OSError):
             for path in parent.glob(f"{CGROUP_PREFIX}*"):
-                owner = path.name.removeprefix(CGROUP_PREFIX).split("-", 1)[0]
-                if not owner.isdigit() or _pid_alive(int(owner)):
+                owner, _, rest = path.name.removeprefix(CGROUP_PREFIX).partition("-")
+                started = rest.partition("-")[0]
+                if not owner.isdigit() or process_alive(int(owner), started):
                     continue
                 try:
                     kind(path).remove()
@@ -352,11 +354,36 @@ def reap_orphaned_cgroups() -> int:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def start_time(pid: int) -> str:
+    """When the kernel started ``pid`` (clock ticks since boot), "0" where unknown.
+
+    With the pid it names a process for good: a pid alone may be reused by another.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    # The command name (field 2) may hold spaces and parentheses; fields after it do not.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether ``pid`` (started at ``started``, when known) is still running. A zombie is
+    not: a killed worker whose parent died too may stay one for as long as the host's init
+    does not reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
-    return True
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return started in (None, "0") or fields[19] == started

@@ -65,23 +65,21 @@ class Runtime:
         """At worker start, before any task: the build user exists, and what dead workers
         left behind (scratch directories, build cgroups with their processes) is gone."""
         policy = self.sandbox
-        claimed = self.scratch.sweep()
+        self.scratch.sweep()  # logs what it removes
         reaped = reap_orphaned_cgroups()
         if reaped:
             log.info("killed the builds of %d worker processes that are gone", reaped)
-        root = Path(self.scratch.root)
-        if policy.user is not None and not root.stat().st_mode & 0o001:
+        root = Path(self.scratch.root).resolve()
+        closed = [d for d in (root, *root.parents) if not d.stat().st_mode & 0o001]
+        if policy.user is not None and closed:
             log.warning(
-                "the scratch root %s is not searchable by others: builds running as %s "
-                "cannot reach their directories (chmod o+x it)",
-                root,
+                "%s is not searchable by others: builds running as %s cannot reach their "
+                "directories under the scratch root %s (chmod o+x it)",
+                closed[0],
                 policy.user.name,
+                root,
             )
-        log.info(
-            "builds run as %s; %d leftover scratch directories removed",
-            policy.user.name if policy.user else "this worker's user",
-            len(claimed),
-        )
+        log.info("builds run as %s", policy.user.name if policy.user else "this worker's user")
 
     @cached_property
     def service(self) -> Service:

@@ -18,7 +18,6 @@ reach its own attempt's directories, but cannot list which other attempts exist.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -29,6 +28,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from providers.sandbox import process_alive, start_time
 
 log = logging.getLogger("conveyor.scratch")
 
@@ -89,7 +90,7 @@ class ScratchSpace:
         with self._lock:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
-                own = self.root / f"{OWNER_PREFIX}{self._pid}-{_start_time(self._pid)}"
+                own = self.root / f"{OWNER_PREFIX}{self._pid}-{start_time(self._pid)}"
                 self._own_path = own
                 self.root.mkdir(parents=True, exist_ok=True)
                 own.mkdir(exist_ok=True)
@@ -112,33 +113,12 @@ class ScratchSpace:
                 log.warning("could not remove %s", path, exc_info=True)
 
 
-def _start_time(pid: int) -> str:
-    """When the kernel started ``pid`` (clock ticks since boot), "0" where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "0"
-    # The command name (field 2) may hold spaces and parentheses; fields after it do not.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _owner_alive(name: str) -> bool:
     """Whether the process a scratch directory name belongs to is still running."""
     if name.startswith(LEGACY_TRASH_PREFIX):
-        pid_text, start = name.removeprefix(LEGACY_TRASH_PREFIX), None
+        pid_text, started = name.removeprefix(LEGACY_TRASH_PREFIX), None
     else:
-        pid_text, _, start = name.removeprefix(OWNER_PREFIX).partition("-")
+        pid_text, _, started = name.removeprefix(OWNER_PREFIX).partition("-")
     if not pid_text.isdigit():
         return True  # not a name we made: leave it alone
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if start is None or start == "0":
-        return True
-    with contextlib.suppress(IndexError):
-        return _start_time(pid) == start
-    return True
+    return process_alive(int(pid_text), started)
