@@ -49,14 +49,17 @@ class ScratchSpace:
     @contextmanager
     def directory(self, prefix: str = "conveyor-") -> Iterator[Path]:
         """A new empty directory (0700), removed (in the background) when the block ends."""
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self._own()))
+        own, fresh = self._own()
+        if fresh:  # the first attempt of this process: clear what dead ones left first
+            self.sweep()
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=own))
         try:
             yield path
         finally:
             self.discard(path)
 
     def discard(self, path: Path) -> None:
-        trash = self._own() / TRASH
+        trash = self._own()[0] / TRASH
         try:
             moved = path.rename(trash / uuid.uuid4().hex)
         except OSError:
@@ -70,7 +73,7 @@ class ScratchSpace:
         Each is first renamed into this process's trash: one atomic step, so two processes
         starting at once never both work on the same leftovers.
         """
-        own = self._own()
+        own = self._own()[0]
         claimed: list[Path] = []
         for left in self.root.glob(f"{OWNER_PREFIX}*"):
             if left == own or _owner_alive(left.name):
@@ -85,7 +88,7 @@ class ScratchSpace:
             log.info("removing %d scratch directories of processes that are gone", len(claimed))
         return claimed
 
-    def _own(self) -> Path:
+    def _own(self) -> tuple[Path, bool]:
         """This process's directory and trash, and its cleaner thread (again after a fork)."""
         with self._lock:
             if self._pid != os.getpid():
@@ -100,9 +103,7 @@ class ScratchSpace:
                 fresh = True
             else:
                 own, fresh = self._own_path, False
-        if fresh:
-            self.sweep()
-        return own
+        return own, fresh
 
     def _clean(self) -> None:
         while True:
