@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     # user), and the most bytes of a build's output its stored log keeps (head and tail).
     build_user: str = "conveyor-build"
     build_log_max_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
+
+    @field_validator("redis_username", "redis_password", "redis_password_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # `CONVEYOR_REDIS_PASSWORD=` in an env file
 
     @model_validator(mode="after")
     def _redis_credentials(self) -> Settings:
