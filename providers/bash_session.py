@@ -257,6 +257,15 @@ class BashSession:
         parts = data.decode(errors="replace").split("\0")
         return dict(zip(parts[0:-1:2], parts[1::2], strict=False))
 
+    def end_processes(self) -> None:
+        """Kill everything the build still runs (daemons it started in the background).
+
+        Call it before the worker reads what the build wrote (artifacts): a build process
+        still running could swap a checked file for a link to a worker-only file between
+        the check and the copy. Later commands (``read_variables``) still run.
+        """
+        self._kill_all()
+
     def close(self) -> None:
         """Kill whatever the build left running: its whole cgroup, and its process groups."""
         self._kill_all()

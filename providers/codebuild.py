@@ -148,6 +148,7 @@ class _CodeBuildRunner:
                     self.job.sandbox,
                 )
                 self._run_phases(spec, session, log)
+                session.end_processes()  # none may change the source while it is read
                 if self.state.succeeding:
                     self._upload_artifacts(spec, src, log)
                 exported = session.read_variables(spec.exported_variables)

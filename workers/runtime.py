@@ -18,7 +18,12 @@ from engine.settings import Settings
 from engine.store import Store
 from providers import default_registry
 from providers.registry import Registry
-from providers.sandbox import SandboxPolicy, reap_orphaned_cgroups, resolve_build_user
+from providers.sandbox import (
+    SandboxPolicy,
+    create_build_cgroup,
+    reap_orphaned_cgroups,
+    resolve_build_user,
+)
 from workers.app import make_app
 from workers.artifacts import ArtifactStore
 from workers.scratch import ScratchSpace
@@ -79,7 +84,16 @@ class Runtime:
                 policy.user.name,
                 root,
             )
-        log.info("builds run as %s", policy.user.name if policy.user else "this worker's user")
+        # A trial cgroup, so that a host without usable cgroups is said once, here, and not
+        # by every pool process at its first build (they inherit what was warned).
+        probe = create_build_cgroup() if policy.cgroups else None
+        if probe is not None:
+            probe.remove()
+        log.info(
+            "builds run as %s, %s",
+            policy.user.name if policy.user else "this worker's user",
+            f"each in a cgroup under {probe.path.parent}" if probe else "killed by process group",
+        )
 
     @cached_property
     def service(self) -> Service:

@@ -128,3 +128,21 @@ def test_a_worker_start_removes_dead_processes_scratch_and_keeps_live_ones(
     finally:
         live.kill()
         live.wait()
+
+
+def test_end_processes_stops_daemons_but_not_the_session(tmp_path: Path) -> None:
+    """The build's daemons are dead before the worker reads what the build wrote, and the
+    session still answers for the exported variables afterwards."""
+    (tmp_path / "src").mkdir()
+    log = BuildLog(tmp_path / "build.log", open(os.devnull, "w"))  # noqa: SIM115
+    session = BashSession(
+        tmp_path / "src", tmp_path / "state", {}, log, threading.Event(), None, SandboxPolicy()
+    )
+    marker = f"daemon-{uuid.uuid4().hex[:10]}"
+    assert session.run(f"setsid bash -c 'sleep 300; true {marker}' & export LEFT=yes").ok
+    wait_for(lambda: _marked(marker), 5, message="the daemon never started")
+    session.end_processes()
+    assert _marked(marker) == []
+    assert session.read_variables(["LEFT"]) == {"LEFT": "yes"}
+    session.close()
+    log.close()

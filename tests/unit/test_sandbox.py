@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import pwd
 from pathlib import Path
 
 import pytest
 
 from engine.settings import Settings, with_credentials
+from providers import sandbox
 from providers.sandbox import base_environment, process_alive, start_time
 
 
@@ -59,3 +62,25 @@ def test_a_pid_with_another_start_time_is_another_process() -> None:
     assert process_alive(me, start_time(me))
     assert not process_alive(me, str(int(start_time(me)) + 1))
     assert process_alive(me)
+
+
+def test_a_worker_that_is_not_root_runs_builds_as_itself_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sandbox, "_warned", set())
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() or 65534)
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: pwd.struct_passwd(
+        ("worker", "x", uid, uid, "", "/", "/bin/sh")
+    ))  # fmt: skip
+    caplog.set_level(logging.WARNING, "conveyor.sandbox")
+    assert sandbox.resolve_build_user("conveyor-build") is None
+    assert sandbox.resolve_build_user("conveyor-build") is None
+    [record] = caplog.records
+    assert "not root" in record.getMessage() and "conveyor-build" in record.getMessage()
+
+
+def test_root_is_never_a_build_user() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root switches users")
+    with pytest.raises(ValueError, match="unprivileged"):
+        sandbox.resolve_build_user("root")
