@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from providers.base import ActionFailed
 from providers.build_log import BuildLog
 from providers.sandbox import (
     BuildCgroup,
@@ -39,6 +40,7 @@ from providers.sandbox import (
     create_build_cgroup,
     give_to,
     open_way,
+    unreachable,
     user_environment,
 )
 
@@ -134,6 +136,13 @@ class BashSession:
                 self.env[key] = value
         user = self.sandbox.user
         if user is not None:
+            boundary = self.sandbox.boundary
+            blocked = unreachable(boundary) if boundary else None
+            if blocked is not None:
+                raise ActionFailed(
+                    f"builds run as {user.name}, who cannot pass through {blocked} on the way "
+                    "to the worker's scratch directory (CONVEYOR_WORKDIR): chmod o+x it"
+                )
             owned = [src, state_dir] + [
                 Path(v) for k, v in env.items() if k.startswith("CODEBUILD_SRC_DIR_")
             ]

@@ -176,6 +176,16 @@ def open_way(path: Path, boundary: Path | None) -> None:
         here = here.parent
 
 
+def unreachable(path: Path) -> Path | None:
+    """The first of ``path`` and the directories above it that others may not pass
+    through, if any. The build user gets its own directories; it must also reach them."""
+    resolved = path.resolve()
+    for here in (resolved, *resolved.parents):
+        if not here.stat().st_mode & 0o001:
+            return here
+    return None
+
+
 # -- cgroups ---------------------------------------------------------------------------
 
 

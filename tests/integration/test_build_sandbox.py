@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from providers import sandbox
+from providers.base import ActionFailed
 from providers.bash_session import BashSession, BuildLog
 from providers.sandbox import BuildCgroup, SandboxPolicy, cgroup_parents, start_time
 from tests.helpers import wait_for
@@ -145,4 +146,27 @@ def test_end_processes_stops_daemons_but_not_the_session(tmp_path: Path) -> None
     assert _marked(marker) == []
     assert session.read_variables(["LEFT"]) == {"LEFT": "yes"}
     session.close()
+    log.close()
+
+
+def test_a_scratch_root_the_build_user_cannot_reach_fails_the_build_clearly(
+    tmp_path: Path,
+) -> None:
+    user = sandbox.resolve_build_user(sandbox.DEFAULT_BUILD_USER)
+    assert user is not None, "run as root: only root switches users"
+    private = tmp_path / "private"
+    scratch = private / "scratch"
+    (scratch / "attempt" / "src").mkdir(parents=True)
+    private.chmod(0o700)
+    log = BuildLog(tmp_path / "build.log", open(os.devnull, "w"))  # noqa: SIM115
+    with pytest.raises(ActionFailed, match=r"cannot pass through .*private.*chmod o\+x"):
+        BashSession(
+            scratch / "attempt" / "src",
+            scratch / "attempt" / "state",
+            {},
+            log,
+            threading.Event(),
+            None,
+            SandboxPolicy(user=user, boundary=scratch),
+        )
     log.close()
