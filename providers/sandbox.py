@@ -130,20 +130,27 @@ def resolve_build_user(name: str, *, create: bool = True) -> BuildUser | None:
 
 def _create_user(name: str) -> pwd.struct_passwd:
     nologin = shutil.which("nologin") or "/usr/sbin/nologin"
-    argv = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", nologin]
+    argv = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", nologin, name]
+    error = ""
     # Several worker processes may start at once; useradd refuses while another holds
     # /etc/passwd's lock, and one of them will have created the user meanwhile.
-    for attempt in range(20):
-        out = subprocess.run([*argv, name], capture_output=True, text=True, check=False)
-        with contextlib.suppress(KeyError):
+    for _ in range(20):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, check=False)
+            error = out.stderr.strip()
+        except OSError as exc:  # no useradd on this host
+            error = str(exc)
+        try:
             entry = pwd.getpwnam(name)
-            if out.returncode == 0:
-                log.info("created the build user %s (uid %d)", name, entry.pw_uid)
-            return entry
-        if attempt == 19:
-            raise OSError(f"could not create the build user {name!r}: {out.stderr.strip()}")
-        time.sleep(0.1)
-    raise AssertionError("unreachable")
+        except KeyError:
+            time.sleep(0.1)
+            continue
+        log.info("build user %s (uid %d) created", name, entry.pw_uid)
+        return entry
+    raise OSError(
+        f"the build user {name!r} does not exist and could not be created ({error}); "
+        f"create it (useradd --system --user-group {name}) or set CONVEYOR_BUILD_USER"
+    )
 
 
 def give_to(user: BuildUser, paths: list[Path]) -> None:
