@@ -10,10 +10,12 @@ the output artifact and the scratch directory.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -222,6 +224,32 @@ def _stored_logs(stack: Stack, artifacts: str, name: str) -> str:
     )
 
 
+class _DiskWatch:
+    """The most bytes the files under ``root`` held at once, sampled every 20 ms."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.peak = root, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            total = 0
+            for dirpath, _, files in os.walk(self.root):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            self.peak = max(self.peak, total)
+
+
 def _scratch_leftovers(root: Path) -> list[str]:
     """Whatever attempts left in the scratch root beyond each process's own empty layout."""
     left = []
@@ -248,9 +276,11 @@ def test_a_hostile_build_reads_nothing_kills_nothing_and_leaves_nothing(
     marker = f"iso-{uuid.uuid4().hex[:10]}"
     redis_port = int(auth_redis[0].url.rsplit(":", 1)[1].split("/")[0])
     cp, name, artifacts = _pipeline(stack, _hostile_buildspec(marker, redis_port))
+    disk = _DiskWatch(scratch)
     started = time.monotonic()
-    eid = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
-    status = wait_status(cp, name, eid, {"Succeeded", "Failed", "Stopped"}, 180)
+    with disk:
+        eid = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
+        status = wait_status(cp, name, eid, {"Succeeded", "Failed", "Stopped"}, 180)
     elapsed = time.monotonic() - started
     assert status == "Succeeded", _stored_logs(stack, artifacts, name)[-3000:]
 
@@ -269,6 +299,8 @@ def test_a_hostile_build_reads_nothing_kills_nothing_and_leaves_nothing(
     assert len(log) <= CAP + NOTICE_ROOM, len(log)
     text = log.decode(errors="replace")
     assert "Log truncated" in text and f"{marker}-tail" in text
+    dropped = int(text.split("Log truncated: ", 1)[1].split()[0])
+    assert dropped >= PRINTED - CAP  # the 500 MB really went through, and was left out
     assert "Permission denied" in text  # /proc/<worker>/environ
     assert "redis replied: -NOAUTH" in text, text[:8000]  # Redis without the password
     assert "KILLED" not in text and "Operation not permitted" in text
@@ -288,7 +320,13 @@ def test_a_hostile_build_reads_nothing_kills_nothing_and_leaves_nothing(
         30,
         message=lambda: str(_scratch_leftovers(scratch)),
     )
-    print(f"hostile build (500 MB printed) took {elapsed:.1f} s end to end")
+    # Temp disk stayed bounded: the build log and its mirror (each at most the cap), the
+    # sources and the zips; never anything near the 500 MB printed.
+    assert disk.peak <= 4 * CAP, disk.peak
+    print(
+        f"hostile build (500 MB printed) took {elapsed:.1f} s end to end; "
+        f"scratch peaked at {disk.peak / 1024:.0f} KiB; stored log {len(log)} bytes"
+    )
 
 
 TIMEOUT_BUILDSPEC = """version: 0.2
