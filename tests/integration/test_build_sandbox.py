@@ -60,8 +60,12 @@ def test_each_cgroup_kind_kills_setsid_and_double_forked_children(index: int) ->
     group = kind(path)
     marker = f"cg-{uuid.uuid4().hex[:10]}"
     script = f"printf 0 >&{group.join_fd}\nexec {group.join_fd}>&-\n" + ESCAPES.format(m=marker)
+    # Joined the way a build joins: by its own shell, already the unprivileged build user.
+    user = sandbox.resolve_build_user(sandbox.DEFAULT_BUILD_USER)
+    assert user is not None, "run as root: only root switches users"
+    drop = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--"]
     subprocess.run(
-        ["bash", "-c", script], pass_fds=(group.join_fd,), start_new_session=True, check=True
+        [*drop, "bash", "-c", script], pass_fds=(group.join_fd,), start_new_session=True, check=True
     )
     assert len(_marked(marker)) == 2, "the escapes did not start"
     assert set(_marked(marker)) <= set(group.pids())
