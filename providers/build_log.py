@@ -73,9 +73,10 @@ class BuildLog:
     def __init__(self, path: Path, mirror: TextIO, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        # Our own file, created fresh: whatever sat at this path before is not followed.
-        path.unlink(missing_ok=True)
-        self._file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        # Appended to, as before (a provider run again after a transient failure keeps the
+        # first run's lines); never through a link.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._file = os.open(path, flags, 0o644)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._mirror = mirror
         self._cap = _Capped(max_bytes)
