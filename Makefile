@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install redis-server docker-registry git lint format test demo bench flower dev clean distclean
+.PHONY: help install redis-server docker-registry git build-user lint format test demo bench flower dev clean distclean
 
 help:
 	@echo "make install   create $(VENV) and install Conveyor with constraints.txt (+ redis-server, docker-registry, git)"
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) redis-server docker-registry git
+install: $(STAMP) redis-server docker-registry git build-user
 
 # Tests and `conveyor dev` start their own redis-server; install it when we can.
 redis-server:
@@ -69,6 +69,16 @@ git:
 			|| { apt-get update -qq && apt-get install -y -qq git >/dev/null; }; \
 	else \
 		echo "WARNING: git not found on PATH. Install it (apt-get install git) for git sources." >&2; \
+	fi
+
+# Builds run as this unprivileged user when the worker is root (workers also create it at
+# start); as any other user, builds run as that user and workers say so.
+BUILD_USER ?= conveyor-build
+build-user:
+	@if [ "$$(id -u)" = 0 ] && ! id -u $(BUILD_USER) >/dev/null 2>&1; then \
+		echo "creating the build user $(BUILD_USER)"; \
+		useradd --system --user-group --no-create-home \
+			--shell "$$(command -v nologin || echo /usr/sbin/nologin)" $(BUILD_USER); \
 	fi
 
 lint: $(STAMP)

@@ -196,6 +196,7 @@ def bench_stack(keep: bool = False) -> Iterator[Bench]:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    workdir.chmod(0o711)  # builds run as the build user, who must pass through to scratch/
     started: list[Service] = []
     bench: Bench | None = None
     try:

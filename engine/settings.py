@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +15,12 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url")
+    # Redis AUTH (requirepass, or an ACL user with redis_username), for redis_url and a
+    # redis:// broker_url that carry no credentials of their own. The file (one line, mode
+    # 0600) keeps the password out of environments and process listings.
+    redis_username: str | None = None
+    redis_password: str | None = Field(default=None, repr=False)
+    redis_password_file: str | None = None
     s3_endpoint_url: str = "http://127.0.0.1:9000"
     s3_access_key_id: str = "conveyor"
     s3_secret_access_key: str = "conveyor-secret"
@@ -74,6 +81,27 @@ class Settings(BaseSettings):
     secrets_file: str | None = None
     build_cache_dir: str | None = None
     build_cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
+    # Build isolation (providers.sandbox): the unprivileged user build commands run as when
+    # the worker is root (created at worker start if missing; empty: the worker's own
+    # user), and the most bytes of a build's output its stored log keeps (head and tail).
+    build_user: str = "conveyor-build"
+    build_log_max_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
+
+    @field_validator("redis_username", "redis_password", "redis_password_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # `CONVEYOR_REDIS_PASSWORD=` in an env file
+
+    @model_validator(mode="after")
+    def _redis_credentials(self) -> Settings:
+        password = self.redis_password
+        if self.redis_password_file:
+            password = Path(self.redis_password_file).read_text().strip()
+        if password or self.redis_username:
+            self.redis_url = with_credentials(self.redis_url, self.redis_username, password)
+            if self.broker_url:
+                self.broker_url = with_credentials(self.broker_url, self.redis_username, password)
+        return self
 
     @property
     def broker(self) -> str:
@@ -82,6 +110,17 @@ class Settings(BaseSettings):
     @property
     def api_endpoint(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+
+def with_credentials(url: str, username: str | None, password: str | None) -> str:
+    """``url`` with Redis credentials, unless it is not Redis or names its own already."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or "@" in parts.netloc:
+        return url
+    user = quote(username or "", safe="")
+    secret = f":{quote(password, safe='')}" if password else ""
+    netloc = f"{user}{secret}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
+from providers.sandbox import SandboxPolicy
 from providers.ziputil import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES
 
 
@@ -174,6 +175,8 @@ class Job:
     output_variable_names: list[str] = field(default_factory=list)
     environment_variables: list[dict[str, str]] = field(default_factory=list)
     output_files: dict[str, list[str]] = field(default_factory=dict)
+    # How build commands run (user, cgroup, log cap); the worker fills it from its settings.
+    sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
 
     @property
     def primary_input(self) -> Path | None:

@@ -6,29 +6,54 @@ EXIT trap writes that state to files; the next command's script sources them fir
 ``cd``, ``VAR=$(...)`` and ``export`` carry over like in CodeBuild, while a command that
 calls ``exit 1`` fails only itself instead of taking down the build, and each command can
 be timed out or cancelled on its own. Not carried over: shell options (``set -e``) and
-traps. Every process starts in a new session; the whole process group is killed on
-cancel or timeout, and every group is killed at the end so background daemons a build
-started (``dockerd &``) do not outlive it.
+traps.
+
+Commands run inside the build's sandbox (:mod:`providers.sandbox`): as the build user, in
+the build's own cgroup, which every command's shell joins before anything else runs. On
+cancel or timeout, and at the end, the whole cgroup is killed, so background daemons
+(``dockerd &``), ``setsid`` and double-forked children do not outlive the build. Without a
+cgroup, each command's process group is killed instead. Output goes to a capped
+:class:`~providers.build_log.BuildLog`.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any
+
+from providers.base import ActionFailed
+from providers.build_log import BuildLog
+from providers.sandbox import (
+    BuildCgroup,
+    SandboxPolicy,
+    create_build_cgroup,
+    give_to,
+    open_way,
+    unreachable,
+    user_environment,
+)
+
+__all__ = ["BashSession", "BuildLog", "Outcome"]
 
 KILL_GRACE_SECONDS = 2.0
 POLL_SECONDS = 0.05
+# exported-variables are at most 122,880 bytes in all (CodePipeline): reading more is waste.
+MAX_VARIABLES_OUTPUT = 1024 * 1024
+# util-linux's setpriv drops to the build user in the exec'd program. Popen(user=...) does
+# it in the child instead, which rules out vfork: forking a worker's whole address space
+# cost ~11 ms per command for a 200 MB worker here, against ~1 ms for setpriv's exec.
+SETPRIV = shutil.which("setpriv")
 
 # Bash's own variables (and ours) are never saved: restoring them would be wrong or fail.
 _SAVE_STATE = r"""
@@ -76,45 +101,13 @@ class Outcome:
         return self.exit_code == 0
 
 
-class BuildLog:
-    """The build log file, mirrored to the job's log as it grows.
-
-    Commands write straight into the file (O_APPEND, shared with our own header lines), so
-    output from background processes can never block on a full pipe nobody reads.
-    """
-
-    def __init__(self, path: Path, mirror: TextIO) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._reader = path.open("rb")
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._mirror = mirror
-
-    @property
-    def fd(self) -> int:
-        return self._fd
-
-    def line(self, text: str) -> None:
-        stamp = datetime.now(UTC).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
-        os.write(self._fd, f"[Container] {stamp} {text}\n".encode())
-        self.pump()
-
-    def pump(self) -> None:
-        """Copy whatever was appended since the last call to the mirror."""
-        data = self._reader.read()
-        if data:
-            self._mirror.write(self._decoder.decode(data))
-            self._mirror.flush()
-
-    def close(self) -> None:
-        self.pump()
-        self._mirror.write(self._decoder.decode(b"", final=True))
-        self._reader.close()
-        os.close(self._fd)
-
-
 class BashSession:
-    """One build's shell: runs commands one by one, carrying state between them."""
+    """One build's shell: runs commands one by one, carrying state between them.
+
+    With a build user, ``src``, ``state_dir`` and every directory a ``CODEBUILD_SRC_DIR_*``
+    variable names become that user's; the build's ``HOME`` and ``TMPDIR`` are made inside
+    ``state_dir`` so that they go away with the build.
+    """
 
     def __init__(
         self,
@@ -124,42 +117,95 @@ class BashSession:
         log: BuildLog,
         cancelled: threading.Event,
         deadline: float | None,
+        sandbox: SandboxPolicy | None = None,
     ) -> None:
         self.src = src
         self.state_dir = state_dir
-        self.env = env
         self.log = log
         self.cancelled = cancelled
         self.deadline = deadline
+        self.sandbox = sandbox or SandboxPolicy()
         self._groups: list[int] = []
-        self._count = 0
         state_dir.mkdir(parents=True, exist_ok=True)
+        home, tmp = state_dir / "home", state_dir / "tmp"
+        home.mkdir(exist_ok=True)
+        tmp.mkdir(exist_ok=True)
+        self.env = dict(env)
+        for key, value in user_environment(self.sandbox.user, home, tmp).items():
+            if key not in env or env[key] == os.environ.get(key):  # unless the build set it
+                self.env[key] = value
+        user = self.sandbox.user
+        if user is not None:
+            boundary = self.sandbox.boundary
+            blocked = unreachable(boundary) if boundary else None
+            if blocked is not None:
+                raise ActionFailed(
+                    f"builds run as {user.name}, who cannot pass through {blocked} on the way "
+                    "to the worker's scratch directory (CONVEYOR_WORKDIR): chmod o+x it"
+                )
+            owned = [src, state_dir] + [
+                Path(v) for k, v in env.items() if k.startswith("CODEBUILD_SRC_DIR_")
+            ]
+            for path in owned:
+                open_way(path, self.sandbox.boundary)
+            give_to(user, owned)
+        self._cgroup: BuildCgroup | None = None
+        if self.sandbox.cgroups:
+            self._cgroup = create_build_cgroup()
+
+    def _join(self) -> str:
+        """The first line of every script: into the build's cgroup, before anything forks."""
+        if self._cgroup is None:
+            return ""
+        fd = self._cgroup.join_fd
+        return (
+            f"printf 0 >&{fd} || {{ echo 'conveyor: cannot join the build cgroup' >&2; "
+            f"exit 125; }}\nexec {fd}>&-\n"
+        )
 
     def _script(self, command: str, overrides: dict[str, str]) -> Path:
-        self._count += 1
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in overrides.items())
         body = (
+            f"{self._join()}"
             f"__cv_state={shlex.quote(str(self.state_dir))}\n"
             f"__cv_src={shlex.quote(str(self.src))}\n"
             f"{_RESTORE_STATE}{exports}{_SAVE_STATE}\n{command}\n"
         )
-        path = self.state_dir / f"command-{self._count}.sh"
-        path.write_text(body)
+        # The state directory is the build's: a name it cannot guess, created new, so no
+        # link it planted there can make the worker write anywhere else.
+        path = self.state_dir / f"command-{uuid.uuid4().hex}.sh"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)  # readable by the build user whatever the worker's umask
+        with os.fdopen(fd, "w") as fh:
+            fh.write(body)
         return path
+
+    def _spawn(self, argv: list[str], stdout: int) -> subprocess.Popen[bytes]:
+        extra: dict[str, Any] = {}
+        user = self.sandbox.user
+        if user is not None and SETPRIV:
+            ids = [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
+            argv = [SETPRIV, *ids, "--", *argv]
+        elif user is not None:
+            extra = {"user": user.uid, "group": user.gid, "extra_groups": []}
+        proc = subprocess.Popen(
+            argv,
+            cwd=self.src,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=(self._cgroup.join_fd,) if self._cgroup else (),
+            **extra,
+        )
+        self._groups.append(proc.pid)
+        return proc
 
     def run(self, command: str, overrides: dict[str, str] | None = None) -> Outcome:
         """Run one command; ``overrides`` are exported after the saved state is restored."""
         script = self._script(command, overrides or {})
-        proc = subprocess.Popen(
-            ["bash", str(script)],
-            cwd=self.src,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log.fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._groups.append(proc.pid)
+        proc = self._spawn(["bash", str(script)], self.log.fd)
         while True:
             if _wait_exit(proc, POLL_SECONDS):
                 code = proc.wait()
@@ -179,16 +225,30 @@ class BashSession:
         return None
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """A stopped build: SIGTERM to all of it, a grace period, then SIGKILL to all."""
+        pids = self._cgroup.pids() if self._cgroup else []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=KILL_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+        self._kill_all()
+        proc.wait()
         self.log.pump()
 
+    def _kill_all(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.kill()
+        for pgid in self._groups:
+            _signal_group(pgid, signal.SIGKILL)
+
     def read_variables(self, names: list[str]) -> dict[str, str]:
-        """Values the build left in ``names`` (for ``env.exported-variables``)."""
+        """Values the build left in ``names`` (for ``env.exported-variables``).
+
+        The saved state is the build's own code, so it is read by the build's user, in
+        the build's cgroup, like any command.
+        """
         if not names:
             return {}
         lines = "".join(
@@ -197,25 +257,58 @@ class BashSession:
             if n.isidentifier()
         )
         script = (
+            f"{self._join()}"
             f"__cv_state={shlex.quote(str(self.state_dir))}\n__cv_src={shlex.quote(str(self.src))}\n"
             f"{_RESTORE_STATE}{lines}"
         )
-        out = subprocess.run(
-            ["bash", "-c", script],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        ).stdout.decode(errors="replace")
-        parts = out.split("\0")
+        read, write = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = self._spawn(["bash", "-c", script], write)
+        finally:
+            os.close(write)
+        with os.fdopen(read, "rb") as out:
+            data = _read_bounded(out.fileno(), MAX_VARIABLES_OUTPUT, time.monotonic() + 30)
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        parts = data.decode(errors="replace").split("\0")
         return dict(zip(parts[0:-1:2], parts[1::2], strict=False))
 
+    def end_processes(self) -> None:
+        """Kill everything the build still runs (daemons it started in the background).
+
+        Call it before the worker reads what the build wrote (artifacts): a build process
+        still running could swap a checked file for a link to a worker-only file between
+        the check and the copy. Later commands (``read_variables``) still run.
+        """
+        self._kill_all()
+
     def close(self) -> None:
-        """Kill whatever the build left running in any of its process groups."""
-        for pgid in self._groups:
-            _signal_group(pgid, signal.SIGKILL)
+        """Kill whatever the build left running: its whole cgroup, and its process groups."""
+        self._kill_all()
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
         self._groups.clear()
+
+
+def _read_bounded(fd: int, limit: int, deadline: float) -> bytes:
+    """Up to ``limit`` bytes from ``fd`` until end of file or ``deadline``."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        data = os.read(fd, min(65536, limit - size))
+        if not data:
+            break
+        chunks.append(data)
+        size += len(data)
+    return b"".join(chunks)
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:

@@ -16,7 +16,6 @@ action fails when a command fails). ``cache.paths`` are kept per project on the 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -49,6 +48,7 @@ from providers.buildspec import (
 )
 from providers.reports import GroupTotals, collect_reports, summary_text, write_json
 from providers.s3_source import bool_string
+from providers.sandbox import base_environment
 from providers.secrets import Masker, SecretNotFound, SecretsSource
 from providers.ziputil import UnsafeArchiveError, check_tree
 
@@ -194,7 +194,7 @@ class BuildRunner:
         self.root.mkdir(parents=True)
         log_path = self.job.workdir / "build.log"
         mirror = self.masker.stream(self.job.log)
-        log = BuildLog(log_path, mirror)
+        log = BuildLog(log_path, mirror, self.job.sandbox.log_max_bytes)
         session: BashSession | None = None
         exported: dict[str, str] = {}
         attachments: dict[str, Path] = {}
@@ -204,13 +204,22 @@ class BuildRunner:
             spec = self._load_buildspec(src, log)
             env = self._environment(src, secondaries, spec, log) if spec is not None else None
             if spec is not None and env is not None:
-                session = BashSession(
-                    src, self.root / "state", env, log, self.job.cancelled, self.job.deadline
-                )
+                # Restored before the session starts, which hands the source tree (cached
+                # files included) to the build user.
                 cache = self._cache(log)
                 if cache is not None and spec.cache_paths:
                     cache.restore(src)
+                session = BashSession(
+                    src,
+                    self.root / "state",
+                    env,
+                    log,
+                    self.job.cancelled,
+                    self.job.deadline,
+                    self.job.sandbox,
+                )
                 self._run_phases(spec, session, log)
+                session.end_processes()  # none may change the source while it is read
                 if self.state.succeeding:
                     self._upload_artifacts(spec, src, log)
                 if spec.reports and not self.state.stopped:
@@ -293,9 +302,9 @@ class BuildRunner:
         """Worker env < buildspec env < action EnvironmentVariables < CODEBUILD_*.
 
         The same precedence as CodeBuild, where CodePipeline's variables arrive as a
-        start-build override. The worker's own CONVEYOR_* settings (S3 keys among them)
-        are not handed to build commands. None (and the build failed) when a parameter or
-        secret cannot be resolved.
+        start-build override. Of the worker's own environment only what
+        :func:`providers.sandbox.base_environment` allows (PATH, locale) is handed on.
+        None (and the build failed) when a parameter or secret cannot be resolved.
         """
         needs_source = (
             spec.parameter_store
@@ -309,7 +318,7 @@ class BuildRunner:
         except (SecretNotFound, UnresolvedVariable) as exc:
             self._setup_failed(str(exc), log)
             return None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env = base_environment()
         env.update(resolved)
         job = self.job
         arn = f"arn:aws:codebuild:{job.s3.region}:000000000000:build/{self.build_id}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from providers.bash_session import BashSession, BuildLog
+from providers.sandbox import SandboxPolicy
 
 LOG_NAME = "rule.log"
 # Enough to name the command in a summary without flooding the pipeline's state.
@@ -29,6 +30,7 @@ def run_commands_rule(
     log: TextIO,
     deadline: float | None,
     cancelled: threading.Event,
+    sandbox: SandboxPolicy | None = None,
 ) -> tuple[bool, str]:
     """Run ``commands``; return (succeeded, summary for the rule execution).
 
@@ -42,7 +44,8 @@ def run_commands_rule(
         shutil.rmtree(root)
     root.mkdir(parents=True)
     (workdir / LOG_NAME).unlink(missing_ok=True)
-    build_log = BuildLog(workdir / LOG_NAME, log)
+    sandbox = sandbox or SandboxPolicy()
+    build_log = BuildLog(workdir / LOG_NAME, log, sandbox.log_max_bytes)
     session: BashSession | None = None
     try:
         if not commands:
@@ -59,7 +62,9 @@ def run_commands_rule(
         full_env["CODEBUILD_SRC_DIR"] = str(src)
         for name, path in secondaries.items():
             full_env[f"CODEBUILD_SRC_DIR_{name}"] = str(path)
-        session = BashSession(src, root / "state", full_env, build_log, cancelled, deadline)
+        session = BashSession(
+            src, root / "state", full_env, build_log, cancelled, deadline, sandbox
+        )
         ok, summary = _run(commands, session, build_log)
         build_log.line(f"Commands rule finished: {summary}")
         return ok, summary

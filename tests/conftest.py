@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -162,6 +164,19 @@ def redis_client(redis_service: Service, settings_env: dict[str, str]) -> Iterat
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture
+def build_writable() -> Iterator[Path]:
+    """A directory build commands may write to, for tests that watch a build through files.
+
+    Workers run as root here, so builds run as the unprivileged build user, which can reach
+    nothing of pytest's temp directories (pytest keeps them 0700).
+    """
+    path = Path(tempfile.mkdtemp(prefix="conveyor-test-build-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- Conveyor processes ---------------------------------------------------------------

@@ -52,6 +52,7 @@ def worker(pool: str, concurrency: int | None, hostname: str | None, loglevel: s
     queues = pool_queues(pool, rt.registry)
     if not queues:
         raise click.UsageError(f"pool {pool!r} has no registered providers to run")
+    rt.prepare_worker()
     argv = [
         "worker",
         "-Q",
@@ -162,9 +163,12 @@ def api(host: str | None, port: int | None) -> None:
 def flower(port: int) -> None:
     """Run Flower against Conveyor's broker."""
     settings = Settings()
-    os.execv(
+    # Through the environment, not ``-b``: a command line is readable by every user on the
+    # host (builds included), and the broker URL may hold the Redis password.
+    os.execve(
         sys.executable,
-        [sys.executable, "-m", "celery", "-b", settings.broker, "flower", f"--port={port}"],
+        [sys.executable, "-m", "celery", "flower", f"--port={port}"],
+        {**os.environ, "CELERY_BROKER_URL": settings.broker},
     )
 
 

@@ -8,7 +8,6 @@ The attempt's life around it (lease, heartbeat, recording and applying the resul
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import TextIO
@@ -19,6 +18,7 @@ from engine.rules import RuleDeclaration
 from providers.base import ActionFailed, ArtifactObject, S3Access
 from providers.commands_rule import run_commands_rule
 from providers.lambda_invoke import Invocation, pipeline_context, run_function
+from providers.sandbox import base_environment
 from workers.artifacts import ArtifactRef
 from workers.attempts import run_attempt
 from workers.located import job_channel
@@ -71,13 +71,20 @@ def evaluate(
                 )
             work = root / "work"
             work.mkdir()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+            env = base_environment()
             env.update(
                 {"CODEPIPELINE_EXECUTION_ID": state.execution_id, "CODEPIPELINE_STAGE": stage}
             )
             with (root / "rule.log").open("w", encoding="utf-8") as log_file:
                 ok, summary = run_commands_rule(
-                    list(rule.commands or []), work, inputs, env, log_file, rr.deadline, cancelled
+                    list(rule.commands or []),
+                    work,
+                    inputs,
+                    env,
+                    log_file,
+                    rr.deadline,
+                    cancelled,
+                    rt.sandbox,
                 )
         except Exception as exc:  # an infrastructure error fails the rule, never wedges it
             log.exception("rule %s of %s crashed", rr.rule, stage)

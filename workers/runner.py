@@ -133,6 +133,7 @@ def execute(
                         e.model_dump() for e in decl.environment_variables or []
                     ],
                     output_files={a.name: list(a.files) for a in decl.output_artifacts if a.files},
+                    sandbox=rt.sandbox,
                 )
                 res = steps.run("running the provider", partial(_run_provider, provider_cls(), job))
                 attachments = dict(res.attachments)

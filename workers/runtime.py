@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 from celery import Celery
 from kombu.exceptions import ChannelError
@@ -17,6 +18,12 @@ from engine.settings import Settings
 from engine.store import Store
 from providers import default_registry
 from providers.registry import Registry
+from providers.sandbox import (
+    SandboxPolicy,
+    create_build_cgroup,
+    reap_orphaned_cgroups,
+    resolve_build_user,
+)
 from workers.app import make_app
 from workers.artifacts import ArtifactStore
 from workers.scratch import ScratchSpace
@@ -49,6 +56,44 @@ class Runtime:
     @cached_property
     def scratch(self) -> ScratchSpace:
         return ScratchSpace(self.settings.workdir)
+
+    @cached_property
+    def sandbox(self) -> SandboxPolicy:
+        """How this process runs build commands (the build user is created if missing)."""
+        return SandboxPolicy(
+            user=resolve_build_user(self.settings.build_user),
+            log_max_bytes=self.settings.build_log_max_bytes,
+            boundary=self.scratch.root,
+        )
+
+    def prepare_worker(self) -> None:
+        """At worker start, before any task: the build user exists, and what dead workers
+        left behind (scratch directories, build cgroups with their processes) is gone."""
+        policy = self.sandbox
+        self.scratch.sweep()  # logs what it removes
+        reaped = reap_orphaned_cgroups()
+        if reaped:
+            log.info("killed the builds of %d worker processes that are gone", reaped)
+        root = Path(self.scratch.root).resolve()
+        closed = [d for d in (root, *root.parents) if not d.stat().st_mode & 0o001]
+        if policy.user is not None and closed:
+            log.warning(
+                "%s is not searchable by others: builds running as %s cannot reach their "
+                "directories under the scratch root %s (chmod o+x it)",
+                closed[0],
+                policy.user.name,
+                root,
+            )
+        # A trial cgroup, so that a host without usable cgroups is said once, here, and not
+        # by every pool process at its first build (they inherit what was warned).
+        probe = create_build_cgroup() if policy.cgroups else None
+        if probe is not None:
+            probe.remove()
+        log.info(
+            "builds run as %s, %s",
+            policy.user.name if policy.user else "this worker's user",
+            f"each in a cgroup under {probe.path.parent}" if probe else "killed by process group",
+        )
 
     @cached_property
     def service(self) -> Service:

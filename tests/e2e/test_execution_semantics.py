@@ -101,11 +101,9 @@ def _process_logs_on_failure(request: pytest.FixtureRequest, stack: Stack) -> No
 
 
 @pytest.fixture
-def marks(tmp_path: Path) -> Path:
+def marks(build_writable: Path) -> Path:
     """Where builds leave markers and wait for gates (workers run on this machine)."""
-    path = tmp_path / "marks"
-    path.mkdir()
-    return path
+    return build_writable
 
 
 # ---------------------------------------------------------------------------- definitions

@@ -16,11 +16,11 @@ from tests.stack import action, put_source, s3_source_stage, start_stack, unique
 
 
 def test_deleting_a_pipeline_mid_build_leaves_no_process_lease_outbox_entry_or_timer(
-    spawn: Spawn, settings_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
+    spawn: Spawn, settings_env: dict[str, str], redis_client: redis.Redis, build_writable: Path
 ) -> None:
     stack = start_stack(spawn, settings_env)
     cp, s3 = stack.codepipeline(), stack.s3()
-    pid_file = tmp_path / "build.pid"
+    pid_file = build_writable / "build.pid"
     buildspec = (
         "version: 0.2\nphases:\n  build:\n    commands:\n"
         f"      - sleep 120 & echo $! > {pid_file}; wait\n"

@@ -161,13 +161,12 @@ def test_failed_action_fails_the_execution_with_its_error_and_keeps_the_log(
 
 
 def test_killed_build_worker_is_recovered_within_a_minute(
-    spawn: Any, settings_env: dict[str, str], tmp_path: Path
+    spawn: Any, settings_env: dict[str, str], build_writable: Path
 ) -> None:
     stack = start_stack(
         spawn, settings_env, workers={"source": ("source", 1), "build": ("build", 1)}
     )
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = build_writable
     buildspec = (
         "version: 0.2\nphases:\n  build:\n    commands:\n"
         f"      - touch {marks}/started-$$\n"

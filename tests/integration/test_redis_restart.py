@@ -168,7 +168,7 @@ def test_a_redis_restart_mid_build_loses_nothing_and_stops_no_process(
     aof_redis: Service,
     spawn: Any,
     settings_env: dict[str, str],
-    tmp_path: Path,
+    build_writable: Path,
 ) -> None:
     this_redis = {
         "CONVEYOR_REDIS_URL": aof_redis.url,
@@ -185,8 +185,7 @@ def test_a_redis_restart_mid_build_loses_nothing_and_stops_no_process(
     # engine pool, `--pool all -c 2` (source and build), beat, API; all on this Redis.
     stack = start_stack(spawn_here, env)
     cp = stack.codepipeline()
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = build_writable
     name, src = unique("redis-restart"), unique("src")
     put_source(stack.s3(), src, {"buildspec.yml": _buildspec(BUILD_SECONDS, marks)})
     cp.create_pipeline(pipeline=_pipeline(name, src))

@@ -195,12 +195,12 @@ def _read(s3: Any, url: str) -> str:
 
 
 def test_an_outage_during_the_output_upload_is_retried_and_the_build_kept(
-    spawn: Spawn, settings_env: dict[str, str], proxy: OutageProxy, tmp_path: Path
+    spawn: Spawn, settings_env: dict[str, str], proxy: OutageProxy, build_writable: Path
 ) -> None:
     outage = 10.0
     stack = start_stack(spawn, settings_env, worker_env={"CONVEYOR_S3_ENDPOINT_URL": proxy.url})
     cp, s3 = stack.codepipeline(), stack.s3()
-    name, eid, _, target = _start(stack, tmp_path / "build-started")
+    name, eid, _, target = _start(stack, build_writable / "build-started")
     proxy.go_away()
     proxy.come_back_after(outage)
 
@@ -220,7 +220,7 @@ def test_an_outage_during_the_output_upload_is_retried_and_the_build_kept(
 
 
 def test_an_outage_longer_than_the_retry_budget_fails_the_action_saying_so(
-    spawn: Spawn, settings_env: dict[str, str], proxy: OutageProxy, tmp_path: Path
+    spawn: Spawn, settings_env: dict[str, str], proxy: OutageProxy, build_writable: Path
 ) -> None:
     budget = 6.0
     stack = start_stack(
@@ -232,7 +232,7 @@ def test_an_outage_longer_than_the_retry_budget_fails_the_action_saying_so(
         },
     )
     cp = stack.codepipeline()
-    name, eid, _, _ = _start(stack, tmp_path / "build-started")
+    name, eid, _, _ = _start(stack, build_writable / "build-started")
     proxy.go_away()
     down_at = time.monotonic()
 

@@ -82,8 +82,11 @@ def test_compose_service_runs_a_real_conveyor_command(name: str) -> None:
         assert params["pool"] in keys.POOLS
         # Each replica's node name must differ, or Flower and `inspect ping` confuse them.
         assert params["hostname"] and params["hostname"].endswith("@%h")
-        health = " ".join(svc["healthcheck"]["test"])
-        assert f'-d "{params["hostname"].split("@")[0]}@$$HOSTNAME"' in health
+        # It pings this replica's own node, and no broker URL (with the Redis password)
+        # appears on a command line, which every process in the container can read.
+        test = svc["healthcheck"]["test"]
+        assert test[-1] == params["hostname"].split("@")[0]
+        assert "socket.gethostname()" in " ".join(test) and "redis://" not in " ".join(test)
     assert svc["healthcheck"]["test"], f"{name} has no healthcheck"
     assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
@@ -119,7 +122,9 @@ def test_systemd_units_exist() -> None:
 def test_systemd_unit_runs_a_real_conveyor_command(name: str) -> None:
     service = unit(SYSTEMD / name)["Service"]
     assert service["EnvironmentFile"] == "/etc/conveyor/conveyor.env"
-    assert service["User"] == "conveyor"
+    # Workers are root only to run each build as the unprivileged build user.
+    assert service["User"] == ("root" if name.startswith("conveyor-worker") else "conveyor")
+    assert service["Group"] == "conveyor"
     argv = shlex.split(service["ExecStart"])
     assert argv[0].endswith("/bin/conveyor")
     instances = list(keys.POOLS) if "%i" in service["ExecStart"] else [""]
@@ -146,19 +151,26 @@ def env_example() -> dict[str, str]:
     return out
 
 
-def test_env_example_lists_every_setting_with_a_valid_value() -> None:
+def test_env_example_lists_every_setting_with_a_valid_value(tmp_path: Path) -> None:
     env = env_example()
-    assert set(env) - CLIENT_ONLY == SETTINGS_VARS
-    settings = Settings.model_validate(
-        {k.removeprefix("CONVEYOR_").lower(): v for k, v in env.items() if k not in CLIENT_ONLY}
-    )
+    assert set(env) == SETTINGS_VARS | CLIENT_ONLY
+    values = {
+        k.removeprefix("CONVEYOR_").lower(): v for k, v in env.items() if k not in CLIENT_ONLY
+    }
+    password = tmp_path / "redis-password"
+    password.write_text("pw\n")
+    assert values["redis_password_file"] == "/etc/conveyor/redis-password"
+    values["redis_password_file"] = str(password)
+    settings = Settings.model_validate(values)
     # The example documents the defaults, except where a deployment needs its own value.
     differs = {
         name
         for name, field in Settings.model_fields.items()
         if getattr(settings, name) != field.default
     }
-    assert differs <= {"broker_url", "workdir"}, differs
+    # The password file is a deployment's own, and its password goes into the Redis URLs.
+    assert differs <= {"broker_url", "workdir", "redis_password_file", "redis_url"}, differs
+    assert settings.redis_url == "redis://:pw@127.0.0.1:6379/0"
 
 
 def test_readme_documents_every_setting() -> None:

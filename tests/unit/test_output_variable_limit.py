@@ -12,6 +12,7 @@ from engine.definition import PipelineDeclaration
 from engine.execution import new_execution
 from engine.settings import Settings
 from providers.base import ActionTypeId, Category, Job, Provider, ProviderConfig, Result
+from providers.sandbox import SandboxPolicy
 from workers import runner
 from workers.artifacts import ArtifactRef
 from workers.runner import MAX_OUTPUT_VARIABLES_BYTES
@@ -93,6 +94,7 @@ def _run(tmp_path: Path, variables: dict[str, str], *, succeeds: bool = True) ->
         artifacts=_Artifacts(),
         settings=Settings(workdir=str(tmp_path)),
         scratch=ScratchSpace(str(tmp_path)),
+        sandbox=SandboxPolicy(),
     )
     _Emitter.variables = variables
     _Emitter.succeeds = succeeds

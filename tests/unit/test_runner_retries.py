@@ -24,6 +24,7 @@ from engine.execution import ActionResult, ArtifactLocation, new_execution
 from engine.settings import Settings
 from providers.base import ActionFailed, ActionTypeId, Category, Job, Provider, ProviderConfig
 from providers.base import Result as ProviderResult
+from providers.sandbox import SandboxPolicy
 from providers.ziputil import sha256_file
 from workers import retry, runner
 from workers.artifacts import ArtifactRef, ArtifactStore
@@ -179,6 +180,7 @@ def execute(store: FlakyStore, settings: Settings) -> ActionResult:
         artifacts=store,
         settings=settings,
         scratch=ScratchSpace(settings.workdir),
+        sandbox=SandboxPolicy(),
     )
     return runner.execute(rt, state, "Build", "B", 1, threading.Event())  # type: ignore[arg-type]
 
