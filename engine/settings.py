@@ -87,7 +87,17 @@ class Settings(BaseSettings):
     build_user: str = "conveyor-build"
     build_log_max_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
 
-    @field_validator("redis_username", "redis_password", "redis_password_file", mode="before")
+    @field_validator(
+        "redis_username",
+        "redis_password",
+        "redis_password_file",
+        "webhook_secret",
+        "webhook_secret_file",
+        "webhook_secrets_file",
+        "secrets_file",
+        "build_cache_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value  # `CONVEYOR_REDIS_PASSWORD=` in an env file
