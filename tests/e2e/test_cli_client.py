@@ -269,13 +269,14 @@ def test_transitions_and_watching_a_waiting_execution(
 def test_rules_commands_and_a_skipped_stage(api: ApiServer, conveyor: click.Group) -> None:
     out = run(conveyor, api, "rules", "types")
     assert out.exit_code == 0, out.output
-    for provider in ("VariableCheck", "DeploymentWindow", "Commands"):
+    for provider in ("VariableCheck", "DeploymentWindow", "Commands", "LambdaInvoke"):
         assert provider in out.output
     out = run(conveyor, api, "rules", "types", "--json")
     assert {t["id"]["provider"] for t in json.loads(out.output)} == {
         "VariableCheck",
         "DeploymentWindow",
         "Commands",
+        "LambdaInvoke",
     }
 
     decl = definition("demo", approval=False)

@@ -5,7 +5,8 @@ transitions, automatic rollback, stage conditions and S3 source polling. One sta
 the whole module: every test makes pipelines (and buckets) of its own names.
 
 Builds that must hold still wait on gate files this test writes (``go-<execution id>``;
-CodeBuild puts the execution id in ``CODEBUILD_SOURCE_VERSION``), so the tests decide
+each build gets the execution id as ``EID`` from ``#{codepipeline.PipelineExecutionId}``
+in its EnvironmentVariables, as a CodePipeline user would pass it), so the tests decide
 exactly when a build finishes instead of hoping a sleep is long enough.
 """
 
@@ -119,7 +120,6 @@ def buildspec(marks: Path, *, outputs: bool = False) -> str:
         "phases:\n"
         "  build:\n"
         "    commands:\n"
-        "      - export EID=$CODEBUILD_SOURCE_VERSION\n"
         '      - bash "step-$STEP.sh"\n'
     )
     if outputs:
@@ -151,7 +151,12 @@ def build(
 ) -> dict[str, Any]:
     config = {
         "ProjectName": name.lower(),
-        "EnvironmentVariables": json.dumps([{"name": "STEP", "value": step, "type": "PLAINTEXT"}]),
+        "EnvironmentVariables": json.dumps(
+            [
+                {"name": "STEP", "value": step, "type": "PLAINTEXT"},
+                {"name": "EID", "value": "#{codepipeline.PipelineExecutionId}"},
+            ]
+        ),
     }
     if primary:
         config["PrimarySource"] = primary
@@ -484,7 +489,7 @@ def test_stop_and_abandon_kills_the_build_and_stop_and_wait_lets_it_finish(
     # Stop and abandon: the build's shell and its sleep must die with it.
     sleeper = (
         "version: 0.2\nphases:\n  build:\n    commands:\n"
-        f'      - echo $$ > "{marks}/pid-$CODEBUILD_SOURCE_VERSION" && sleep 300\n'
+        f'      - echo $$ > "{marks}/pid-$EID" && sleep 300\n'
     )
     name = create(
         stack,
