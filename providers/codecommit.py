@@ -4,18 +4,17 @@ settings map to a remote (``CONVEYOR_GIT_REPOSITORIES`` or ``CONVEYOR_GIT_BASE_U
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import field_validator
 
 from providers.base import ActionTypeId, Category
 from providers.git_remotes import GitSettings, Located, locate_codecommit
 from providers.git_source import (
+    BoolFlag,
     Fetched,
+    GitBranch,
     GitSource,
     GitSourceConfig,
-    check_bool,
-    check_branch,
     commit_variables,
 )
 
@@ -26,8 +25,8 @@ _REPOSITORY_NAME = re.compile(r"^[\w.-]{1,100}$")
 
 class CodeCommitConfig(GitSourceConfig):
     RepositoryName: str
-    BranchName: str
-    PollForSourceChanges: str | None = None
+    BranchName: GitBranch
+    PollForSourceChanges: BoolFlag = None
 
     @field_validator("RepositoryName")
     @classmethod
@@ -35,16 +34,6 @@ class CodeCommitConfig(GitSourceConfig):
         if not _REPOSITORY_NAME.match(value) or value in (".", ".."):
             raise ValueError("a repository name is 1-100 letters, digits, '.', '_' or '-' (no '/')")
         return value
-
-    @field_validator("BranchName")
-    @classmethod
-    def _branch(cls, value: str) -> str:
-        return check_branch(value)
-
-    @field_validator("PollForSourceChanges", mode="before")
-    @classmethod
-    def _poll(cls, value: Any) -> Any:
-        return check_bool(value)
 
 
 class CodeCommitSource(GitSource):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from pydantic import field_validator
 
@@ -19,11 +18,11 @@ from providers.git_remotes import (
     locate_connection,
 )
 from providers.git_source import (
+    BoolFlag,
     Fetched,
+    GitBranch,
     GitSource,
     GitSourceConfig,
-    check_bool,
-    check_branch,
     commit_variables,
 )
 
@@ -34,8 +33,8 @@ _FULL_ID = re.compile(r"^(?!.*(^|/)\.{1,2}(/|$))[\w.-]+(/[\w.-]+)+$")
 class CodeStarSourceConnectionConfig(GitSourceConfig):
     ConnectionArn: str
     FullRepositoryId: str
-    BranchName: str
-    DetectChanges: str | None = None
+    BranchName: GitBranch
+    DetectChanges: BoolFlag = None
 
     @field_validator("FullRepositoryId")
     @classmethod
@@ -43,16 +42,6 @@ class CodeStarSourceConnectionConfig(GitSourceConfig):
         if not _FULL_ID.match(value):
             raise ValueError("must be owner/repository (e.g. my-org/my-repo)")
         return value
-
-    @field_validator("BranchName")
-    @classmethod
-    def _branch(cls, value: str) -> str:
-        return check_branch(value)
-
-    @field_validator("DetectChanges", mode="before")
-    @classmethod
-    def _detect(cls, value: Any) -> Any:
-        return check_bool(value)
 
 
 class CodeStarSourceConnection(GitSource):

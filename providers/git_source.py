@@ -20,7 +20,9 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator
 
 from providers import git
 from providers.base import ActionFailed, Job, Provider, ProviderConfig, Result
@@ -49,6 +51,12 @@ def check_bool(value: Any) -> Any:
     if value is not None and value not in ("true", "false"):
         raise ValueError('must be "true" or "false"')
     return value
+
+
+# Field types the git sources' configurations share: a branch name git accepts, and a
+# CodePipeline boolean string ("true" / "false", any case, or a JSON boolean).
+GitBranch = Annotated[str, AfterValidator(check_branch)]
+BoolFlag = Annotated[str | None, BeforeValidator(check_bool)]
 
 
 class GitSourceConfig(ProviderConfig):

@@ -8,18 +8,17 @@ from ``CONVEYOR_GIT_GITHUB_TOKEN`` / ``CONVEYOR_GIT_GITHUB_TOKEN_FILE``.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import field_validator
 
 from providers.base import ActionTypeId, Category
 from providers.git_remotes import GitSettings, Located, locate_github
 from providers.git_source import (
+    BoolFlag,
     Fetched,
+    GitBranch,
     GitSource,
     GitSourceConfig,
-    check_bool,
-    check_branch,
     commit_variables,
 )
 
@@ -29,9 +28,9 @@ _NAME = re.compile(r"^[\w.-]{1,100}$")
 class GitHubConfig(GitSourceConfig):
     Owner: str
     Repo: str
-    Branch: str
+    Branch: GitBranch
     OAuthToken: str | None = None  # accepted for compatibility, never used
-    PollForSourceChanges: str | None = None
+    PollForSourceChanges: BoolFlag = None
 
     @field_validator("Owner", "Repo")
     @classmethod
@@ -39,16 +38,6 @@ class GitHubConfig(GitSourceConfig):
         if not _NAME.match(value) or value in (".", ".."):
             raise ValueError("must be letters, digits, '.', '_' or '-' (no '/')")
         return value
-
-    @field_validator("Branch")
-    @classmethod
-    def _branch(cls, value: str) -> str:
-        return check_branch(value)
-
-    @field_validator("PollForSourceChanges", mode="before")
-    @classmethod
-    def _poll(cls, value: Any) -> Any:
-        return check_bool(value)
 
 
 class GitHubSource(GitSource):
