@@ -152,6 +152,10 @@ class Job:
     # Conveyor's own API (CodePipeline-compatible), for providers and the handlers they run
     # that report back or start pipelines through it; the worker fills it from its settings.
     api_endpoint: str | None = None
+    # The input directories are this attempt's own and nothing reads them after ``run``:
+    # a provider may move them rather than copy them (a build's source tree of thousands of
+    # files: creating each file again costs more than the build). The worker sets it.
+    inputs_disposable: bool = False
     # For providers with ``uses_artifact_locations``: where each input artifact is, and the
     # key each output artifact must be written to (``inputs`` and ``outputs`` stay empty).
     input_locations: dict[str, ArtifactObject] = field(default_factory=dict)

@@ -253,7 +253,7 @@ class BuildRunner:
     # -- preparation ---------------------------------------------------------------
 
     def _prepare_sources(self, log: BuildLog) -> tuple[Path, dict[str, Path]]:
-        """Copy inputs so the build can write freely without touching the worker's copy."""
+        """The inputs as the build's own trees, which it may change freely."""
         inputs = self.job.inputs
         if not inputs:
             raise ActionFailed(f"{self.label} needs at least one input artifact")
@@ -265,14 +265,23 @@ class BuildRunner:
         self.primary = primary
         log.line("Entering phase DOWNLOAD_SOURCE")
         src = self.root / "src"
-        shutil.copytree(inputs[primary], src, symlinks=True)
+        self._take(inputs[primary], src)
         secondaries: dict[str, Path] = {}
         for name, path in inputs.items():
             if name != primary:
                 secondaries[name] = self.root / "src-secondary" / name
-                shutil.copytree(path, secondaries[name], symlinks=True)
+                self._take(path, secondaries[name])
         log.line(f"CODEBUILD_SRC_DIR={src} (primary source {primary})")
         return src, secondaries
+
+    def _take(self, source: Path, target: Path) -> None:
+        """The input as the build's own tree: moved when the worker says nothing reads it
+        again (one rename instead of re-creating every file), else copied."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if self.job.inputs_disposable:
+            shutil.move(source, target)
+        else:
+            shutil.copytree(source, target, symlinks=True)
 
     def _load_buildspec(self, src: Path, log: BuildLog) -> Buildspec | None:
         try:

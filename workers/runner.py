@@ -111,6 +111,7 @@ def execute(
                     max_artifact_bytes=s.max_artifact_bytes,
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
+                    inputs_disposable=True,
                     input_locations=input_locations(act) if located else {},
                     output_locations=(
                         output_locations(state, act, decl, attempt) if located else {}
