@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from providers.base import ActionFailed
-from providers.sandbox import base_environment
+from providers.sandbox import base_environment, process_alive, start_time
 
 __all__ = [
     "ContainerBuild",
@@ -43,6 +43,7 @@ __all__ = [
     "NoEngine",
     "detect_engine",
     "exec_argv",
+    "reap_orphaned_containers",
     "remove_argv",
     "run_argv",
 ]
@@ -244,7 +245,10 @@ class ContainerBuild:
         self.engine = engine
         self.image = image
         self.settings = settings
-        self.name = f"{NAME_PREFIX}{uuid.uuid4().hex[:16]}"
+        # Whose it is, as build cgroups say it: a later worker start removes it if this
+        # process is gone without having removed it (killed mid-build).
+        pid = os.getpid()
+        self.name = f"{NAME_PREFIX}{pid}-{start_time(pid)}-{uuid.uuid4().hex[:12]}"
         self.env = client_environment()
         self._user = (os.getuid(), os.getgid())
         self._workdir = Path("/")
@@ -358,3 +362,47 @@ def container_for(project: str) -> ContainerBuild | None:
             "on the host."
         ) from None
     return ContainerBuild(engine, image, settings)
+
+
+def reap_orphaned_containers() -> int:
+    """Remove the build containers of worker processes that are gone; how many.
+
+    Asks an engine only where settings name build images, and never fails a worker's
+    start: a warning-worthy problem is raised as ActionFailed for the caller to log.
+    """
+    settings = ContainerSettings.load()
+    if not settings.build_images and settings.build_images_file is None:
+        return 0
+    try:
+        engine = detect_engine(settings.container_engine, settings.container_engine_args)
+    except NoEngine:
+        return 0
+    env = client_environment()
+    argv = [*engine.command, "ps", "--all", "--filter", f"name={NAME_PREFIX}"]
+    out = subprocess.run(
+        [*argv, "--format", "{{.Names}}"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CONTROL_TIMEOUT_SECONDS,
+        check=False,
+    )
+    removed = 0
+    for name in out.stdout.split():
+        owner, _, rest = name.removeprefix(NAME_PREFIX).partition("-")
+        started = rest.partition("-")[0]
+        if not name.startswith(NAME_PREFIX) or not owner.isdigit():
+            continue  # the filter matches anywhere in a name
+        if process_alive(int(owner), started):
+            continue
+        gone = subprocess.run(
+            remove_argv(engine, name),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=CONTROL_TIMEOUT_SECONDS,
+            check=False,
+        )
+        removed += gone.returncode == 0
+    return removed

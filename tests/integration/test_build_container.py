@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -24,8 +25,15 @@ import pytest
 from providers import sandbox
 from providers.base import Job, Result, S3Access
 from providers.codebuild import CodeBuild, CodeBuildConfig
-from providers.container import NoEngine, client_environment, detect_engine
-from providers.sandbox import SandboxPolicy
+from providers.container import (
+    NoEngine,
+    client_environment,
+    detect_engine,
+    reap_orphaned_containers,
+    remove_argv,
+    run_argv,
+)
+from providers.sandbox import SandboxPolicy, start_time
 from tests.container_image import MARKER_TEXT, EngineSetup, build_image, working_settings
 from tests.helpers import wait_for
 
@@ -270,3 +278,33 @@ def test_background_processes_end_with_the_build(images: EngineSetup, scratch: P
     assert result.succeeded, log
     assert "seen running" in log
     wait_for(lambda: not _marked(marker), timeout=10)
+
+
+def test_a_worker_start_removes_containers_of_dead_workers_only(
+    images: EngineSetup, scratch: Path
+) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = f"conveyor-build-{os.getpid()}-{start_time(os.getpid())}-{uuid.uuid4().hex[:12]}"
+    orphan = f"conveyor-build-{dead.pid}-1-{uuid.uuid4().hex[:12]}"
+    image = build_image(images.engine)
+    for name in (mine, orphan):
+        argv = run_argv(
+            images.engine,
+            image,
+            name,
+            user=(os.getuid(), os.getgid()),
+            mounts=[],
+            workdir=Path("/"),
+            extra=images.run_args,
+        )
+        subprocess.run(argv, env=client_environment(), capture_output=True, check=True)
+    try:
+        assert {mine, orphan} <= set(build_containers(images))
+        assert reap_orphaned_containers() >= 1
+        left = build_containers(images)
+        assert orphan not in left
+        assert mine in left
+    finally:
+        subprocess.run(remove_argv(images.engine, mine), env=client_environment(), check=False)
+        subprocess.run(remove_argv(images.engine, orphan), env=client_environment(), check=False)
