@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install redis-server docker-registry git build-user lint format test demo bench flower dev clean distclean
+.PHONY: help install redis-server docker-registry git build-user podman lint format test demo bench flower dev clean distclean
 
 help:
-	@echo "make install   create $(VENV) and install Conveyor with constraints.txt (+ redis-server, docker-registry, git)"
+	@echo "make install   create $(VENV) and install Conveyor with constraints.txt (+ redis-server, docker-registry, git, podman)"
 	@echo "make test      lint, type-check, then the whole test suite"
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff format + ruff check --fix"
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) redis-server docker-registry git build-user
+install: $(STAMP) redis-server docker-registry git build-user podman
 
 # Tests and `conveyor dev` start their own redis-server; install it when we can.
 redis-server:
@@ -79,6 +79,24 @@ build-user:
 		echo "creating the build user $(BUILD_USER)"; \
 		useradd --system --user-group --no-create-home \
 			--shell "$$(command -v nologin || echo /usr/sbin/nologin)" $(BUILD_USER); \
+	fi
+
+# Builds of projects named in CONVEYOR_BUILD_IMAGES run in a container; their tests need an
+# engine that answers. Without Docker, Debian's podman (and runc, which also runs on hosts
+# with a hybrid cgroup v1/v2 layout where crun refuses to).
+podman:
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		:; \
+	elif command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1; then \
+		:; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "no container engine answers: installing podman and runc with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq podman runc >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq podman runc >/dev/null; }; \
+	else \
+		echo "WARNING: no container engine (docker, podman) found. Install one for builds" \
+			"in images (CONVEYOR_BUILD_IMAGES); their tests skip without one." >&2; \
 	fi
 
 lint: $(STAMP)

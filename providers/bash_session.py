@@ -14,6 +14,9 @@ cancel or timeout, and at the end, the whole cgroup is killed, so background dae
 (``dockerd &``), ``setsid`` and double-forked children do not outlive the build. Without a
 cgroup, each command's process group is killed instead. Output goes to a capped
 :class:`~providers.build_log.BuildLog`.
+
+With a :class:`~providers.container.ContainerBuild`, the same scripts run inside the
+build's container instead (``exec``), whose own kill replaces the cgroup's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 from providers.base import ActionFailed
 from providers.build_log import BuildLog
+from providers.container import ContainerBuild
 from providers.sandbox import (
     BuildCgroup,
     SandboxPolicy,
@@ -118,6 +122,7 @@ class BashSession:
         cancelled: threading.Event,
         deadline: float | None,
         sandbox: SandboxPolicy | None = None,
+        container: ContainerBuild | None = None,
     ) -> None:
         self.src = src
         self.state_dir = state_dir
@@ -149,8 +154,27 @@ class BashSession:
             for path in owned:
                 open_way(path, self.sandbox.boundary)
             give_to(user, owned)
+        self.container = container
         self._cgroup: BuildCgroup | None = None
-        if self.sandbox.cgroups:
+        if container is not None:
+            ids = (user.uid, user.gid) if user else (os.getuid(), os.getgid())
+            mounts = [src, state_dir] + [
+                Path(v) for k, v in env.items() if k.startswith("CODEBUILD_SRC_DIR_")
+            ]
+            env_file = state_dir / f"env-{uuid.uuid4().hex}.sh"
+            try:
+                container.start(
+                    user=ids,
+                    mounts=mounts,
+                    workdir=src,
+                    env=self.env,
+                    env_file=env_file,
+                    deadline=deadline,
+                )
+            except BaseException:
+                container.close()  # whatever a failed start left behind
+                raise
+        elif self.sandbox.cgroups:
             self._cgroup = create_build_cgroup()
 
     def _join(self) -> str:
@@ -183,6 +207,9 @@ class BashSession:
     def _spawn(self, argv: list[str], stdout: int) -> subprocess.Popen[bytes]:
         extra: dict[str, Any] = {}
         user = self.sandbox.user
+        env = self.env
+        if self.container is not None:  # the engine's client, as the worker; inside, the user
+            argv, env, user = self.container.wrap(argv), self.container.env, None
         if user is not None and SETPRIV:
             ids = [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"]
             argv = [SETPRIV, *ids, "--", *argv]
@@ -191,7 +218,7 @@ class BashSession:
         proc = subprocess.Popen(
             argv,
             cwd=self.src,
-            env=self.env,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.STDOUT,
@@ -230,6 +257,8 @@ class BashSession:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
+        if self.container is not None:
+            self.container.signal_all("TERM")
         _signal_group(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=KILL_GRACE_SECONDS)
@@ -238,6 +267,8 @@ class BashSession:
         self.log.pump()
 
     def _kill_all(self) -> None:
+        if self.container is not None:
+            self.container.signal_all("KILL")
         if self._cgroup is not None:
             self._cgroup.kill()
         for pgid in self._groups:
@@ -284,7 +315,10 @@ class BashSession:
         self._kill_all()
 
     def close(self) -> None:
-        """Kill whatever the build left running: its whole cgroup, and its process groups."""
+        """Kill whatever the build left running: its container or its whole cgroup, and
+        its process groups."""
+        if self.container is not None:
+            self.container.close()  # removing the container kills everything in it
         self._kill_all()
         if self._cgroup is not None:
             self._cgroup.remove()

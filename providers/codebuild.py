@@ -46,6 +46,7 @@ from providers.buildspec import (
     find_buildspec,
     parse_buildspec,
 )
+from providers.container import ContainerBuild, container_for
 from providers.reports import GroupTotals, collect_reports, summary_text, write_json
 from providers.s3_source import bool_string
 from providers.sandbox import base_environment
@@ -187,6 +188,7 @@ class BuildRunner:
         self.state = BuildState()
         self.masker = Masker()
         self.reports: list[GroupTotals] = []
+        self.container: ContainerBuild | None = None
 
     def run(self) -> Result:
         if self.root.exists():  # a retried attempt reusing its workdir starts clean
@@ -200,6 +202,10 @@ class BuildRunner:
         attachments: dict[str, Path] = {}
         try:
             log.line(f"Running build {self.build_id} for CodeBuild project {self.project}")
+            self.container = container_for(self.project)
+            if self.container is not None:
+                engine = self.container.engine.name
+                log.line(f"Building in image {self.container.image} ({engine})")
             src, secondaries = self._prepare_sources(log)
             spec = self._load_buildspec(src, log)
             env = self._environment(src, secondaries, spec, log) if spec is not None else None
@@ -217,6 +223,7 @@ class BuildRunner:
                     self.job.cancelled,
                     self.job.deadline,
                     self.job.sandbox,
+                    self.container,
                 )
                 self._run_phases(spec, session, log)
                 session.end_processes()  # none may change the source while it is read
@@ -343,7 +350,7 @@ class BuildRunner:
                 "CODEBUILD_RESOLVED_SOURCE_VERSION": version,
                 "CODEBUILD_SRC_DIR": str(src),
                 "CODEBUILD_START_TIME": str(int(time.time() * 1000)),
-                "CODEBUILD_BUILD_IMAGE": "local",
+                "CODEBUILD_BUILD_IMAGE": self.container.image if self.container else "local",
                 "AWS_REGION": job.s3.region,
                 "AWS_DEFAULT_REGION": job.s3.region,
             }

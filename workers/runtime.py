@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,8 @@ from engine.service import Service
 from engine.settings import Settings
 from engine.store import Store
 from providers import default_registry
+from providers.base import ActionFailed
+from providers.container import reap_orphaned_containers
 from providers.registry import Registry
 from providers.sandbox import (
     SandboxPolicy,
@@ -74,6 +77,13 @@ class Runtime:
         reaped = reap_orphaned_cgroups()
         if reaped:
             log.info("killed the builds of %d worker processes that are gone", reaped)
+        containers = 0
+        try:
+            containers = reap_orphaned_containers()
+        except (ActionFailed, OSError, subprocess.SubprocessError) as exc:
+            log.warning("could not look for build containers left by dead workers: %s", exc)
+        if containers:
+            log.info("removed %d build containers of workers that are gone", containers)
         root = Path(self.scratch.root).resolve()
         closed = [d for d in (root, *root.parents) if not d.stat().st_mode & 0o001]
         if policy.user is not None and closed:

@@ -17,6 +17,7 @@ import yaml
 
 from engine import keys
 from engine.settings import Settings
+from providers.container import ContainerSettings
 from workers.cli import cli
 from workers.cli_client import register
 
@@ -27,6 +28,8 @@ SYSTEMD = DEPLOY / "systemd"
 ENV_EXAMPLE = SYSTEMD / "conveyor.env.example"
 CLIENT_ONLY = {"CONVEYOR_API_URL"}  # read by the CLI/client, not by Settings
 SETTINGS_VARS = {f"CONVEYOR_{name.upper()}" for name in Settings.model_fields}
+# Build workers' container settings, read by the provider itself (providers.container).
+CONTAINER_VARS = {f"CONVEYOR_{name.upper()}" for name in ContainerSettings.model_fields}
 
 register(cli)
 
@@ -153,9 +156,16 @@ def env_example() -> dict[str, str]:
 
 def test_env_example_lists_every_setting_with_a_valid_value(tmp_path: Path) -> None:
     env = env_example()
-    assert set(env) == SETTINGS_VARS | CLIENT_ONLY
+    assert set(env) == SETTINGS_VARS | CONTAINER_VARS | CLIENT_ONLY
+    container = {k.removeprefix("CONVEYOR_").lower(): v for k, v in env.items() if v}
+    containers = ContainerSettings.model_validate(
+        {k: v for k, v in container.items() if f"CONVEYOR_{k.upper()}" in CONTAINER_VARS}
+    )
+    assert containers.model_dump() == ContainerSettings.model_construct().model_dump()  # defaults
     values = {
-        k.removeprefix("CONVEYOR_").lower(): v for k, v in env.items() if k not in CLIENT_ONLY
+        k.removeprefix("CONVEYOR_").lower(): v
+        for k, v in env.items()
+        if k not in CLIENT_ONLY | CONTAINER_VARS
     }
     password = tmp_path / "redis-password"
     password.write_text("pw\n")
@@ -176,5 +186,6 @@ def test_env_example_lists_every_setting_with_a_valid_value(tmp_path: Path) -> N
 
 def test_readme_documents_every_setting() -> None:
     readme = (DEPLOY / "README.md").read_text()
-    missing = sorted(v for v in SETTINGS_VARS | CLIENT_ONLY if not re.search(rf"\b{v}\b", readme))
+    documented = SETTINGS_VARS | CONTAINER_VARS | CLIENT_ONLY
+    missing = sorted(v for v in documented if not re.search(rf"\b{v}\b", readme))
     assert not missing, f"deploy/README.md does not mention {missing}"
