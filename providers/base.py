@@ -203,6 +203,10 @@ class Result:
     revision_summary: str | None = None
     # files the worker should upload to the artifact bucket beside the artifacts (logs)
     attachments: dict[str, Path] = field(default_factory=dict)
+    # Output artifacts the provider made as finished zip archives (a git tree archived
+    # straight from the object store): the worker checks them against the artifact limits
+    # and uploads them byte for byte instead of zipping the output directory.
+    ready_outputs: dict[str, Path] = field(default_factory=dict)
 
 
 class Provider(ABC):

@@ -378,6 +378,43 @@ def checkout_tree(repo: Path, sha: str, dest: Path, limits: Limits) -> None:
     )
 
 
+@dataclass(frozen=True)
+class TreeEntry:
+    mode: str  # git's: 100644, 100755, 120000 (symlink), 160000 (submodule)
+    size: int  # 0 for submodules
+    path: str
+
+
+def tree_entries(repo: Path, sha: str, limits: Limits) -> list[TreeEntry]:
+    """Every file of ``sha``'s tree with its mode and size, read from the object store
+    (nothing is written): what an artifact of it would hold, judged before making it."""
+    out = run(["--git-dir", str(repo), "ls-tree", "-r", "-l", "-z", sha], limits=limits)
+    entries = []
+    for record in out.split("\0"):
+        if not record:
+            continue
+        meta, _, path = record.partition("\t")
+        mode, _kind, _oid, size = meta.split(maxsplit=3)
+        entries.append(TreeEntry(mode, int(size) if size.strip().isdigit() else 0, path))
+    return entries
+
+
+def archive_zip(repo: Path, sha: str, dest: Path, limits: Limits) -> None:
+    """``sha``'s tree as a zip, straight from the object store (no file is checked out).
+
+    Every file is kept: the repository's own ``export-ignore`` / ``export-subst``
+    attributes (meant for release tarballs) are switched off, so the archive holds what a
+    checkout would."""
+    info = repo / "info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "attributes").write_text("* -export-ignore -export-subst\n")
+    run(
+        ["--git-dir", str(repo), "archive", "--format=zip", "-o", str(dest), sha],
+        limits=limits,
+        what="git archive",
+    )
+
+
 def checkout_branch(repo: Path, branch: str, sha: str, limits: Limits) -> None:
     """A working clone at ``sha`` on a local ``branch`` (so ``git log`` and ``git branch``
     inside it answer as in any clone)."""

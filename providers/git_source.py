@@ -29,6 +29,7 @@ from providers.base import ActionFailed, Job, Provider, ProviderConfig, Result
 from providers.git import Commit, Failure, GitError, Limits, Remote
 from providers.git_remotes import GitSettings, Located
 from providers.s3_source import bool_string
+from providers.ziputil import MAX_BYTES_SETTING, MAX_FILES_SETTING
 
 
 class OutputArtifactFormat(StrEnum):
@@ -70,6 +71,8 @@ class Fetched:
     commit: Commit
     remote: Remote
     branch: str
+    # CODE_ZIP made by ``git archive`` (the output directory stays empty), when it could be
+    archive: Path | None = None
 
 
 class GitSource(Provider):
@@ -115,7 +118,12 @@ class GitSource(Provider):
         commit = fetched.commit
         first_line = commit.summary.splitlines()[0] if commit.summary else ""
         job.log.write(f"Commit {commit.id} ({commit.author_date}): {first_line}\n")
+        ready = {}
+        if fetched.archive is not None:
+            (name,) = job.outputs
+            ready[name] = fetched.archive
         return Result(
+            ready_outputs=ready,
             summary=first_line or f"Commit {commit.id}",
             revision_id=commit.id,
             revision_summary=self.revision_summary(config, fetched),
@@ -145,9 +153,12 @@ class GitSource(Provider):
             try:
                 if clone:
                     sha = self._clone(repo, remote, branch, pinned, limits)
+                    archive = None
                 else:
                     sha = self._shallow(repo, remote, branch, pinned, limits)
-                    git.checkout_tree(repo, sha, output, limits)
+                    archive = _archive(job, repo, sha, limits)
+                    if archive is None:
+                        git.checkout_tree(repo, sha, output, limits)
                 commit = git.commit_info(repo, sha, limits)
             except GitError as exc:
                 if exc.kind is Failure.REPOSITORY:
@@ -156,7 +167,7 @@ class GitSource(Provider):
                     _empty(output)
                     continue
                 raise self._failure(exc, located, remote, branch, pinned) from exc
-            return Fetched(commit, remote, branch)
+            return Fetched(commit, remote, branch, archive)
         raise ActionFailed(
             f"repository {located.name!r} not found (tried {', '.join(tried)}); "
             f"check {located.settings_hint}"
@@ -220,6 +231,35 @@ class GitSource(Provider):
         if exc.kind is Failure.CANCELLED:
             return ActionFailed(f"fetching {where}: stopped")
         return ActionFailed(f"fetching {where}: {exc.message}")
+
+
+# Tree entries a zip made by ``git archive`` would not hold as a checkout does: symlinks
+# (archived as link entries, which consumers refuse) and submodules (left out).
+_CHECKOUT_ONLY_MODES = ("120000", "160000")
+
+
+def _archive(job: Job, repo: Path, sha: str, limits: Limits) -> Path | None:
+    """CODE_ZIP straight from the object store: no file is written twice (checked out,
+    then zipped). Judged against the artifact limits before anything is written, either
+    way. None when the tree holds a symlink or a submodule: those are checked out and
+    zipped the usual way."""
+    entries = git.tree_entries(repo, sha, limits)
+    total = sum(e.size for e in entries)
+    if len(entries) > job.max_artifact_files:
+        raise ActionFailed(
+            f"commit {sha} has {len(entries)} files; the artifact limit is "
+            f"{job.max_artifact_files} files ({MAX_FILES_SETTING})"
+        )
+    if total > job.max_artifact_bytes:
+        raise ActionFailed(
+            f"commit {sha} holds {total} bytes; the artifact limit is "
+            f"{job.max_artifact_bytes} bytes ({MAX_BYTES_SETTING})"
+        )
+    if any(e.mode in _CHECKOUT_ONLY_MODES for e in entries):
+        return None
+    dest = job.workdir / f"source-{sha[:12]}.zip"
+    git.archive_zip(repo, sha, dest, limits)
+    return dest
 
 
 def _tracking(branch: str) -> str:

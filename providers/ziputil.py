@@ -232,6 +232,22 @@ def _check_headers(infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int)
             raise UnsafeArchiveError(f"{info.filename!r}: symlink entries are not allowed")
 
 
+def check_zip(archive: Path, *, max_bytes: int, max_files: int) -> int:
+    """What :func:`extract_zip` would judge before writing a byte: the entry count, the
+    declared sizes, no symlink entries, safe names. Returns the number of entries."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise UnsafeArchiveError(f"corrupt or unsupported archive: {exc}") from exc
+    _check_headers(infos, max_bytes, max_files)
+    root = Path("/nonexistent-root")
+    for info in infos:
+        safe_member_path(root, info.filename)
+    _check_layout(infos)
+    return len(infos)
+
+
 def _copy_limited(
     src: IO[bytes], dst: IO[bytes], info: zipfile.ZipInfo, budget: int, max_bytes: int
 ) -> int:

@@ -28,7 +28,14 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.errors import ArtifactError
 from engine.settings import Settings
-from providers.ziputil import CHUNK_SIZE, UnsafeArchiveError, extract_zip, sha256_file, zip_dir
+from providers.ziputil import (
+    CHUNK_SIZE,
+    UnsafeArchiveError,
+    check_zip,
+    extract_zip,
+    sha256_file,
+    zip_dir,
+)
 
 # The SDK reads each multipart part into memory: peak extra memory of an upload is about
 # (PARALLEL_UPLOADS + 2) x PART_SIZE (~32 MiB, measured), whatever the artifact's size.
@@ -291,6 +298,15 @@ class ArtifactStore:
         except UnsafeArchiveError as exc:
             what = f"output artifact {name!r}" if name else str(directory)
             raise ArtifactError(f"cannot package {what}: {exc}") from exc
+        return Packed(path=archive, sha256=sha256_file(archive), size=archive.stat().st_size)
+
+    def package_file(self, archive: Path, *, name: str) -> Packed:
+        """A zip a provider made itself, checked like :meth:`package_dir`'s (entries and
+        uncompressed bytes from its central directory, within the limits), and hashed."""
+        try:
+            check_zip(archive, max_bytes=self.max_bytes, max_files=self.max_files)
+        except UnsafeArchiveError as exc:
+            raise ArtifactError(f"cannot store output artifact {name!r}: {exc}") from exc
         return Packed(path=archive, sha256=sha256_file(archive), size=archive.stat().st_size)
 
     def upload_packed(self, packed: Packed, bucket: str, key: str) -> ArtifactRef:

@@ -142,7 +142,12 @@ def execute(
                     (tmp / "zip").mkdir()
                     for name, d in out_dirs.items():
                         # Zipped once; only the upload of that zip is retried.
-                        packed = rt.artifacts.package_dir(d, tmp / "zip" / f"{name}.zip", name=name)
+                        if name in res.ready_outputs:
+                            packed = rt.artifacts.package_file(res.ready_outputs[name], name=name)
+                        else:
+                            packed = rt.artifacts.package_dir(
+                                d, tmp / "zip" / f"{name}.zip", name=name
+                            )
                         key = artifact_key(
                             state.pipeline_name, name, act.action_execution_id, attempt
                         )

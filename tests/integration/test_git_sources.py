@@ -8,6 +8,7 @@ import json
 import subprocess
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,17 @@ def files_under(root: Path) -> dict[str, str]:
     }
 
 
+def code_zip(job: Job, result: Any, name: str = "Src") -> dict[str, str]:
+    """The CODE_ZIP artifact's files: the zip the provider made (``git archive``), else
+    what it left in the output directory for the worker to zip."""
+    ready = result.ready_outputs.get(name)
+    if ready is None:
+        return files_under(job.outputs[name])
+    assert not any(job.outputs[name].iterdir()), "an archive and a directory both"
+    with zipfile.ZipFile(ready) as zf:
+        return {i.filename: zf.read(i).decode() for i in zf.infolist() if not i.is_dir()}
+
+
 def codecommit(
     tmp_path: Path, settings: GitSettings, *, branch: str = "main", **kw: Any
 ) -> tuple[Job, Any]:
@@ -97,9 +109,11 @@ def codecommit(
 
 def test_code_zip_over_git_daemon(tmp_path: Path, daemon: str, repo: Repo) -> None:
     job, result = codecommit(tmp_path, GitSettings(base_url=daemon))
-    out = job.outputs["Src"]
-    assert files_under(out) == {"buildspec.yml": "version: 0.2\n", "src/app.py": "print('v2')\n"}
-    assert not (out / ".git").exists()
+    assert code_zip(job, result) == {
+        "buildspec.yml": "version: 0.2\n",
+        "src/app.py": "print('v2')\n",
+    }
+    assert result.ready_outputs  # made straight from the object store
     head = repo.commits[-1]
     assert result.revision_id == head
     assert result.revision_summary == "second: bump to v2\n\nwith a body line"
@@ -142,7 +156,7 @@ def test_pinned_commit_is_fetched_exactly(tmp_path: Path, daemon: str, repo: Rep
     assert result.revision_id == first
     assert result.output_variables["CommitMessage"] == "initial commit"
     assert result.output_variables["AuthorDate"] == "2024-01-02T01:04:05Z"
-    assert files_under(job.outputs["Src"])["src/app.py"] == "print('v1')\n"
+    assert code_zip(job, result)["src/app.py"] == "print('v1')\n"
 
 
 def test_pinned_commit_in_a_clone_ref(tmp_path: Path, daemon: str, repo: Repo) -> None:
@@ -231,7 +245,7 @@ def test_code_zip_over_authenticated_http(tmp_path: Path, http: GitHttpServer, r
     )
     job, result = codecommit(tmp_path, settings)
     assert result.revision_id == repo.commits[-1]
-    assert files_under(job.outputs["Src"])["src/app.py"] == "print('v2')\n"
+    assert code_zip(job, result)["src/app.py"] == "print('v2')\n"
     assert PASSWORD not in job.log.getvalue()  # type: ignore[attr-defined]
 
 
@@ -320,3 +334,29 @@ def test_github_v1_ignores_the_oauth_token_in_the_definition(
     assert result.revision_id == repo.commits[-1]
     assert result.output_variables["RepositoryName"] == "app"
     assert "CommitUrl" not in result.output_variables  # not github.com
+
+
+def test_code_zip_keeps_export_ignored_files_and_checks_out_symlinks(
+    tmp_path: Path, daemon: str, repo: Repo
+) -> None:
+    """``git archive`` would drop export-ignore'd files and keep links as link entries
+    (which consumers refuse): the artifact must hold what a checkout holds either way."""
+    repo.commit({".gitattributes": "secret.txt export-ignore\n", "secret.txt": "kept\n"}, "attrs")
+    job, result = codecommit(tmp_path / "a", GitSettings(base_url=daemon))
+    assert code_zip(job, result)["secret.txt"] == "kept\n"
+
+    (repo.work / "link.py").symlink_to("src/app.py")
+    repo.commit({}, "a symlink")
+    job, result = codecommit(tmp_path / "b", GitSettings(base_url=daemon))
+    assert not result.ready_outputs  # checked out and zipped by the worker instead
+    assert (job.outputs["Src"] / "link.py").read_text() == "print('v2')\n"
+
+
+def test_code_zip_over_the_artifact_limit_fails_before_archiving(
+    tmp_path: Path, daemon: str, repo: Repo
+) -> None:
+    job = make_job(tmp_path, CodeCommitSource, {"RepositoryName": "app", "BranchName": "main"})
+    job.max_artifact_files = 1
+    with pytest.raises(ActionFailed, match="artifact limit is 1 files"):
+        CodeCommitSource(GitSettings(base_url=daemon)).run(job)
+    assert not list(job.workdir.glob("source-*.zip"))
