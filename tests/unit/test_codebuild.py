@@ -450,3 +450,14 @@ def _assert_dead(pid: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} is still running")
+
+
+def test_a_buildspec_with_a_yaml_error_fails_the_action_saying_where(tmp_path: Path) -> None:
+    job = make_job(tmp_path, "version: 0.2\nphases:\n  build:\n    commands: [echo, \n")
+    result, log = run(job)
+    assert not result.succeeded
+    assert result.error_code == "ConfigurationError"
+    message = result.error_message or ""
+    assert "YAML_FILE_ERROR: invalid YAML" in message
+    assert "line" in message  # where the parser gave up, for the person fixing it
+    assert "Phase complete: DOWNLOAD_SOURCE State: FAILED" in log
