@@ -31,6 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,11 @@ class Outcome:
 class BashSession:
     """One build's shell: runs commands one by one, carrying state between them.
 
-    With a build user, ``src``, ``state_dir`` and every directory a ``CODEBUILD_SRC_DIR_*``
-    variable names become that user's; the build's ``HOME`` and ``TMPDIR`` are made inside
-    ``state_dir`` so that they go away with the build.
+    With a build user, ``src``, ``state_dir`` and the ``secondaries`` (the secondary source
+    directories) become that user's; the build's ``HOME`` and ``TMPDIR`` are made inside
+    ``state_dir`` so that they go away with the build. Which directories those are is the
+    caller's word, never read back from ``env``: a buildspec sets variables, and one naming
+    ``CODEBUILD_SRC_DIR_x: /etc`` must not make the root worker hand ``/etc`` over.
     """
 
     def __init__(
@@ -123,6 +126,8 @@ class BashSession:
         deadline: float | None,
         sandbox: SandboxPolicy | None = None,
         container: ContainerBuild | None = None,
+        *,
+        secondaries: Sequence[Path] = (),
     ) -> None:
         self.src = src
         self.state_dir = state_dir
@@ -148,9 +153,14 @@ class BashSession:
                     f"builds run as {user.name}, who cannot pass through {blocked} on the way "
                     "to the worker's scratch directory (CONVEYOR_WORKDIR): chmod o+x it"
                 )
-            owned = [src, state_dir] + [
-                Path(v) for k, v in env.items() if k.startswith("CODEBUILD_SRC_DIR_")
-            ]
+            owned = [src, state_dir, *secondaries]
+            if boundary is not None:
+                outside = [p for p in owned if not p.resolve().is_relative_to(boundary.resolve())]
+                if outside:
+                    raise ActionFailed(
+                        f"build directories {[str(p) for p in outside]} are not under the "
+                        f"worker's scratch directory {boundary}"
+                    )
             for path in owned:
                 open_way(path, self.sandbox.boundary)
             give_to(user, owned)
@@ -158,9 +168,7 @@ class BashSession:
         self._cgroup: BuildCgroup | None = None
         if container is not None:
             ids = (user.uid, user.gid) if user else (os.getuid(), os.getgid())
-            mounts = [src, state_dir] + [
-                Path(v) for k, v in env.items() if k.startswith("CODEBUILD_SRC_DIR_")
-            ]
+            mounts = [src, state_dir, *secondaries]
             env_file = state_dir / f"env-{uuid.uuid4().hex}.sh"
             try:
                 container.start(

@@ -224,6 +224,7 @@ class BuildRunner:
                     self.job.deadline,
                     self.job.sandbox,
                     self.container,
+                    secondaries=list(secondaries.values()),
                 )
                 self._run_phases(spec, session, log)
                 session.end_processes()  # none may change the source while it is read

@@ -63,7 +63,14 @@ def run_commands_rule(
         for name, path in secondaries.items():
             full_env[f"CODEBUILD_SRC_DIR_{name}"] = str(path)
         session = BashSession(
-            src, root / "state", full_env, build_log, cancelled, deadline, sandbox
+            src,
+            root / "state",
+            full_env,
+            build_log,
+            cancelled,
+            deadline,
+            sandbox,
+            secondaries=list(secondaries.values()),
         )
         ok, summary = _run(commands, session, build_log)
         build_log.line(f"Commands rule finished: {summary}")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -174,3 +176,41 @@ def test_a_scratch_root_the_build_user_cannot_reach_fails_the_build_clearly(
             SandboxPolicy(user=user, boundary=scratch),
         )
     log.close()
+
+
+def test_a_buildspec_variable_naming_a_host_directory_hands_nothing_over() -> None:
+    """``env.variables: {CODEBUILD_SRC_DIR_x: /etc}`` in a hostile buildspec: the worker
+    (root) gives the build user only the directories it made for the build."""
+    from providers.codebuild import CodeBuild
+    from tests.unit.test_codebuild import make_job
+
+    user = sandbox.resolve_build_user(sandbox.DEFAULT_BUILD_USER)
+    assert user is not None, "run as root: only root switches users"
+    # pytest's own temp directories are 0700: the build user could not reach its build.
+    tmp_path = Path(tempfile.mkdtemp(prefix="conveyor-test-sandbox-"))
+    tmp_path.chmod(0o711)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("root's\n")
+    job = make_job(
+        tmp_path,
+        f"""
+        version: 0.2
+        env:
+          variables:
+            CODEBUILD_SRC_DIR_x: {victim}
+        phases:
+          build:
+            commands:
+              - echo pwned > "$CODEBUILD_SRC_DIR_x/precious" || true
+              - touch "$CODEBUILD_SRC_DIR_x/planted" || true
+        """,
+        outputs=(),
+    )
+    job.sandbox = SandboxPolicy(user=user, boundary=tmp_path)
+    result = CodeBuild().run(job)
+    assert result.succeeded, result.error_message
+    assert victim.stat().st_uid == 0 and (victim / "precious").stat().st_uid == 0
+    assert (victim / "precious").read_text() == "root's\n"
+    assert not (victim / "planted").exists()
+    shutil.rmtree(tmp_path)
