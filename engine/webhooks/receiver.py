@@ -15,6 +15,7 @@ that did start are found again by their tokens rather than started twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -36,6 +37,7 @@ from engine.store.connection import redis_errors
 from engine.store.definitions import PipelineRecord
 from engine.webhooks import payloads
 from engine.webhooks.signatures import (
+    DEFAULT,
     Unauthorized,
     WebhookSecrets,
     verify_github,
@@ -154,16 +156,21 @@ class WebhookReceiver:
         if isinstance(outcome, payloads.Ignored):
             return Reply(202, {"delivery": delivery, "started": [], "ignored": outcome.reason})
 
-        if not self._claim(host, delivery):
+        # A replay is known by what was signed, the body: the delivery id header is not
+        # covered by GitHub's signature, so a captured push resent under a fresh id must
+        # still be refused (it would roll a deployment back to an old commit at will).
+        replay = hashlib.sha256(body).hexdigest()
+        if not self._claim(host, replay):
             return refusal(
                 409,
-                f"delivery {delivery} was already received (within the last "
-                f"{self.config.delivery_ttl_seconds} seconds); nothing was started",
+                f"this delivery (id {delivery}) was already received: the same signed body "
+                f"arrived within the last {self.config.delivery_ttl_seconds} seconds; "
+                "nothing was started",
             )
         try:
-            started = self._start(host, delivery, outcome, verified)
+            started = self._start(host, delivery, replay, outcome, verified)
         except Exception:
-            self._release(host, delivery)
+            self._release(host, replay)
             raise
         return Reply(202, {"delivery": delivery, "started": started})
 
@@ -188,31 +195,31 @@ class WebhookReceiver:
             delivery = headers.get("webhook-id") or headers.get("idempotency-key")
         return event or None, delivery or None
 
-    def _claim(self, host: Host, delivery: str) -> bool:
+    def _claim(self, host: Host, replay: str) -> bool:
         with redis_errors("recording a webhook delivery"):
             claimed = self.r.set(
-                keys.webhook_delivery(host.value, delivery),
+                keys.webhook_delivery(host.value, replay),
                 str(self.clock()),
                 nx=True,
                 ex=self.config.delivery_ttl_seconds,
             )
         return bool(claimed)
 
-    def _release(self, host: Host, delivery: str) -> None:
+    def _release(self, host: Host, replay: str) -> None:
         try:
             with redis_errors("releasing a webhook delivery"):
-                self.r.delete(keys.webhook_delivery(host.value, delivery))
+                self.r.delete(keys.webhook_delivery(host.value, replay))
         except ConveyorError:
-            log.exception("delivery %s: could not release its claim", delivery)
+            log.exception("delivery %s: could not release its claim", replay)
 
     def _start(
-        self, host: Host, delivery: str, event: GitEvent, verified: set[str]
+        self, host: Host, delivery: str, replay: str, event: GitEvent, verified: set[str]
     ) -> list[dict[str, str]]:
         records = {r.declaration.name: r for r in self.service.list_pipelines()}
         plans = [
             p
             for p in plan_starts(event, (r.declaration for r in records.values()))
-            if self._signed_for(records[p.pipeline], p, verified)
+            if self._signed_for(records[p.pipeline], p, event, verified)
         ]
         started: list[dict[str, str]] = []
         for plan in plans:
@@ -224,7 +231,7 @@ class WebhookReceiver:
                     trigger_detail=plan.trigger_detail,
                     source_revisions=[plan.source_revision],
                     client_request_token=trigger_token(
-                        record.created, f"webhook/{host.value}/{delivery}", event.commit_id
+                        record.created, f"webhook/{host.value}/{replay}", event.commit_id
                     ),
                 )
             except ServiceUnavailableError:
@@ -247,15 +254,25 @@ class WebhookReceiver:
             )
         return started
 
-    def _signed_for(self, record: PipelineRecord, plan: PlannedStart, verified: set[str]) -> bool:
-        """Whether the secret that guards the plan's source action signed the delivery."""
+    def _signed_for(
+        self, record: PipelineRecord, plan: PlannedStart, event: GitEvent, verified: set[str]
+    ) -> bool:
+        """Whether every secret that guards the plan signed the delivery: the one of the
+        event's repository (``acme/app``) and the one of the source action's (a CodeCommit
+        ``app`` matches it too), so a repository's own secret is never bypassed through
+        the default one."""
         action = next(
             a for a in record.declaration.stages[0].actions if a.name == plan.source_action
         )
-        guard = self.config.secrets.guarding(
-            repository_of(action), action.configuration.get("ConnectionArn")
-        )
-        return guard is not None and guard in verified
+        connection = action.configuration.get("ConnectionArn")
+        secrets = self.config.secrets
+        guards = {
+            secrets.guarding(event.repository, connection),
+            secrets.guarding(repository_of(action), connection),
+        }
+        if len(guards) > 1:
+            guards.discard(DEFAULT)  # a repository's own secret outranks the default
+        return None not in guards and guards <= verified
 
 
 _EVENT_HEADER = {Host.GITHUB: "X-GitHub-Event", Host.GITLAB: "X-Gitlab-Event"}

@@ -52,8 +52,19 @@ WEB = "acme/web"
 PRIVATE = "acme/private"
 GITLAB_PROJECT = "group/sub/app"
 
+
 # Pushes to main or release/** start "web", unless all they touch is docs; pull requests
 # into main start "web-pr-open" when opened and "web-pr-closed" when closed.
+def codecommit_pipeline(name: str, repository: str) -> dict[str, Any]:
+    """The same shape with a CodeCommit source: its RepositoryName matches the event's
+    repository by its last segment, as Conveyor's triggers allow."""
+    decl = git_pipeline(name, repository, {})
+    checkout = decl["stages"][0]["actions"][0]
+    checkout["actionTypeId"]["provider"] = "CodeCommit"
+    checkout["configuration"] = {"RepositoryName": repository, "BranchName": "main"}
+    return decl
+
+
 PIPELINES = [
     git_pipeline(
         "web",
@@ -86,6 +97,7 @@ PIPELINES = [
         },
     ),
     git_pipeline("private", PRIVATE, {}),  # no filter: pushes to its BranchName (main)
+    codecommit_pipeline("private-cc", "private"),  # a CodeCommit name matching acme/private
 ]
 
 
@@ -405,10 +417,13 @@ def test_replayed_delivery_is_refused_and_starts_nothing_more(hooks: HookServer,
     assert github(hooks, "push", payload, delivery="delivery-42")[0] == 202
     status, reply = github(hooks, "push", payload, delivery="delivery-42")
     assert status == 409
-    assert "delivery-42 was already received" in reply["error"]
+    assert "delivery-42) was already received" in reply["error"]
+    # The delivery id is not signed: the same captured body under a fresh id is a replay too.
+    status, reply = github(hooks, "push", payload, delivery="delivery-43-fresh")
+    assert status == 409
     assert counts(cp) == only("web")
-    ttl = hooks.redis.ttl("conveyor:webhook:delivery:github:delivery-42")
-    assert 0 < ttl <= 3 * 24 * 3600
+    (key,) = hooks.redis.keys("conveyor:webhook:delivery:github:*")
+    assert 0 < hooks.redis.ttl(key) <= 3 * 24 * 3600
 
 
 def test_one_delivery_arriving_many_times_at_once_starts_one_execution(
@@ -511,13 +526,16 @@ def test_a_repository_with_its_own_secret_is_not_driven_by_the_default(
 ) -> None:
     payload = github_push(PRIVATE, "refs/heads/main", sha("private"), ["a"])
     status, reply = github(hooks, "push", payload, secret=SECRET)
+    # Neither the connection source nor the CodeCommit one named "private" (whose own name
+    # has no secret of its own): the event's repository has one, and it did not sign.
     assert (status, reply["started"]) == (202, [])
+    payload = github_push(PRIVATE, "refs/heads/main", sha("private-own"), ["a"])
     status, reply = github(hooks, "push", payload, secret=PRIVATE_SECRET)
-    assert [s["pipelineName"] for s in reply["started"]] == ["private"]
+    assert sorted(s["pipelineName"] for s in reply["started"]) == ["private", "private-cc"]
     # Its own secret drives nothing else.
     web = github_push(WEB, "refs/heads/main", sha("web-by-private"), ["src/a.py"])
     assert github(hooks, "push", web, secret=PRIVATE_SECRET)[1]["started"] == []
-    assert counts(cp) == only("private")
+    assert counts(cp) == {**NONE_STARTED, "private": 1, "private-cc": 1}
 
 
 def test_no_secret_appears_in_any_reply_event_or_log(
