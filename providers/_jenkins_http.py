@@ -45,6 +45,10 @@ class JenkinsHTTPError(Exception):
         self.method, self.url, self.status, self.body = method, url, status, body
 
 
+# The most console log kept from one poll (what the job printed between two polls).
+PROGRESSIVE_TEXT_MAX_BYTES = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Crumb:
     field: str
@@ -191,13 +195,21 @@ class JenkinsClient:
     def progressive_text(self, build_url: str, start: int) -> TextChunk:
         url = urllib.parse.urljoin(build_url, f"logText/progressiveText?start={start}")
         with self.get(url) as response:
-            raw = response.read()
+            # One answer holds everything the build printed since ``start``: keep at most
+            # PROGRESSIVE_TEXT_MAX_BYTES of it and read the rest away, so a job printing
+            # gigabytes between two polls cannot fill the worker's memory.
+            raw = response.read(PROGRESSIVE_TEXT_MAX_BYTES)
+            dropped = 0
+            while piece := response.read(64 * 1024):
+                dropped += len(piece)
             size = response.headers.get("X-Text-Size")
             more = response.headers.get("X-More-Data", "").lower() == "true"
+        if dropped:
+            raw += f"\n[Conveyor] {dropped} bytes of console log left out here\n".encode()
         try:
-            next_start = int(size) if size is not None else start + len(raw)
+            next_start = int(size) if size is not None else start + len(raw) + dropped
         except ValueError:
-            next_start = start + len(raw)
+            next_start = start + len(raw) + dropped
         return TextChunk(raw, next_start, more)
 
 
