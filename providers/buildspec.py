@@ -12,6 +12,7 @@ back (``True``, ``1.1``, ``8``) would run a different command than the one in th
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -318,6 +319,23 @@ def _glob(base: Path, pattern: str) -> dict[str, Path]:
     return found
 
 
+def _check_directory_links(base: Path, root: Path) -> None:
+    """Refuse a symlinked directory that leaves the source or loops back into itself
+    before any pattern is matched: globbing follows directory links, and the worker (root)
+    walking ``out -> /`` would list the whole host before the per-file check refused it."""
+    for dirpath, dirnames, _ in os.walk(base):  # does not follow links
+        for name in dirnames:
+            link = Path(dirpath) / name
+            if not link.is_symlink():
+                continue
+            target = link.resolve()
+            rel = link.relative_to(base).as_posix()
+            if not target.is_relative_to(root):
+                raise ArtifactPathError(f"{rel!r} links to a directory outside the source")
+            if link.parent.resolve().is_relative_to(target):
+                raise ArtifactPathError(f"{rel!r} links to a directory that contains it (a loop)")
+
+
 def select_files(
     patterns: list[str], exclude: list[str], src: Path, base_directory: str | None
 ) -> dict[str, Path]:
@@ -329,6 +347,7 @@ def select_files(
         raise ArtifactPathError(f"base-directory {base_directory!r} leaves the source")
     selected: dict[str, Path] = {}
     if base.is_dir():
+        _check_directory_links(base, root)
         for pattern in patterns:
             selected.update(_glob(base, pattern))
         for pattern in exclude:

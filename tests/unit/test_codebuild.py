@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from pathlib import Path
@@ -461,3 +462,20 @@ def test_a_buildspec_with_a_yaml_error_fails_the_action_saying_where(tmp_path: P
     assert "YAML_FILE_ERROR: invalid YAML" in message
     assert "line" in message  # where the parser gave up, for the person fixing it
     assert "Phase complete: DOWNLOAD_SOURCE State: FAILED" in log
+
+
+@pytest.mark.parametrize(
+    ("target", "message"), [("/", "outside the source"), (".", "contains it (a loop)")]
+)
+def test_a_symlinked_directory_out_of_the_source_or_into_a_loop_is_refused_before_walking(
+    tmp_path: Path, target: str, message: str
+) -> None:
+    from providers.buildspec import ArtifactPathError, select_files
+
+    src = tmp_path / "src"
+    (src / "dist").mkdir(parents=True)
+    (src / "dist" / "ok.txt").write_text("ok")
+    (src / "dist" / "out").symlink_to(target if target == "/" else src / "dist")
+    for patterns in (["dist"], ["**/*"], ["dist/out/**/*"]):
+        with pytest.raises(ArtifactPathError, match=re.escape(message)):
+            select_files(patterns, [], src, None)
