@@ -40,3 +40,12 @@ def substitute(value: str, lookup: Lookup) -> str:
         return m.group(0) if found is None else found
 
     return REFERENCE_RE.sub(sub, value)
+
+
+# CodePipeline's quota: all output variables of one action, names and values in UTF-8.
+MAX_OUTPUT_VARIABLES_BYTES = 122_880
+
+
+def output_variables_size(variables: dict[str, str]) -> int:
+    """What counts against :data:`MAX_OUTPUT_VARIABLES_BYTES`."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in variables.items())

@@ -19,6 +19,7 @@ from typing import TextIO, TypeVar
 from engine.errors import ConveyorError, ProviderError
 from engine.execution import ActionResult, ArtifactLocation, ExecutionState
 from engine.messages import WorkKind
+from engine.variables import MAX_OUTPUT_VARIABLES_BYTES, output_variables_size
 from providers.base import ActionFailed, Category, Job, Provider, Result, S3Access
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
@@ -29,10 +30,6 @@ from workers.runtime import Runtime
 T = TypeVar("T")
 
 log = logging.getLogger("conveyor.worker")
-
-
-# CodePipeline's quota: all output variables of one action, names and values in UTF-8.
-MAX_OUTPUT_VARIABLES_BYTES = 122_880
 
 
 def run_action(rt: Runtime, execution_id: str, stage: str, action: str, attempt: int) -> str:
@@ -199,7 +196,7 @@ def execute(
     succeeded = res.succeeded and bool(outputs or not decl.output_artifacts)
     error_code, error_message = res.error_code, res.error_message
     variables = dict(res.output_variables)
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in variables.items())
+    size = output_variables_size(variables)
     if size > MAX_OUTPUT_VARIABLES_BYTES:
         variables = {}  # never stored: later actions must not see a partial namespace
         if succeeded:

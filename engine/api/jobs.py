@@ -14,11 +14,9 @@ from typing import Any
 from engine.errors import OutputVariablesSizeExceededError, ValidationError
 from engine.service import Service
 from engine.store.jobs import JobStatus
+from engine.variables import MAX_OUTPUT_VARIABLES_BYTES, output_variables_size
 
 Body = dict[str, Any]
-
-# CodePipeline's quota for all output variables of one action, names and values in UTF-8.
-MAX_OUTPUT_VARIABLES_BYTES = 122_880
 
 
 def get_job_details(svc: Service, body: Body) -> Body:
@@ -32,7 +30,7 @@ def put_job_success_result(svc: Service, body: Body) -> Body:
             "outputVariables can be included only when there is no continuation token: "
             "send them with the last PutJobSuccessResult, the one without continuationToken"
         )
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in variables.items())
+    size = output_variables_size(variables)
     if size > MAX_OUTPUT_VARIABLES_BYTES:
         raise OutputVariablesSizeExceededError(
             f"outputVariables total {size} bytes; at most {MAX_OUTPUT_VARIABLES_BYTES} bytes "

@@ -11,11 +11,11 @@ from typing import Any, ClassVar
 from engine.definition import PipelineDeclaration
 from engine.execution import new_execution
 from engine.settings import Settings
+from engine.variables import MAX_OUTPUT_VARIABLES_BYTES
 from providers.base import ActionTypeId, Category, Job, Provider, ProviderConfig, Result
 from providers.sandbox import SandboxPolicy
 from workers import runner
 from workers.artifacts import ArtifactRef
-from workers.runner import MAX_OUTPUT_VARIABLES_BYTES
 from workers.scratch import ScratchSpace
 
 
