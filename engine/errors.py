@@ -158,3 +158,38 @@ class InvalidNonceError(ConveyorError):
 
 class OutputVariablesSizeExceededError(ConveyorError):
     aws_code = "OutputVariablesSizeExceededException"
+
+
+# ---------------------------------------------------------------------------- tags, webhooks
+
+
+class InvalidArnError(ConveyorError):
+    aws_code = "InvalidArnException"
+
+
+class InvalidTagsError(ConveyorError):
+    aws_code = "InvalidTagsException"
+
+
+class TooManyTagsError(ConveyorError):
+    aws_code = "TooManyTagsException"
+
+
+class InvalidNextTokenError(ConveyorError):
+    aws_code = "InvalidNextTokenException"
+
+
+class WebhookNotFoundError(NotFoundError):
+    aws_code = "WebhookNotFoundException"
+
+
+class InvalidWebhookFilterPatternError(ConveyorError):
+    aws_code = "InvalidWebhookFilterPatternException"
+
+
+class InvalidWebhookAuthenticationParametersError(ConveyorError):
+    aws_code = "InvalidWebhookAuthenticationParametersException"
+
+
+class ActionExecutionNotFoundError(NotFoundError):
+    aws_code = "ActionExecutionNotFoundException"

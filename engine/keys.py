@@ -133,3 +133,28 @@ CAS_RETRIES = f"{PREFIX}:stats:cas_retries"  # counter: compare-and-set conflict
 def webhook_delivery(host: str, delivery_id: str) -> str:
     """String with TTL: a webhook delivery already received (replays are refused)."""
     return f"{PREFIX}:webhook:delivery:{host}:{delivery_id}"
+
+
+# Hash: webhook name -> its record (JSON: definition, url id, created, last triggered, last
+# error), for PutWebhook / ListWebhooks / DeleteWebhook.
+WEBHOOKS = f"{PREFIX}:webhooks"
+# Hash: the id in a webhook's url (``/webhooks/v1/<id>``) -> the webhook's name.
+WEBHOOK_URLS = f"{PREFIX}:webhooks:urls"
+
+
+# ---------------------------------------------------------------------------- tags
+
+
+def pipeline_tags(name: str) -> str:
+    """Hash: tag key -> value of one pipeline (deleted with the pipeline)."""
+    return f"{PREFIX}:pipeline:{name}:tags"
+
+
+def webhook_tags(name: str) -> str:
+    """Hash: tag key -> value of one webhook (deleted with the webhook)."""
+    return f"{PREFIX}:webhook:{name}:tags"
+
+
+def action_revisions(pipeline: str) -> str:
+    """Hash: ``<stage>/<action>`` -> the revision id last pushed with PutActionRevision."""
+    return f"{PREFIX}:pipeline:{pipeline}:action-revisions"

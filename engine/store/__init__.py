@@ -6,6 +6,7 @@
 * :mod:`.leases` — leases, claim deadlines and timers, judged by Redis's clock.
 * :mod:`.events` — the EventBridge-shaped event stream.
 * :mod:`.jobs` — jobs of CodePipeline's job API (Lambda-style handlers answer them).
+* :mod:`.tags` — resource tags; :mod:`.webhooks` — PutWebhook's webhooks.
 * :mod:`.connection` — the client, and Redis errors translated to the error tree.
 
 :class:`Store` bundles them for one process.
@@ -24,8 +25,20 @@ from engine.store.events import EventLog
 from engine.store.jobs import JobStore
 from engine.store.leases import Leases
 from engine.store.runs import Dispatcher, Runs
+from engine.store.tags import TagStore
+from engine.store.webhooks import WebhookStore
 
-__all__ = ["Definitions", "EventLog", "JobStore", "Leases", "PipelineRecord", "Runs", "Store"]
+__all__ = [
+    "Definitions",
+    "EventLog",
+    "JobStore",
+    "Leases",
+    "PipelineRecord",
+    "Runs",
+    "Store",
+    "TagStore",
+    "WebhookStore",
+]
 
 
 class Store:
@@ -44,6 +57,8 @@ class Store:
         self.leases = Leases(client)
         self.events = EventLog(client)
         self.jobs = JobStore(client)
+        self.tags = TagStore(client)
+        self.webhooks = WebhookStore(client)
 
     @classmethod
     def from_url(

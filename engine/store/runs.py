@@ -398,6 +398,8 @@ class Runs:
             keys.tokens_order(pipeline),
             keys.approvals(pipeline),
             keys.source_revisions(pipeline),
+            keys.pipeline_tags(pipeline),
+            keys.action_revisions(pipeline),
         )
         p.srem(keys.PIPELINES, pipeline)
 

@@ -1,0 +1,144 @@
+"""TagResource, UntagResource, ListTagsForResource: tags on pipelines and webhooks.
+
+A resource is named by the ARN Conveyor handed out for it (GetPipeline's ``pipelineArn``,
+ListWebhooks' ``arn``), built by :mod:`engine.arns`: an ARN of another region or account
+names nothing here (``ResourceNotFoundException``). Custom action types are not built in
+Conveyor yet, so their ARNs (``...:actiontype:...``) are refused the same way, saying so.
+Tags also come with CreatePipeline and PutWebhook (:func:`tag_pipeline`, :func:`tag_webhook`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine import keys
+from engine.arns import WEBHOOK_RESOURCE, pipeline_arn, resource_of, webhook_arn
+from engine.errors import InvalidArnError, InvalidNextTokenError, NotFoundError
+from engine.service import Service
+from engine.store.connection import redis_errors
+from engine.store.tags import Exists
+from engine.tags import check_keys, tag_list, tags_of
+
+Body = dict[str, Any]
+
+ACTION_TYPE_RESOURCE = "actiontype:"
+
+
+@dataclass(frozen=True)
+class Taggable:
+    key: str  # the resource's tag hash
+    watch: tuple[str, ...]  # what changes when the resource is created or deleted
+    exists: Exists
+    missing: str  # the message when it does not exist
+
+
+def _pipeline(name: str) -> Taggable:
+    key = keys.pipeline(name)
+    return Taggable(
+        keys.pipeline_tags(name),
+        (key,),
+        lambda p: bool(p.hexists(key, "current")),
+        f"The pipeline '{name}' ({pipeline_arn(name)}) does not exist",
+    )
+
+
+def _webhook(name: str) -> Taggable:
+    return Taggable(
+        keys.webhook_tags(name),
+        (keys.WEBHOOKS,),
+        lambda p: bool(p.hexists(keys.WEBHOOKS, name)),
+        f"The webhook '{name}' ({webhook_arn(name)}) does not exist",
+    )
+
+
+def _resource(arn: str) -> Taggable:
+    resource = resource_of(arn)
+    if resource is None:
+        raise InvalidArnError(f"'{arn}' is not a CodePipeline ARN")
+    if resource.startswith(WEBHOOK_RESOURCE):
+        name = resource[len(WEBHOOK_RESOURCE) :]
+        if webhook_arn(name) != arn:
+            raise NotFoundError(f"The resource '{arn}' does not exist in this region and account")
+        return _webhook(name)
+    if resource.startswith(ACTION_TYPE_RESOURCE):
+        raise NotFoundError(
+            f"The resource '{arn}' does not exist: custom action types are not supported by "
+            "Conveyor yet, so they cannot be tagged"
+        )
+    if ":" in resource or "/" in resource:
+        raise InvalidArnError(
+            f"'{arn}' names no pipeline, webhook or action type: a pipeline's ARN ends in "
+            "its name, a webhook's in webhook:<name>"
+        )
+    if pipeline_arn(resource) != arn:
+        raise NotFoundError(f"The resource '{arn}' does not exist in this region and account")
+    return _pipeline(resource)
+
+
+def _add(svc: Service, target: Taggable, tags: Mapping[str, str]) -> None:
+    svc.store.tags.add(
+        target.key, tags, watch=target.watch, exists=target.exists, missing=target.missing
+    )
+
+
+def tag_pipeline(svc: Service, name: str, tags: Mapping[str, str]) -> None:
+    """CreatePipeline's ``tags``, once the pipeline exists."""
+    if tags:
+        _add(svc, _pipeline(name), tags)
+
+
+def tag_webhook(svc: Service, name: str, tags: Mapping[str, str]) -> None:
+    """PutWebhook's ``tags``: added to the webhook's (an update keeps the others)."""
+    if tags:
+        _add(svc, _webhook(name), tags)
+
+
+def webhook_tags(svc: Service, name: str) -> list[dict[str, str]]:
+    return tag_list(svc.store.tags.get(keys.webhook_tags(name)))
+
+
+def tag_resource(svc: Service, body: Body) -> Body:
+    target = _resource(body["resourceArn"])
+    _add(svc, target, tags_of(body["tags"]))
+    return {}
+
+
+def untag_resource(svc: Service, body: Body) -> Body:
+    target = _resource(body["resourceArn"])
+    svc.store.tags.remove(
+        target.key,
+        check_keys(body["tagKeys"]),
+        watch=target.watch,
+        exists=target.exists,
+        missing=target.missing,
+    )
+    return {}
+
+
+def list_tags_for_resource(svc: Service, body: Body) -> Body:
+    target = _resource(body["resourceArn"])
+    with redis_errors("reading tags"):
+        found = target.exists(svc.store.r)
+    if not found:
+        raise NotFoundError(target.missing)
+    tags = tag_list(svc.store.tags.get(target.key))
+    token = body.get("nextToken")
+    start = 0
+    if token is not None:
+        if not token.isdigit() or int(token) >= max(len(tags), 1):
+            raise InvalidNextTokenError(f"nextToken {token!r} is not valid")
+        start = int(token)
+    size = int(body.get("maxResults") or 100)
+    out: Body = {"tags": tags[start : start + size]}
+    if start + size < len(tags):
+        out["nextToken"] = str(start + size)
+    return out
+
+
+TAG_OPERATIONS: dict[str, Callable[[Service, Body], Body]] = {
+    "TagResource": tag_resource,
+    "UntagResource": untag_resource,
+    "ListTagsForResource": list_tags_for_resource,
+}
