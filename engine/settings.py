@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     webhook_delivery_ttl_seconds: int = Field(default=3 * 24 * 3600, ge=1)
     # GitLab signed webhooks: how far webhook-timestamp may be from now.
     webhook_signature_tolerance_seconds: float = Field(default=300.0, gt=0)
+    # The base of the urls PutWebhook's webhooks are served at (ListWebhooks' ``url``), as
+    # GitHub reaches it (https://ci.example.com). Unset: the base of the API request.
+    webhook_public_url: str | None = None
     # Builds: the local Parameter Store / Secrets Manager stand-in (a JSON or YAML file with
     # ``parameters`` and ``secrets``), and where buildspec ``cache.paths`` are kept between
     # runs on a worker (default: build-cache under the worker's scratch directory), each

@@ -11,7 +11,8 @@ not be open.
 
 REST extras: ``GET /health``, ``GET /events?after=<id>`` (the EventBridge-shaped event
 stream, for dashboards and tests that want to watch without polling every execution), and
-``POST /webhooks/github|gitlab`` (git events starting pipelines: :mod:`engine.api.webhooks`).
+``POST /webhooks/github|gitlab`` (git events starting pipelines: :mod:`engine.api.webhooks`),
+``POST /webhooks/v1/<id>`` (PutWebhook's webhooks: :mod:`engine.api.webhooks_api`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from engine.api.operations import OPERATIONS
 from engine.api.validation import TARGET_PREFIX, check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
+from engine.api.webhooks_api import API_BASE
+from engine.api.webhooks_api import install as install_webhooks_v1
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
 from engine.webhooks import WebhookConfig
@@ -113,7 +116,9 @@ def create_app(service: Service, webhooks: WebhookConfig | None = None) -> FastA
     ``webhooks`` configures the git webhook endpoints; without it they refuse every delivery.
     """
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
-    install_webhooks(app, service, webhooks or WebhookConfig())
+    webhooks = webhooks or WebhookConfig()
+    install_webhooks(app, service, webhooks)
+    install_webhooks_v1(app, service, webhooks)
 
     @app.post("/")
     async def codepipeline(request: Request) -> Response:
@@ -122,6 +127,7 @@ def create_app(service: Service, webhooks: WebhookConfig | None = None) -> FastA
             body = _body(await request.body())
         except ProtocolError as exc:
             return _error(exc.code, exc.message)
+        API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
         return await run_in_threadpool(_call, service, operation, body)
 
     @app.get("/health")

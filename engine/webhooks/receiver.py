@@ -60,6 +60,8 @@ class WebhookConfig:
     max_body_bytes: int = 5 * 1024 * 1024
     delivery_ttl_seconds: int = 3 * 24 * 3600
     signature_tolerance_seconds: float = 300.0
+    # The base of PutWebhook's webhook urls, as senders reach it; None: the API request's.
+    public_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookConfig:
@@ -73,6 +75,7 @@ class WebhookConfig:
             max_body_bytes=settings.webhook_max_body_bytes,
             delivery_ttl_seconds=settings.webhook_delivery_ttl_seconds,
             signature_tolerance_seconds=settings.webhook_signature_tolerance_seconds,
+            public_url=settings.webhook_public_url,
         )
 
 

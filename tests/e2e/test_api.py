@@ -410,7 +410,7 @@ def test_protocol_errors(api: ApiServer) -> None:
     assert (status, body["__type"]) == (400, "UnknownOperationException")
     assert headers["content-type"] == "application/x-amz-json-1.1"
 
-    status, _, body = raw(api, "PutWebhook", "{}")
+    status, _, body = raw(api, "CreateCustomActionType", "{}")
     assert (status, body["__type"]) == (400, "UnknownOperationException")
     assert "not supported" in body["message"]
 
