@@ -59,3 +59,9 @@ def source_revision_entries(
             raise ValidationError(f"{where}.revisionValue: a non-empty single-line value is needed")
         entries.append({"actionName": str(name), "revisionType": str(kind), "revisionId": value})
     return entries
+
+
+def revision_type(provider: str) -> str | None:
+    """The revision type a source provider can be pinned by (PutActionRevision), if any."""
+    allowed = _REVISION_TYPES.get(provider, ())
+    return allowed[0] if allowed else None

@@ -13,10 +13,14 @@ from typing import Any, TypeVar
 from engine import rules
 from engine.api import shapes
 from engine.api.jobs import JOB_OPERATIONS
+from engine.api.revisions import REVISION_OPERATIONS
+from engine.api.tags import TAG_OPERATIONS, tag_pipeline
+from engine.api.webhooks_api import WEBHOOK_OPERATIONS
 from engine.errors import ValidationError
 from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
 from engine.source_overrides import source_revision_entries
+from engine.tags import tag_list, tags_of
 
 Body = dict[str, Any]
 Handler = Callable[[Service, Body], Body]
@@ -46,9 +50,10 @@ def _page(items: Sequence[T], body: Body, default: int = DEFAULT_PAGE) -> tuple[
 
 
 def create_pipeline(svc: Service, body: Body) -> Body:
-    # Tags are accepted for compatibility and echoed; Conveyor has no tagging yet.
+    tags = tags_of(body.get("tags") or [])  # checked before anything is created
     rec = svc.create_pipeline(body["pipeline"])
-    return {"pipeline": shapes.declaration(rec), "tags": body.get("tags", [])}
+    tag_pipeline(svc, rec.declaration.name, tags)
+    return {"pipeline": shapes.declaration(rec), "tags": tag_list(tags)}
 
 
 def update_pipeline(svc: Service, body: Body) -> Body:
@@ -246,4 +251,7 @@ OPERATIONS: dict[str, Handler] = {
     "ListRuleTypes": list_rule_types,
     "ListRuleExecutions": list_rule_executions,
     **JOB_OPERATIONS,
+    **TAG_OPERATIONS,
+    **WEBHOOK_OPERATIONS,
+    **REVISION_OPERATIONS,
 }
