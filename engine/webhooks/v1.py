@@ -152,7 +152,10 @@ def matches(
 ) -> str | None:
     """None if every filter matches ``payload``, else which one did not and why."""
     for i, rule in enumerate(definition.get("filters") or []):
-        found = [_text(m.value) for m in compiled(rule["jsonPath"]).find(payload)]
+        try:
+            found = [_text(m.value) for m in compiled(rule["jsonPath"]).find(payload)]
+        except RecursionError:
+            return f"filters[{i}]: the body is nested too deeply to evaluate {rule['jsonPath']}"
         want = rule.get("matchEquals")
         if want is None:
             if not found:

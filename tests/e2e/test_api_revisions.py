@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from engine.errors import ConcurrentExecutionsLimitError
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer
 from tests.e2e.test_api import MISSING, code_of
@@ -90,3 +91,21 @@ def test_deploy_targets_of_a_known_and_an_unknown_action_execution(cp: Any) -> N
     with pytest.raises(ClientError) as err:
         cp.list_deploy_action_execution_targets(pipelineName="nope", actionExecutionId=MISSING)
     assert code_of(err) == "PipelineNotFoundException"
+
+
+def test_a_refused_start_gives_the_revision_back(
+    api: ApiServer, cp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revision is claimed before the start; if the start is refused, reporting the same
+    revision again must start it then (not answer newRevision: false forever)."""
+    cp.create_pipeline(pipeline=definition("demo"))
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ConcurrentExecutionsLimitError("the pipeline is at its limit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(api.service, "start_execution", refuse)
+        with pytest.raises(ClientError) as err:
+            put(cp, "v1")
+        assert code_of(err) == "ConcurrentPipelineExecutionsLimitExceededException"
+    assert put(cp, "v1")["newRevision"] is True

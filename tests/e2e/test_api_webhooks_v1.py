@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import urllib.error
 import urllib.request
 from typing import Any
@@ -124,7 +125,10 @@ def test_webhook_definitions_are_checked(cp: Any) -> None:
     assert cp.list_webhooks()["webhooks"] == []
 
 
-def test_github_hmac_delivery_starts_the_pipeline(cp: Any) -> None:
+def test_github_hmac_delivery_starts_the_pipeline(
+    cp: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     cp.create_pipeline(pipeline=codecommit_pipeline())
     url = cp.put_webhook(webhook=hook())["webhook"]["url"]
     body = json.dumps({"ref": "refs/heads/main", "after": "abc123"}).encode()
@@ -153,6 +157,11 @@ def test_github_hmac_delivery_starts_the_pipeline(cp: Any) -> None:
     assert status == 202 and reply["pipelineExecutionId"] == started
     assert len(executions(cp)) == 1
     assert "lastTriggered" in cp.list_webhooks()["webhooks"][0]
+    # The server's log (not the client's own botocore debug lines, which hold the request).
+    client = ("botocore", "boto3", "urllib3")
+    server_log = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(client))
+    assert "delivery refused" in server_log  # the refusals were logged...
+    assert SECRET not in server_log  # ...and nothing logged the secret
 
 
 def test_ip_and_unauthenticated_webhooks(cp: Any) -> None:
@@ -186,6 +195,7 @@ def test_delivery_limits_and_errors(api: ApiServer, cp: Any) -> None:
     ]["url"]
     assert post(f"{api.url}/webhooks/v1/not-a-webhook", {})[0] == 404
     assert post(url, b"{not json")[0] == 400
+    assert post(url, b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")[0] == 400  # too deep
     over = 5 * 1024 * 1024 + 1  # the default CONVEYOR_WEBHOOK_MAX_BODY_BYTES, plus one
     json_type = {"Content-Type": "application/json"}
     status, reply = post_declaring(url, json_type, over)  # refused before the body is read
