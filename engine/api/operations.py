@@ -57,7 +57,10 @@ def update_pipeline(svc: Service, body: Body) -> Body:
 
 def get_pipeline(svc: Service, body: Body) -> Body:
     rec = svc.get_pipeline(body["name"], body.get("version"))
-    return {"pipeline": shapes.declaration(rec), "metadata": shapes.metadata(rec)}
+    return {
+        "pipeline": shapes.declaration(rec),
+        "metadata": shapes.metadata(rec, svc.store.account),
+    }
 
 
 def list_pipelines(svc: Service, body: Body) -> Body:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.arns import pipeline_arn
+from engine.arns import Account
 from engine.definition.model import ActionDeclaration, PipelineDeclaration
 from engine.execution import (
     ActionRun,
@@ -55,9 +55,9 @@ def declaration(rec: PipelineRecord) -> dict[str, Any]:
     return {**decl, "version": rec.version}
 
 
-def metadata(rec: PipelineRecord) -> dict[str, Any]:
+def metadata(rec: PipelineRecord, account: Account) -> dict[str, Any]:
     return {
-        "pipelineArn": pipeline_arn(rec.declaration.name),
+        "pipelineArn": account.pipeline_arn(rec.declaration.name),
         "created": rec.created,
         "updated": rec.updated,
     }
