@@ -40,7 +40,7 @@ class Store:
     ) -> None:
         self.r = client
         self.account = account
-        self.definitions = Definitions(client)
+        self.definitions = Definitions(client, account_id=account.account_id)
         self.runs = Runs(
             client,
             self.definitions,
