@@ -145,7 +145,9 @@ def list_action_executions(svc: Service, body: Body) -> Body:
     runs = svc.action_executions(body["pipelineName"], execution_id, limit=MAX_EXECUTIONS_SCANNED)
     rows, more = _page(runs, body)
     return {
-        "actionExecutionDetails": [shapes.action_execution_detail(s, a, r) for s, a, r in rows],
+        "actionExecutionDetails": [
+            shapes.action_execution_detail(s, a, r, svc.store.account.region) for s, a, r in rows
+        ],
         **more,
     }
 

@@ -173,7 +173,8 @@ def test_start_execution_and_read_it_back(cp: Any) -> None:
         "status": "InProgress",
         "type": "STANDARD",
     }
-    assert stages["Source"]["inboundTransitionState"] == {"enabled": True}
+    assert "inboundTransitionState" not in stages["Source"]  # nothing comes into it
+    assert stages["Build"]["inboundTransitionState"] == {"enabled": True}
     fetch = stages["Source"]["actionStates"][0]
     assert fetch["actionName"] == "Fetch"
     assert fetch["latestExecution"]["status"] == "InProgress"
