@@ -138,3 +138,18 @@ def test_action_executions_show_the_action_region_else_the_installation_one(cp: 
 
     assert regions("here") == {"Fetch": "us-east-1"}
     assert regions("elsewhere") == {"Fetch": "eu-west-1"}
+
+
+def test_pipeline_type_and_execution_mode_defaults_are_shown_everywhere(cp: Any) -> None:
+    decl = definition("defaults")
+    assert "pipelineType" not in decl and "executionMode" not in decl
+    cp.create_pipeline(pipeline=decl)
+    got = cp.get_pipeline(name="defaults")["pipeline"]
+    assert (got["pipelineType"], got["executionMode"]) == ("V2", "SUPERSEDED")
+    [summary] = cp.list_pipelines()["pipelines"]
+    assert (summary["pipelineType"], summary["executionMode"]) == ("V2", "SUPERSEDED")
+    eid = cp.start_pipeline_execution(name="defaults")["pipelineExecutionId"]
+    execution = cp.get_pipeline_execution(pipelineName="defaults", pipelineExecutionId=eid)
+    assert execution["pipelineExecution"]["executionMode"] == "SUPERSEDED"
+    [listed] = cp.list_pipeline_executions(pipelineName="defaults")["pipelineExecutionSummaries"]
+    assert listed["executionMode"] == "SUPERSEDED"
