@@ -6,6 +6,7 @@ HTTP layer maps errors by type, never by message.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -21,23 +22,52 @@ class ConveyorError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a definition, at a path like ``stages[1].actions[0].name``."""
+    """One thing wrong with a definition, at a path like ``stages[1].actions[0].name``.
+
+    ``aws_message``: AWS's own sentence for this problem, where it is known (clients and
+    tests written against AWS match on it)."""
 
     path: str
     message: str
+    aws_message: str | None = None
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
 
+    @property
+    def aws_code(self) -> str:
+        """The CodePipeline error for a problem at this path: inside an action, the action
+        declaration is invalid; elsewhere inside a stage, the stage declaration; anywhere
+        else (name, stage count, artifact store, variables, triggers), the structure."""
+        if _ACTION_PATH.match(self.path):
+            return "InvalidActionDeclarationException"
+        if _STAGE_PATH.match(self.path):
+            return "InvalidStageDeclarationException"
+        return "InvalidStructureException"
+
+
+_ACTION_PATH = re.compile(r"^stages\[\d+\]\.actions\[\d+\]")
+_STAGE_PATH = re.compile(r"^stages\[\d+\]")
+
 
 class DefinitionError(ConveyorError):
-    """A pipeline definition is invalid; carries every problem found, not just the first."""
+    """A pipeline definition is invalid; carries every problem found, not just the first.
+
+    The error code is the first problem's (CodePipeline reports one; its first is the one
+    a client reacts to), and the message starts with AWS's sentence for that problem where
+    it is known, followed by every problem with its path."""
 
     aws_code = "InvalidStructureException"
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
+        listed = "; ".join(str(p) for p in problems)
+        first = problems[0] if problems else None
+        if first is not None:
+            self.aws_code = first.aws_code
+        if first is not None and first.aws_message:
+            listed = f"{first.aws_message}. Every problem: {listed}"
+        super().__init__(listed)
 
 
 class ValidationError(ConveyorError):
@@ -50,6 +80,11 @@ class NotFoundError(ConveyorError):
 
 class PipelineNotFoundError(NotFoundError):
     aws_code = "PipelineNotFoundException"
+
+    @classmethod
+    def named(cls, name: str, account_id: str) -> PipelineNotFoundError:
+        """In AWS's words, which clients match on."""
+        return cls(f"Account '{account_id}' does not have a pipeline with name '{name}'")
 
 
 class PipelineNameInUseError(ConveyorError):

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.arns import pipeline_arn
+from engine.arns import Account
 from engine.execution import ExecutionState
 from engine.messages import Emit
 
@@ -17,8 +17,10 @@ DETAIL_TYPES = {
 }
 
 
-def build(state: ExecutionState, emit: Emit, now: float) -> dict[str, Any]:
-    """The event envelope: ``source: aws.codepipeline``, ``detail.state`` in CAPITALS."""
+def build(state: ExecutionState, emit: Emit, now: float, account: Account) -> dict[str, Any]:
+    """The event envelope: ``source: aws.codepipeline``, ``detail.state`` in CAPITALS,
+    ``account``, ``region`` and the pipeline's ARN as ``resources`` (as EventBridge rules
+    written for AWS match them)."""
     detail: dict[str, Any] = {
         "pipeline": state.pipeline_name,
         "execution-id": state.execution_id,
@@ -51,9 +53,9 @@ def build(state: ExecutionState, emit: Emit, now: float) -> dict[str, Any]:
         "id": str(uuid.uuid4()),
         "detail-type": DETAIL_TYPES[emit.level],
         "source": "aws.codepipeline",
-        "account": "000000000000",
+        "account": account.account_id,
         "time": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": "local",
-        "resources": [pipeline_arn(state.pipeline_name)],
+        "region": account.region,
+        "resources": [account.pipeline_arn(state.pipeline_name)],
         "detail": detail,
     }

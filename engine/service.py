@@ -177,7 +177,7 @@ class Service:
             decision = self.store.apply(name, Started(execution=state))
             rejection = decision.rejection
             if rejection is None or rejection.code is not RejectionCode.STALE_VERSION:
-                return self._resolved(name, self._raise_for(decision))
+                return self._resolved(name, self._raise_for(name, decision))
         raise ConflictError(f"pipeline {name} is being updated continually; try again")
 
     def timeout_minutes(self, action: ActionDeclaration) -> int:
@@ -352,13 +352,15 @@ class Service:
     # ------------------------------------------------------------------ helpers
 
     def _apply(self, name: str, event: Event) -> Decision:
-        return self._raise_for(self.store.apply(name, event))
+        return self._raise_for(name, self.store.apply(name, event))
 
-    @staticmethod
-    def _raise_for(decision: Decision) -> Decision:
-        if decision.rejection is not None:
-            raise _ERRORS[decision.rejection.code](decision.rejection.message)
-        return decision
+    def _raise_for(self, name: str, decision: Decision) -> Decision:
+        rejection = decision.rejection
+        if rejection is None:
+            return decision
+        if rejection.code is RejectionCode.PIPELINE_NOT_FOUND:
+            raise PipelineNotFoundError.named(name, self.store.account.account_id)
+        raise _ERRORS[rejection.code](rejection.message)
 
     def _resolved(self, name: str, decision: Decision) -> ExecutionState:
         """The execution a request resolved to, as it stands after the transition."""

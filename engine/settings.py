@@ -9,6 +9,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.arns import DEFAULT_ACCOUNT_ID, Account
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
@@ -26,6 +28,13 @@ class Settings(BaseSettings):
     s3_secret_access_key: str = "conveyor-secret"
     s3_region: str = "us-east-1"
     default_artifact_bucket: str = "conveyor-artifacts"
+    # The region and account id the API answers as, in ARNs (pipelineArn, event resources),
+    # events and job details. The region defaults to s3_region: one setting for the common
+    # case where both name the same place; set it apart when the S3 endpoint's region does
+    # not matter (MinIO) and clients expect another. The account id is AWS's documentation
+    # example; there is no account behind it.
+    region: str = ""
+    account_id: str = Field(default=DEFAULT_ACCOUNT_ID, pattern=r"^[0-9]{12}$")
 
     api_host: str = "127.0.0.1"
     api_port: int = 8484
@@ -104,6 +113,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value  # `CONVEYOR_REDIS_PASSWORD=` in an env file
+
+    @property
+    def account(self) -> Account:
+        """Who the API answers as; an empty ``region`` is ``s3_region``."""
+        return Account(region=self.region or self.s3_region, account_id=self.account_id)
 
     @model_validator(mode="after")
     def _redis_credentials(self) -> Settings:

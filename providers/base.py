@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict
 from providers.sandbox import SandboxPolicy
 from providers.ziputil import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES
 
+# The account id AWS's documentation uses in its examples: the default of the installation's
+# (CONVEYOR_ACCOUNT_ID; engine.arns takes it from here, as providers may not import the engine).
+DEFAULT_ACCOUNT_ID = "111122223333"
+
 
 class ActionFailed(Exception):
     """Raised by a provider to fail its action with a message for the pipeline's user.
@@ -181,6 +185,11 @@ class Job:
     output_files: dict[str, list[str]] = field(default_factory=dict)
     # How build commands run (user, cgroup, log cap); the worker fills it from its settings.
     sandbox: SandboxPolicy = field(default_factory=SandboxPolicy)
+    # Who the installation answers as (engine.arns): this pipeline's ARN and the account id,
+    # for what a provider shows in CodePipeline's shapes (a Lambda's job event); the worker
+    # fills them from its settings.
+    pipeline_arn: str | None = None
+    account_id: str = DEFAULT_ACCOUNT_ID
 
     @property
     def primary_input(self) -> Path | None:

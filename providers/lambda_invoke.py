@@ -33,6 +33,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from providers.base import (
+    DEFAULT_ACCOUNT_ID,
     ActionFailed,
     ActionTypeId,
     ArtifactObject,
@@ -48,8 +49,6 @@ from providers.base import (
 
 RUNTIME = Path(__file__).with_name("lambda_runtime.py")
 LOG_NAME = "function-log"
-# The account id in events, ARNs and job details: 12 digits, as the API's patterns want.
-ACCOUNT_ID = "000000000000"
 # How often the worker looks at the handler's process while it waits for an answer.
 POLL_SECONDS = 0.5
 # After an answer, how long the handler's process may take to return before it is killed.
@@ -152,6 +151,8 @@ class Invocation:
     # CodePipeline's pipelineContext (pipelineName, stage, action, pipelineExecutionId...).
     pipeline_context: dict[str, Any]
     action_type: dict[str, str] | None = None
+    # The installation's account id (the job event's accountId).
+    account_id: str = DEFAULT_ACCOUNT_ID
 
 
 @dataclass
@@ -193,10 +194,11 @@ class LambdaInvoke(Provider):
                 job.execution_id,
                 job.stage_name,
                 job.action_name,
-                region=job.s3.region,
+                pipeline_arn=job.pipeline_arn,
                 action_execution_id=job.action_execution_id,
             ),
             action_type=self.action_type.model_dump(mode="json"),
+            account_id=job.account_id,
         )
         log_path = job.workdir / f"{LOG_NAME}.log"
         with log_path.open("a", encoding="utf-8") as log:
@@ -218,20 +220,22 @@ def pipeline_context(
     stage: str,
     action: str,
     *,
-    region: str,
+    pipeline_arn: str | None,
     action_execution_id: str | None = None,
 ) -> dict[str, Any]:
     """CodePipeline's ``pipelineContext`` of a job (a rule's name stands in its action's)."""
     action_context = {"name": action}
     if action_execution_id:
         action_context["actionExecutionId"] = action_execution_id
-    return {
+    context: dict[str, Any] = {
         "pipelineName": pipeline,
         "stage": {"name": stage},
         "action": action_context,
-        "pipelineArn": f"arn:aws:codepipeline:{region}:{ACCOUNT_ID}:{pipeline}",
-        "pipelineExecutionId": execution_id,
     }
+    if pipeline_arn:
+        context["pipelineArn"] = pipeline_arn
+    context["pipelineExecutionId"] = execution_id
+    return context
 
 
 def run_function(
@@ -368,13 +372,15 @@ _EVENT_FIELDS = (
 )
 
 
-def event(job_id: str, data: dict[str, Any]) -> dict[str, Any]:
+def event(
+    job_id: str, data: dict[str, Any], account_id: str = DEFAULT_ACCOUNT_ID
+) -> dict[str, Any]:
     """The event a CodePipeline Lambda receives for job ``job_id``."""
     shown = {k: data[k] for k in _EVENT_FIELDS if k in data}
     for key in ("inputArtifacts", "outputArtifacts"):
         # AWS sends "revision": null when the artifact has none.
         shown[key] = [{"revision": None, **a} for a in shown.get(key, [])]
-    return {"CodePipeline.job": {"id": job_id, "accountId": ACCOUNT_ID, "data": shown}}
+    return {"CodePipeline.job": {"id": job_id, "accountId": account_id, "data": shown}}
 
 
 def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, str]:
@@ -418,12 +424,12 @@ def _call(
     report = inv.workdir / f".lambda-report-{request_id}.json"
     invocation = {
         "handler": handler,
-        "event": event(job_id, data),
+        "event": event(job_id, data, inv.account_id),
         "function_name": _bare_name(inv.function_name),
         "request_id": request_id,
         "deadline": give_up,
         "region": inv.s3.region,
-        "account_id": ACCOUNT_ID,
+        "account_id": inv.account_id,
     }
     _line(log, f"START RequestId: {request_id} Version: $LATEST")
     started = time.monotonic()

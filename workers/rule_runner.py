@@ -123,8 +123,13 @@ def _lambda_rule(
         cancelled=cancelled,
         workdir=root,
         pipeline_context=pipeline_context(
-            state.pipeline_name, state.execution_id, stage, rr.rule, region=s.s3_region
+            state.pipeline_name,
+            state.execution_id,
+            stage,
+            rr.rule,
+            pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
         ),
+        account_id=s.account_id,
     )
     jobs = job_channel(
         rt, state, stage, rr.rule_execution_id, rr.attempt, WorkKind.RULE, rr.deadline

@@ -108,6 +108,8 @@ def execute(
                     max_artifact_bytes=s.max_artifact_bytes,
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
+                    pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
+                    account_id=s.account_id,
                     inputs_disposable=True,
                     input_locations=input_locations(act) if located else {},
                     output_locations=(

@@ -50,6 +50,7 @@ class Runtime:
             self.settings.redis_url,
             dispatcher=self.dispatch,
             claim_seconds=self.settings.lease_seconds,
+            account=self.settings.account,
         )
 
     @cached_property

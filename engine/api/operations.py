@@ -62,7 +62,10 @@ def update_pipeline(svc: Service, body: Body) -> Body:
 
 def get_pipeline(svc: Service, body: Body) -> Body:
     rec = svc.get_pipeline(body["name"], body.get("version"))
-    return {"pipeline": shapes.declaration(rec), "metadata": shapes.metadata(rec)}
+    return {
+        "pipeline": shapes.declaration(rec),
+        "metadata": shapes.metadata(rec, svc.store.account),
+    }
 
 
 def list_pipelines(svc: Service, body: Body) -> Body:
@@ -147,7 +150,9 @@ def list_action_executions(svc: Service, body: Body) -> Body:
     runs = svc.action_executions(body["pipelineName"], execution_id, limit=MAX_EXECUTIONS_SCANNED)
     rows, more = _page(runs, body)
     return {
-        "actionExecutionDetails": [shapes.action_execution_detail(s, a, r) for s, a, r in rows],
+        "actionExecutionDetails": [
+            shapes.action_execution_detail(s, a, r, svc.store.account.region) for s, a, r in rows
+        ],
         **more,
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.arns import pipeline_arn
+from engine.arns import Account
 from engine.definition.model import ActionDeclaration, PipelineDeclaration
 from engine.execution import (
     ActionRun,
@@ -55,9 +55,9 @@ def declaration(rec: PipelineRecord) -> dict[str, Any]:
     return {**decl, "version": rec.version}
 
 
-def metadata(rec: PipelineRecord) -> dict[str, Any]:
+def metadata(rec: PipelineRecord, account: Account) -> dict[str, Any]:
     return {
-        "pipelineArn": pipeline_arn(rec.declaration.name),
+        "pipelineArn": account.pipeline_arn(rec.declaration.name),
         "created": rec.created,
         "updated": rec.updated,
     }
@@ -301,14 +301,19 @@ def _retry_metadata(st: StageState) -> dict[str, Any] | None:
 
 
 def _stage_state(
-    view: StageView, decl_actions: list[ActionDeclaration], waiting: list[ExecutionState]
+    view: StageView,
+    decl_actions: list[ActionDeclaration],
+    waiting: list[ExecutionState],
+    *,
+    first: bool,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"stageName": view.name}
     if view.inbound is not None:
         out["inboundExecution"] = _stage_execution(view.inbound, StageStatus.IN_PROGRESS)
     if waiting:
         out["inboundExecutions"] = [_stage_execution(ex, StageStatus.IN_PROGRESS) for ex in waiting]
-    out["inboundTransitionState"] = _transition(view)
+    if not first:  # nothing comes into the first stage, so AWS shows no transition there
+        out["inboundTransitionState"] = _transition(view)
     st: StageState | None = view.execution.stage(view.name) if view.execution else None
     if view.execution is not None and st is not None and st.status is not None:
         out["latestExecution"] = _stage_execution(view.execution, st.status.value)
@@ -344,7 +349,8 @@ def pipeline_state(
         "pipelineName": rec.declaration.name,
         "pipelineVersion": rec.version,
         "stageStates": [
-            _stage_state(v, stages[v.name].actions, waiting.get(v.name, [])) for v in views
+            _stage_state(v, stages[v.name].actions, waiting.get(v.name, []), first=i == 0)
+            for i, v in enumerate(views)
         ],
         "created": rec.created,
         "updated": rec.updated,
@@ -355,8 +361,11 @@ def _artifact(loc: ArtifactLocation) -> dict[str, Any]:
     return {"name": loc.name, "s3location": {"bucket": loc.bucket, "key": loc.key}}
 
 
-def action_execution_detail(s: ExecutionState, a: ActionState, run: ActionRun) -> dict[str, Any]:
-    """One run of one action (``a`` is the action, ``run`` the run being shown)."""
+def action_execution_detail(
+    s: ExecutionState, a: ActionState, run: ActionRun, region: str
+) -> dict[str, Any]:
+    """One run of one action (``a`` is the action, ``run`` the run being shown); ``region``:
+    the installation's, shown for an action that names none (AWS always shows one)."""
     decl = _find_action(s.decl, a.name, a.stage)
     inp: dict[str, Any] = {}
     if decl is not None:
@@ -365,7 +374,7 @@ def action_execution_detail(s: ExecutionState, a: ActionState, run: ActionRun) -
                 "actionTypeId": decl.action_type_id.model_dump(mode="json"),
                 "configuration": masked(decl.configuration),
                 "roleArn": decl.role_arn,
-                "region": decl.region,
+                "region": decl.region or region,
                 "namespace": decl.namespace,
             }
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import keys
-from engine.arns import WEBHOOK_RESOURCE, pipeline_arn, resource_of, webhook_arn
+from engine.arns import WEBHOOK_RESOURCE, Account, resource_of
 from engine.errors import InvalidArnError, InvalidNextTokenError, NotFoundError
 from engine.service import Service
 from engine.store.connection import redis_errors
@@ -34,34 +34,34 @@ class Taggable:
     missing: str  # the message when it does not exist
 
 
-def _pipeline(name: str) -> Taggable:
+def _pipeline(name: str, account: Account) -> Taggable:
     key = keys.pipeline(name)
     return Taggable(
         keys.pipeline_tags(name),
         (key,),
         lambda p: bool(p.hexists(key, "current")),
-        f"The pipeline '{name}' ({pipeline_arn(name)}) does not exist",
+        f"The pipeline '{name}' ({account.pipeline_arn(name)}) does not exist",
     )
 
 
-def _webhook(name: str) -> Taggable:
+def _webhook(name: str, account: Account) -> Taggable:
     return Taggable(
         keys.webhook_tags(name),
         (keys.WEBHOOKS,),
         lambda p: bool(p.hexists(keys.WEBHOOKS, name)),
-        f"The webhook '{name}' ({webhook_arn(name)}) does not exist",
+        f"The webhook '{name}' ({account.webhook_arn(name)}) does not exist",
     )
 
 
-def _resource(arn: str) -> Taggable:
+def _resource(arn: str, account: Account) -> Taggable:
     resource = resource_of(arn)
     if resource is None:
         raise InvalidArnError(f"'{arn}' is not a CodePipeline ARN")
     if resource.startswith(WEBHOOK_RESOURCE):
         name = resource[len(WEBHOOK_RESOURCE) :]
-        if webhook_arn(name) != arn:
+        if account.webhook_arn(name) != arn:
             raise NotFoundError(f"The resource '{arn}' does not exist in this region and account")
-        return _webhook(name)
+        return _webhook(name, account)
     if resource.startswith(ACTION_TYPE_RESOURCE):
         raise NotFoundError(
             f"The resource '{arn}' does not exist: custom action types are not supported by "
@@ -72,9 +72,9 @@ def _resource(arn: str) -> Taggable:
             f"'{arn}' names no pipeline, webhook or action type: a pipeline's ARN ends in "
             "its name, a webhook's in webhook:<name>"
         )
-    if pipeline_arn(resource) != arn:
+    if account.pipeline_arn(resource) != arn:
         raise NotFoundError(f"The resource '{arn}' does not exist in this region and account")
-    return _pipeline(resource)
+    return _pipeline(resource, account)
 
 
 def _add(svc: Service, target: Taggable, tags: Mapping[str, str]) -> None:
@@ -86,13 +86,13 @@ def _add(svc: Service, target: Taggable, tags: Mapping[str, str]) -> None:
 def tag_pipeline(svc: Service, name: str, tags: Mapping[str, str]) -> None:
     """CreatePipeline's ``tags``, once the pipeline exists."""
     if tags:
-        _add(svc, _pipeline(name), tags)
+        _add(svc, _pipeline(name, svc.store.account), tags)
 
 
 def tag_webhook(svc: Service, name: str, tags: Mapping[str, str]) -> None:
     """PutWebhook's ``tags``: added to the webhook's (an update keeps the others)."""
     if tags:
-        _add(svc, _webhook(name), tags)
+        _add(svc, _webhook(name, svc.store.account), tags)
 
 
 def webhook_tags(svc: Service, name: str) -> list[dict[str, str]]:
@@ -100,13 +100,13 @@ def webhook_tags(svc: Service, name: str) -> list[dict[str, str]]:
 
 
 def tag_resource(svc: Service, body: Body) -> Body:
-    target = _resource(body["resourceArn"])
+    target = _resource(body["resourceArn"], svc.store.account)
     _add(svc, target, tags_of(body["tags"]))
     return {}
 
 
 def untag_resource(svc: Service, body: Body) -> Body:
-    target = _resource(body["resourceArn"])
+    target = _resource(body["resourceArn"], svc.store.account)
     svc.store.tags.remove(
         target.key,
         check_keys(body["tagKeys"]),
@@ -118,7 +118,7 @@ def untag_resource(svc: Service, body: Body) -> Body:
 
 
 def list_tags_for_resource(svc: Service, body: Body) -> Body:
-    target = _resource(body["resourceArn"])
+    target = _resource(body["resourceArn"], svc.store.account)
     with redis_errors("reading tags"):
         found = target.exists(svc.store.r)
     if not found:

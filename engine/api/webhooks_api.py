@@ -33,7 +33,6 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.api.tags import tag_webhook, webhook_tags
 from engine.api.webhooks import TooLarge, read_limited
-from engine.arns import webhook_arn
 from engine.errors import (
     ConveyorError,
     InvalidNextTokenError,
@@ -73,7 +72,7 @@ def _item(svc: Service, rec: WebhookRecord) -> Body:
     item: Body = {
         "definition": redacted(rec.definition),
         "url": webhook_url(rec.url_id),
-        "arn": webhook_arn(rec.name),
+        "arn": svc.store.account.webhook_arn(rec.name),
         "tags": webhook_tags(svc, rec.name),
     }
     if rec.last_triggered is not None:
@@ -178,7 +177,7 @@ def deliver(
         state = svc.start_execution(
             pipeline,
             trigger_type=TriggerType.WEBHOOK,
-            trigger_detail=webhook_arn(rec.name),
+            trigger_detail=svc.store.account.webhook_arn(rec.name),
             client_request_token=token,
         )
     except ServiceUnavailableError:

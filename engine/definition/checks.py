@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -117,7 +118,14 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
     if decl.artifact_store is not None and not decl.artifact_store.location:
         add("artifactStore.location", "required")
     if len(decl.stages) < 2:
-        add("stages", "a pipeline must contain at least two stages")
+        problems.append(
+            Problem(
+                "stages",
+                "a pipeline must contain at least two stages",
+                f"Pipeline has only {len(decl.stages)} stage(s). "
+                "There should be a minimum of 2 stages in a pipeline",
+            )
+        )
     if len(decl.stages) > MAX_STAGES:
         add("stages", f"at most {MAX_STAGES} stages")
     if decl.pipeline_type == "V1":
@@ -332,7 +340,7 @@ def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> l
             f"{ap}.configuration.{k}" for k, v in action.configuration.items() if has_reference(v)
         }
         problems.extend(
-            p
+            _missing_configuration(p, action.name)
             for p in _pydantic_problems(exc, prefix=f"{ap}.configuration")
             if p.path not in deferred
         )
@@ -340,10 +348,17 @@ def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> l
     ins = _range(provider.min_inputs, provider.max_inputs)
     outs = _range(provider.min_outputs, provider.max_outputs)
     if not provider.min_inputs <= n_in <= provider.max_inputs:
+        fewer = (
+            f"Action {action.name} declares {n_in} input artifacts which is less than the "
+            f"minimum count ({provider.min_inputs})"
+            if n_in < provider.min_inputs
+            else None
+        )
         problems.append(
             Problem(
                 f"{ap}.inputArtifacts",
                 f"{action.action_type_id} takes {ins} input artifacts, got {n_in}",
+                fewer,
             )
         )
     if not provider.min_outputs <= n_out <= provider.max_outputs:
@@ -354,6 +369,18 @@ def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> l
             )
         )
     return problems
+
+
+def _missing_configuration(problem: Problem, action: str) -> Problem:
+    """A required configuration key that is missing, with AWS's sentence for it."""
+    if problem.message != "required":
+        return problem
+    key = problem.path.rsplit(".", 1)[-1]
+    return replace(
+        problem,
+        aws_message=f"Action configuration for action '{action}' is missing required "
+        f"configuration '{key}'",
+    )
 
 
 # CodePipeline's limits on a compute action's declaration (ActionDeclaration, OutputArtifact).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import redis
 
+from engine.arns import DEFAULT_ACCOUNT, Account
 from engine.execution import ActionResult
 from engine.messages import Event, WorkItem, completion
 from engine.scheduler import Decision
@@ -48,23 +49,34 @@ class Store:
         dispatcher: Dispatcher | None = None,
         *,
         claim_seconds: float = 15.0,
+        account: Account = DEFAULT_ACCOUNT,
     ) -> None:
         self.r = client
-        self.definitions = Definitions(client)
+        self.account = account
+        self.definitions = Definitions(client, account_id=account.account_id)
         self.runs = Runs(
-            client, self.definitions, claim_seconds=claim_seconds, dispatcher=dispatcher
+            client,
+            self.definitions,
+            claim_seconds=claim_seconds,
+            dispatcher=dispatcher,
+            account=account,
         )
         self.leases = Leases(client)
         self.events = EventLog(client)
-        self.jobs = JobStore(client)
+        self.jobs = JobStore(client, account_id=account.account_id)
         self.tags = TagStore(client)
         self.webhooks = WebhookStore(client)
 
     @classmethod
     def from_url(
-        cls, url: str, dispatcher: Dispatcher | None = None, *, claim_seconds: float = 15.0
+        cls,
+        url: str,
+        dispatcher: Dispatcher | None = None,
+        *,
+        claim_seconds: float = 15.0,
+        account: Account = DEFAULT_ACCOUNT,
     ) -> Store:
-        return cls(connect(url), dispatcher, claim_seconds=claim_seconds)
+        return cls(connect(url), dispatcher, claim_seconds=claim_seconds, account=account)
 
     def apply(self, pipeline: str, event: Event) -> Decision:
         """One transition of ``pipeline`` (see :meth:`Runs.apply`)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from engine import keys
+from engine.arns import DEFAULT_ACCOUNT_ID
 from engine.definition import PipelineDeclaration
 from engine.errors import (
     ConflictError,
@@ -50,8 +51,9 @@ def digest_of(raw: str) -> str:
 
 
 class Definitions:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, account_id: str = DEFAULT_ACCOUNT_ID) -> None:
         self.r = client
+        self.account_id = account_id  # named in PipelineNotFoundException's message
         self._parsed: OrderedDict[str, PipelineDeclaration] = OrderedDict()
         self._parsed_guard = threading.Lock()  # the API's threads share this cache
 
@@ -75,7 +77,7 @@ class Definitions:
                     if create and current is not None:
                         raise PipelineNameInUseError(f"pipeline {decl.name} already exists")
                     if not create and current is None:
-                        raise PipelineNotFoundError(f"pipeline {decl.name} not found")
+                        raise PipelineNotFoundError.named(decl.name, self.account_id)
                     version = int(current or 0) + 1
                     raw = json.dumps({**decl.to_aws(), "version": version})
                     digest = digest_of(raw)
@@ -108,7 +110,7 @@ class Definitions:
         with redis_errors(f"reading pipeline {name}"):
             current, created, updated = self.r.hmget(key, ["current", "created", "updated"])
             if current is None:
-                raise PipelineNotFoundError(f"pipeline {name} not found")
+                raise PipelineNotFoundError.named(name, self.account_id)
             wanted = version or int(current)
             digest = self.r.hget(key, f"h{wanted}")
             if digest is None:

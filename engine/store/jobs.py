@@ -20,14 +20,13 @@ from typing import Any
 import redis
 
 from engine import keys
+from engine.arns import DEFAULT_ACCOUNT_ID
 from engine.errors import InvalidJobStateError, InvalidNonceError, JobNotFoundError
 from engine.store.connection import redis_errors
 
 # How long a finished job stays readable (GetJobDetails after the fact, late duplicates
 # refused with InvalidJobStateException rather than JobNotFoundException).
 FINISHED_TTL_SECONDS = 24 * 3600
-# The account id jobs report: 12 digits, as the API's pattern requires; there is no account.
-ACCOUNT_ID = "000000000000"
 
 
 class JobStatus(StrEnum):
@@ -48,10 +47,12 @@ class StoredJob:
     nonce: str
     # The PutJobSuccessResult / PutJobFailureResult request as received, without jobId.
     result: dict[str, Any] | None
+    # The account id the job reports (the installation's, see engine.arns).
+    account_id: str = DEFAULT_ACCOUNT_ID
 
     def details(self) -> dict[str, Any]:
         """GetJobDetails' ``jobDetails``."""
-        return {"id": self.job_id, "data": self.data, "accountId": ACCOUNT_ID}
+        return {"id": self.job_id, "data": self.data, "accountId": self.account_id}
 
 
 # KEYS: job hash, done list. ARGV: status, result JSON, ttl seconds.
@@ -69,8 +70,9 @@ return 'ok'
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, account_id: str = DEFAULT_ACCOUNT_ID) -> None:
         self.r = client
+        self.account_id = account_id
         self._finish = client.register_script(_FINISH)
 
     def create(
@@ -104,6 +106,7 @@ class JobStore:
             status=JobStatus(raw["status"]),
             nonce=raw["nonce"],
             result=json.loads(result) if result else None,
+            account_id=self.account_id,
         )
 
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> None:

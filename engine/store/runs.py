@@ -38,6 +38,7 @@ import redis
 from pydantic import TypeAdapter
 
 from engine import events, keys
+from engine.arns import DEFAULT_ACCOUNT, Account
 from engine.errors import (
     ConflictError,
     PipelineVersionNotFoundError,
@@ -122,8 +123,10 @@ class Runs:
         *,
         claim_seconds: float = 15.0,
         dispatcher: Dispatcher | None = None,
+        account: Account = DEFAULT_ACCOUNT,
     ) -> None:
         self.r = client
+        self.account = account
         self.definitions = definitions
         self.claim_ms = int(claim_seconds * 1000)
         self.dispatcher = dispatcher
@@ -336,7 +339,7 @@ class Runs:
                 if emitter is not None:
                     p.xadd(
                         keys.EVENTS,
-                        {"event": json.dumps(events.build(emitter, eff, read.now))},
+                        {"event": json.dumps(events.build(emitter, eff, read.now, self.account))},
                         maxlen=EVENT_STREAM_MAXLEN,
                         approximate=True,
                     )

@@ -123,8 +123,12 @@ def test_invalid_definition_reports_every_problem_with_its_path(cp: Any) -> None
     bad["stages"][1]["actions"][0]["inputArtifacts"] = [{"name": "Nope"}]
     with pytest.raises(ClientError) as exc:
         cp.create_pipeline(pipeline=bad)
-    assert code_of(exc) == "InvalidStructureException"
+    # The first problem is inside an action: CodePipeline's code for that, and its sentence.
+    assert code_of(exc) == "InvalidActionDeclarationException"
     message = message_of(exc)
+    assert message.startswith(
+        "Action configuration for action 'Fetch' is missing required configuration 'S3Bucket'"
+    )
     assert "stages[0].actions[0].configuration.S3Bucket: required" in message
     assert "stages[1].actions[0].inputArtifacts[0].name" in message
     assert cp.list_pipelines()["pipelines"] == []
@@ -169,7 +173,8 @@ def test_start_execution_and_read_it_back(cp: Any) -> None:
         "status": "InProgress",
         "type": "STANDARD",
     }
-    assert stages["Source"]["inboundTransitionState"] == {"enabled": True}
+    assert "inboundTransitionState" not in stages["Source"]  # nothing comes into it
+    assert stages["Build"]["inboundTransitionState"] == {"enabled": True}
     fetch = stages["Source"]["actionStates"][0]
     assert fetch["actionName"] == "Fetch"
     assert fetch["latestExecution"]["status"] == "InProgress"

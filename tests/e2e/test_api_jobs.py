@@ -37,7 +37,7 @@ def _job(api: ApiServer, deadline: float | None = None) -> tuple[RedisJobChannel
 def test_get_job_details_returns_the_job_data(api: ApiServer, cp: Any) -> None:
     _, job_id = _job(api)
     details = cp.get_job_details(jobId=job_id)["jobDetails"]
-    assert details == {"id": job_id, "data": DATA, "accountId": "000000000000"}
+    assert details == {"id": job_id, "data": DATA, "accountId": "111122223333"}
 
 
 def test_unknown_and_malformed_job_ids(api: ApiServer, cp: Any) -> None:

@@ -7,9 +7,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from engine.arns import pipeline_arn
+from engine.arns import DEFAULT_ACCOUNT
 from tests.e2e.api_support import definition
 from tests.e2e.test_api import code_of, message_of
+
+pipeline_arn = DEFAULT_ACCOUNT.pipeline_arn
 
 
 def arn_of(cp: Any, name: str) -> str:

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from engine.arns import webhook_arn
+from engine.arns import DEFAULT_ACCOUNT
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer
 from tests.e2e.test_api import code_of, message_of
 from tests.e2e.webhook_support import post_chunked, post_declaring
+
+webhook_arn = DEFAULT_ACCOUNT.webhook_arn
 
 SECRET = "s3cr3t-token-for-tests"
 

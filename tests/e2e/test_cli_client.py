@@ -100,7 +100,7 @@ def test_errors_are_one_line_without_traceback(
     path.write_text(json.dumps(bad))
     out = run(conveyor, api, "pipelines", "create", str(path))
     assert out.exit_code == 1
-    assert out.stderr.startswith("error: InvalidStructureException: ")
+    assert out.stderr.startswith("error: InvalidActionDeclarationException: ")
     assert "configuration.S3Bucket" in out.stderr
 
 

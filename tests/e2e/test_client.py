@@ -65,7 +65,10 @@ def test_client_round_trip(api: ApiServer, tmp_path: Path) -> None:
     with pytest.raises(ClientError) as exc:
         client.get_pipeline("demo")
     assert error_code(exc.value) == "PipelineNotFoundException"
-    assert describe_error(exc.value).startswith("PipelineNotFoundException: pipeline demo")
+    assert describe_error(exc.value) == (
+        "PipelineNotFoundException: "
+        "Account '111122223333' does not have a pipeline with name 'demo'"
+    )
 
 
 def test_endpoint_from_environment(api: ApiServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,13 @@ def _invocation(**overrides: object) -> Invocation:
         deadline=None,
         cancelled=threading.Event(),
         workdir=Path("/nonexistent"),
-        pipeline_context=pipeline_context("p", "e-1", "Deploy", "Call", region="eu-west-1"),
+        pipeline_context=pipeline_context(
+            "p",
+            "e-1",
+            "Deploy",
+            "Call",
+            pipeline_arn="arn:aws:codepipeline:eu-west-1:444455556666:p",
+        ),
         action_type={"category": "Invoke", "owner": "AWS", "provider": "Lambda", "version": "1"},
     )
     for key, value in overrides.items():
@@ -104,7 +110,7 @@ def test_the_event_is_the_one_codepipeline_sends_a_lambda() -> None:
     job = sent["CodePipeline.job"]
     assert set(sent) == {"CodePipeline.job"}
     assert job["id"] == "11111111-abcd-1111-abcd-111111abcdef"
-    assert job["accountId"] == "000000000000"
+    assert job["accountId"] == "111122223333"  # the default account: AWS's example
     assert job["data"] == {
         "actionConfiguration": {
             "configuration": {"FunctionName": "deploy", "UserParameters": '{"stack": "web"}'}
@@ -136,7 +142,7 @@ def test_the_event_is_the_one_codepipeline_sends_a_lambda() -> None:
         },
     }
     # The job's own data (GetJobDetails) has more than the event shows.
-    assert data["pipelineContext"]["pipelineArn"] == "arn:aws:codepipeline:eu-west-1:000000000000:p"
+    assert data["pipelineContext"]["pipelineArn"] == "arn:aws:codepipeline:eu-west-1:444455556666:p"
     assert data["actionTypeId"]["provider"] == "Lambda"
 
 
