@@ -108,6 +108,7 @@ class Settings(BaseSettings):
         "webhook_secrets_file",
         "secrets_file",
         "build_cache_dir",
+        "webhook_public_url",
         mode="before",
     )
     @classmethod
