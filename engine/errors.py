@@ -30,14 +30,29 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
+# A message lists at most this many problems, each cut to this many characters.
+MAX_PROBLEMS_SHOWN = 25
+MAX_PROBLEM_CHARS = 300
+
+
 class DefinitionError(ConveyorError):
-    """A pipeline definition is invalid; carries every problem found, not just the first."""
+    """A pipeline definition is invalid; carries every problem found, not just the first.
+
+    The message shows the first :data:`MAX_PROBLEMS_SHOWN` (each cut short) and counts the
+    rest, so a definition with a million wrong items makes a short answer."""
 
     aws_code = "InvalidStructureException"
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
+        shown = [_cut(str(p)) for p in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            shown.append(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+        super().__init__("; ".join(shown))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 3] + "..."
 
 
 class ValidationError(ConveyorError):
@@ -158,3 +173,9 @@ class InvalidNonceError(ConveyorError):
 
 class OutputVariablesSizeExceededError(ConveyorError):
     aws_code = "OutputVariablesSizeExceededException"
+
+
+class InvalidNextTokenError(ValidationError):
+    """A ``nextToken`` this API did not issue for the operation (forged, edited, foreign)."""
+
+    aws_code = "InvalidNextTokenException"

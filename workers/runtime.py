@@ -50,6 +50,7 @@ class Runtime:
             self.settings.redis_url,
             dispatcher=self.dispatch,
             claim_seconds=self.settings.lease_seconds,
+            max_pipeline_versions=self.settings.max_pipeline_versions,
         )
 
     @cached_property
