@@ -128,11 +128,13 @@ REQUEST = Mode(skipped=frozenset({"PipelineDeclaration"}))
 # Conveyor assumes no pipeline role, so only its length is held to AWS's limit.
 LIMITS_ONLY = Mode(types=False, required=False, enums=False, no_pattern=frozenset({"RoleArn"}))
 
-# Counts the model leaves open but CodePipeline's quotas (or Conveyor) bound: tags per
-# resource, stages per pipeline, actions per stage; artifacts per action and configuration
-# keys per action are Conveyor's bounds, far above what any action type takes.
+# Tags per resource (CodePipeline's quota; more is TooManyTagsException, not a validation
+# error, so the operations judge it).
+MAX_TAGS = 50
+# Counts the model leaves open but CodePipeline's quotas (or Conveyor) bound: stages per
+# pipeline, actions per stage; artifacts per action and configuration keys per action are
+# Conveyor's bounds, far above what any action type takes.
 COUNT_LIMITS: dict[str, int] = {
-    "TagList": 50,
     "PipelineStageDeclarationList": 50,
     "StageActionDeclarationList": 50,
     "InputArtifactList": 100,

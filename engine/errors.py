@@ -179,3 +179,7 @@ class InvalidNextTokenError(ValidationError):
     """A ``nextToken`` this API did not issue for the operation (forged, edited, foreign)."""
 
     aws_code = "InvalidNextTokenException"
+
+
+class TooManyTagsError(ValidationError):
+    aws_code = "TooManyTagsException"

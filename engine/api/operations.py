@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from engine import rules
 from engine.api import shapes
 from engine.api.jobs import JOB_OPERATIONS
-from engine.errors import ValidationError
+from engine.awsmodel import MAX_TAGS
+from engine.errors import TooManyTagsError, ValidationError
 from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
 from engine.source_overrides import source_revision_entries
@@ -47,6 +48,8 @@ def _page(items: Sequence[T], body: Body, default: int = DEFAULT_PAGE) -> tuple[
 
 def create_pipeline(svc: Service, body: Body) -> Body:
     # Tags are accepted for compatibility and echoed; Conveyor has no tagging yet.
+    if len(body.get("tags", [])) > MAX_TAGS:
+        raise TooManyTagsError(f"A resource can have at most {MAX_TAGS} tags")
     rec = svc.create_pipeline(body["pipeline"])
     return {"pipeline": shapes.declaration(rec), "tags": body.get("tags", [])}
 

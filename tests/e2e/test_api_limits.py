@@ -124,8 +124,14 @@ def test_declaration_limits_are_enforced_over_http(cp: Any, api: ApiServer) -> N
     tags = [{"key": f"k{i}", "value": "v"} for i in range(51)]
     with pytest.raises(ClientError) as exc:
         cp.create_pipeline(pipeline=definition("tags"), tags=tags)
+    assert code_of(exc) == "TooManyTagsException"
+    assert "at most 50 tags" in message_of(exc)
+    with pytest.raises(ClientError) as exc:
+        cp.create_pipeline(pipeline=definition("tags"), tags=[{"key": "k" * 129, "value": ""}])
     assert code_of(exc) == "ValidationException"
-    assert "'tags' failed to satisfy constraint: Member must have length <= 50" in message_of(exc)
+    assert "'tags[0].key' failed to satisfy constraint: Member must have length <= 128" in (
+        message_of(exc)
+    )
     assert cp.list_pipelines()["pipelines"] == []
 
 
