@@ -92,9 +92,9 @@ def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
     declaration, so a definition with type errors reports those first.
     """
     raw = {k: v for k, v in raw.items() if k not in IGNORED_TOP_LEVEL}
-    limits = model_limits(raw)
-    if any(p.message.startswith(_TOO_MANY) for p in limits):
-        raise DefinitionError(limits)  # too many items: judge nothing more of it
+    limits, oversized = model_limits(raw)
+    if oversized:
+        raise DefinitionError(limits)  # far too many items: judge nothing more of it
     try:
         decl = PipelineDeclaration.model_validate(raw)
     except PydanticValidationError as exc:
@@ -105,26 +105,29 @@ def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
     return decl
 
 
-_TOO_MANY = "at most "
+# A list or map this much longer than its limit is not judged item by item (a million
+# wrong stages would be a million problems to find, hold and word).
+MAX_JUDGED_ITEMS = 1000
+MAX_LIMIT_PROBLEMS = 100
 
 
-def model_limits(raw: Mapping[str, Any]) -> list[Problem]:
+def model_limits(raw: Mapping[str, Any]) -> tuple[list[Problem], bool]:
     """The lengths, counts, ranges and patterns botocore's model sets on each member of the
     declaration (configuration values of at most 1000 characters, ...), and the counts
-    CodePipeline's quotas set (:data:`engine.awsmodel.COUNT_LIMITS`)."""
+    CodePipeline's quotas set (:data:`engine.awsmodel.COUNT_LIMITS`); and whether a list or
+    map is over :data:`MAX_JUDGED_ITEMS`, too long to judge further."""
     found = awsmodel.Findings(keep=MAX_LIMIT_PROBLEMS)
     awsmodel.check(awsmodel.shape("PipelineDeclaration"), raw, "", found, awsmodel.LIMITS_ONLY)
     out = []
+    oversized = False
     for f in found.items:
         rule = f.rule.replace("Member must ", "must ", 1)
         if isinstance(f.value, list | Mapping) and rule.startswith("must have length <= "):
             cap = rule.removeprefix("must have length <= ")
-            rule = f"{_TOO_MANY}{cap} items, got {len(f.value)}"
+            rule = f"at most {cap} items, got {len(f.value)}"
+            oversized = oversized or len(f.value) > MAX_JUDGED_ITEMS
         out.append(Problem(f.path, rule))
-    return out
-
-
-MAX_LIMIT_PROBLEMS = 100
+    return out, oversized
 
 
 def _merged(problems: list[Problem], limits: list[Problem]) -> list[Problem]:
