@@ -23,7 +23,7 @@ from botocore.exceptions import (
     ClientError,
 )
 
-from engine.definition import parse_document
+from engine.definition import parse_document, read_text
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8484"
 ENDPOINT_ENV = "CONVEYOR_API_URL"
@@ -66,7 +66,7 @@ def load_definition(definition: Definition) -> dict[str, Any]:
         raw = definition
     else:
         path = Path(definition)
-        raw = parse_document(path.read_text(), source=str(path))
+        raw = parse_document(read_text(path), source=str(path))
     return raw if raw.get("roleArn") else {**raw, "roleArn": PLACEHOLDER_ROLE_ARN}
 
 

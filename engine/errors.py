@@ -50,24 +50,38 @@ _ACTION_PATH = re.compile(r"^stages\[\d+\]\.actions\[\d+\]")
 _STAGE_PATH = re.compile(r"^stages\[\d+\]")
 
 
+# A message lists at most this many problems, each cut to this many characters.
+MAX_PROBLEMS_SHOWN = 25
+MAX_PROBLEM_CHARS = 300
+
+
 class DefinitionError(ConveyorError):
     """A pipeline definition is invalid; carries every problem found, not just the first.
 
     The error code is the first problem's (CodePipeline reports one; its first is the one
     a client reacts to), and the message starts with AWS's sentence for that problem where
-    it is known, followed by every problem with its path."""
+    it is known, followed by every problem with its path. It shows the first
+    :data:`MAX_PROBLEMS_SHOWN` (each cut short) and counts the rest, so a definition with a
+    million wrong items makes a short answer."""
 
     aws_code = "InvalidStructureException"
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        listed = "; ".join(str(p) for p in problems)
+        shown = [_cut(str(p)) for p in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            shown.append(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+        listed = "; ".join(shown)
         first = problems[0] if problems else None
         if first is not None:
             self.aws_code = first.aws_code
         if first is not None and first.aws_message:
             listed = f"{first.aws_message}. Every problem: {listed}"
         super().__init__(listed)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 3] + "..."
 
 
 class ValidationError(ConveyorError):
@@ -206,11 +220,13 @@ class InvalidTagsError(ConveyorError):
     aws_code = "InvalidTagsException"
 
 
-class TooManyTagsError(ConveyorError):
+class TooManyTagsError(ValidationError):
     aws_code = "TooManyTagsException"
 
 
-class InvalidNextTokenError(ConveyorError):
+class InvalidNextTokenError(ValidationError):
+    """A ``nextToken`` this API did not issue for the operation (forged, edited, foreign)."""
+
     aws_code = "InvalidNextTokenException"
 
 

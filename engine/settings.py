@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     # Lambda-style handlers report job results there, Invoke/CodePipeline starts pipelines
     # there. Defaults to api_host:api_port.
     api_url: str | None = None
+    # Bounded work per API request: a larger body is refused (413) before it is read in
+    # full; JSON nested deeper, or an integer literal longer, is refused (400).
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    api_max_json_depth: int = Field(default=64, ge=8)
+    api_max_int_digits: int = Field(default=32, ge=20)
+    # Versions of one pipeline kept; UpdatePipeline drops the oldest beyond this.
+    max_pipeline_versions: int = Field(default=100, ge=1)
 
     # Leases: a worker renews every lease_seconds/3; the sweep re-dispatches after expiry.
     # A dispatched attempt no worker claimed within this long is sent again, too.

@@ -109,21 +109,32 @@ def load_text_tree(text: str) -> Any:
         node = yaml.compose(text, Loader=loader)
     except yaml.YAMLError as exc:
         raise BuildspecError(f"YAML_FILE_ERROR: invalid YAML: {exc}") from exc
-    return None if node is None else _from_node(node, depth=0)
+    return None if node is None else _from_node(node, depth=0, budget=[MAX_YAML_NODES])
 
 
-def _from_node(node: yaml.Node, depth: int) -> Any:
+# Nodes a buildspec may expand to: aliases share nodes, but this copies them, so a few
+# hundred bytes of nested aliases ("billion laughs") would otherwise build gigabytes.
+MAX_YAML_NODES = 100_000
+
+
+def _from_node(node: yaml.Node, depth: int, budget: list[int]) -> Any:
     if depth > 64:  # aliases can nest a document into itself many times over
         raise BuildspecError("YAML_FILE_ERROR: the buildspec nests deeper than 64 levels")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise BuildspecError(
+            f"YAML_FILE_ERROR: the buildspec expands to more than {MAX_YAML_NODES} nodes "
+            "(alias expansion)"
+        )
     if isinstance(node, yaml.ScalarNode):
         return None if node.tag == _NULL_TAG else str(node.value)
     if isinstance(node, yaml.SequenceNode):
-        return [_from_node(item, depth + 1) for item in node.value]
+        return [_from_node(item, depth + 1, budget) for item in node.value]
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _from_node(key_node, depth + 1)
-            value = _from_node(value_node, depth + 1)
+            key = _from_node(key_node, depth + 1, budget)
+            value = _from_node(value_node, depth + 1, budget)
             if key == "<<" and isinstance(value, dict):  # a merge key: earlier keys win
                 for k, v in value.items():
                     out.setdefault(k, v)

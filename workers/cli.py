@@ -141,17 +141,23 @@ def api(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from engine.api import create_app
+    from engine.api.parsing import BodyLimits
     from engine.webhooks import WebhookConfig, WebhookConfigError
     from workers.runtime import Runtime
 
     settings = Settings()
+    limits = BodyLimits(
+        max_body_bytes=settings.api_max_body_bytes,
+        max_depth=settings.api_max_json_depth,
+        max_int_digits=settings.api_max_int_digits,
+    )
     try:
         webhooks = WebhookConfig.from_settings(settings)
     except WebhookConfigError as exc:
         raise click.ClickException(exc.message) from None
     rt = Runtime(settings)
     uvicorn.run(
-        create_app(rt.service, webhooks),
+        create_app(rt.service, webhooks, limits),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",

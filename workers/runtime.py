@@ -51,6 +51,7 @@ class Runtime:
             dispatcher=self.dispatch,
             claim_seconds=self.settings.lease_seconds,
             account=self.settings.account,
+            max_pipeline_versions=self.settings.max_pipeline_versions,
         )
 
     @cached_property

@@ -26,6 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from engine.api.operations import OPERATIONS
+from engine.api.paging import PageTokens
+from engine.api.parsing import BodyLimits, ProtocolError, parse_body, read_body
 from engine.api.validation import TARGET_PREFIX, check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
@@ -38,15 +40,6 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_EVENTS_PER_READ = 1000
-
-
-class ProtocolError(Exception):
-    """A request that never reached an operation: bad target, bad JSON, bad fields."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -74,28 +67,21 @@ def _operation(target: str | None) -> str:
     return name
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        return {}  # boto3 sends "{}", but an empty body means the same
+def _call(
+    service: Service, tokens: PageTokens, operation: str, raw: bytes, limits: BodyLimits
+) -> Response:
+    """Parse, check and run one operation (in a worker thread: the service blocks on Redis,
+    and parsing a large body should not hold up the event loop)."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(
-            "SerializationException", f"request body is not valid JSON: {exc}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ProtocolError("SerializationException", "request body must be a JSON object")
-    return data
-
-
-def _call(service: Service, operation: str, body: dict[str, Any]) -> Response:
-    """Run one operation (in a worker thread: the service blocks on Redis)."""
+        body = parse_body(raw, limits)
+    except ProtocolError as exc:
+        return _error(exc.code, exc.message, exc.status)
     problems = check_input(operation, body)
     if problems:
-        count = f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} detected"
-        return _error("ValidationException", f"{count}: " + "; ".join(problems))
+        return _error("ValidationException", problems.message())
     try:
-        return _json(OPERATIONS[operation](service, body))
+        body = tokens.open(operation, body)
+        return _json(tokens.seal(operation, OPERATIONS[operation](service, body)))
     except ServiceUnavailableError as exc:
         return _error(exc.aws_code, exc.message, 503)
     except StoreError as exc:
@@ -110,11 +96,16 @@ def _call(service: Service, operation: str, body: dict[str, Any]) -> Response:
         )
 
 
-def create_app(service: Service, webhooks: WebhookConfig | None = None) -> FastAPI:
+def create_app(
+    service: Service, webhooks: WebhookConfig | None = None, limits: BodyLimits | None = None
+) -> FastAPI:
     """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``).
 
     ``webhooks`` configures the git webhook endpoints; without it they refuse every delivery.
+    ``limits`` bound what one request body may ask of the parser.
     """
+    body_limits = limits or BodyLimits()
+    tokens = PageTokens(service.store.r)
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
     webhooks = webhooks or WebhookConfig()
     install_webhooks(app, service, webhooks)
@@ -124,11 +115,16 @@ def create_app(service: Service, webhooks: WebhookConfig | None = None) -> FastA
     async def codepipeline(request: Request) -> Response:
         try:
             operation = _operation(request.headers.get("x-amz-target"))
-            body = _body(await request.body())
+            raw = await read_body(
+                request.headers.get("content-length"), request.stream(), body_limits
+            )
         except ProtocolError as exc:
-            return _error(exc.code, exc.message)
+            reply = _error(exc.code, exc.message, exc.status)
+            if exc.status == 413:
+                reply.headers["Connection"] = "close"  # the rest of the body is not read
+            return reply
         API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
-        return await run_in_threadpool(_call, service, operation, body)
+        return await run_in_threadpool(_call, service, tokens, operation, raw, body_limits)
 
     @app.get("/health")
     def health() -> dict[str, bool]:

@@ -10,7 +10,7 @@ all most code needs.
 """
 
 from engine.definition.checks import check, validate
-from engine.definition.files import load_file
+from engine.definition.files import load_file, read_text
 from engine.definition.loading import normalize, parse_document
 from engine.definition.model import (
     ActionDeclaration,
@@ -32,5 +32,6 @@ __all__ = [
     "load_file",
     "normalize",
     "parse_document",
+    "read_text",
     "validate",
 ]

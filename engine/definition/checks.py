@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
-from engine import rules
+from engine import awsmodel, rules
 from engine.definition.model import (
     ARTIFACT_RE,
     IGNORED_TOP_LEVEL,
@@ -93,14 +93,48 @@ def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
     declaration, so a definition with type errors reports those first.
     """
     raw = {k: v for k, v in raw.items() if k not in IGNORED_TOP_LEVEL}
+    limits, oversized = model_limits(raw)
+    if oversized:
+        raise DefinitionError(limits)  # far too many items: judge nothing more of it
     try:
         decl = PipelineDeclaration.model_validate(raw)
     except PydanticValidationError as exc:
-        raise DefinitionError(_pydantic_problems(exc)) from None
-    problems = check(decl, registry)
+        raise DefinitionError(_merged(_pydantic_problems(exc), limits)) from None
+    problems = _merged(check(decl, registry), limits)
     if problems:
         raise DefinitionError(problems)
     return decl
+
+
+# A list or map this much longer than its limit is not judged item by item (a million
+# wrong stages would be a million problems to find, hold and word).
+MAX_JUDGED_ITEMS = 1000
+MAX_LIMIT_PROBLEMS = 100
+
+
+def model_limits(raw: Mapping[str, Any]) -> tuple[list[Problem], bool]:
+    """The lengths, counts, ranges and patterns botocore's model sets on each member of the
+    declaration (configuration values of at most 1000 characters, ...), and the counts
+    CodePipeline's quotas set (:data:`engine.awsmodel.COUNT_LIMITS`); and whether a list or
+    map is over :data:`MAX_JUDGED_ITEMS`, too long to judge further."""
+    found = awsmodel.Findings(keep=MAX_LIMIT_PROBLEMS)
+    awsmodel.check(awsmodel.shape("PipelineDeclaration"), raw, "", found, awsmodel.LIMITS_ONLY)
+    out = []
+    oversized = False
+    for f in found.items:
+        rule = f.rule.replace("Member must ", "must ", 1)
+        if isinstance(f.value, list | Mapping) and rule.startswith("must have length <= "):
+            cap = rule.removeprefix("must have length <= ")
+            rule = f"at most {cap} items, got {len(f.value)}"
+            oversized = oversized or len(f.value) > MAX_JUDGED_ITEMS
+        out.append(Problem(f.path, rule))
+    return out, oversized
+
+
+def _merged(problems: list[Problem], limits: list[Problem]) -> list[Problem]:
+    """``problems``, then each limit broken at a path they do not already name."""
+    named = {p.path for p in problems}
+    return problems + [p for p in limits if p.path not in named]
 
 
 NAME_RULE = "must be 1-100 characters of A-Za-z0-9.@-_"

@@ -15,6 +15,9 @@ import yaml
 from engine.errors import DefinitionError, Problem
 
 PIPELINE_RESOURCE_TYPE = "AWS::CodePipeline::Pipeline"
+# A definition is small: its text, and its YAML once aliases are expanded, are held to these.
+MAX_DEFINITION_BYTES = 1024 * 1024
+MAX_YAML_NODES = 100_000
 
 
 class _DuplicateKeyError(ValueError):
@@ -31,9 +34,24 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _TooLarge(yaml.YAMLError):
+    pass
+
+
 class _CfnLoader(yaml.SafeLoader):
     """SafeLoader that understands CloudFormation's short intrinsic tags (``!Ref X``) and,
-    like CloudFormation, rejects a key repeated in one mapping."""
+    like CloudFormation, rejects a key repeated in one mapping.
+
+    Aliases are counted at their expanded size before anything is built: a document that
+    would expand past :data:`MAX_YAML_NODES` nodes ("billion laughs": a few hundred bytes
+    of nested aliases standing for gigabytes once copied) or that refers to itself is
+    refused, so no later step (conversion, validation, JSON) can be made to copy it."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _expanded_size(node, MAX_YAML_NODES)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self.flatten_mapping(node)
@@ -66,16 +84,64 @@ def _cfn_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:
 _CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """Nodes in ``root`` with every alias expanded (each shared node counted once per use,
+    by memo, so this is linear in the distinct nodes); raises _TooLarge past ``limit``."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            open_.discard(key)
+            size = 1 + sum(sizes[id(c)] for c in children)
+            if size > limit:
+                raise _TooLarge(f"the YAML expands to more than {limit} nodes (alias expansion)")
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise _TooLarge("the YAML refers to itself through an alias")
+        open_.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_:
+                raise _TooLarge("the YAML refers to itself through an alias")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 def parse_document(text: str, *, source: str = "<definition>") -> dict[str, Any]:
     """Parse JSON or YAML text into the raw camelCase ``PipelineDeclaration`` dict."""
     data: Any
+    if len(text) > MAX_DEFINITION_BYTES:
+        msg = f"{source}: {len(text)} characters; a definition may have {MAX_DEFINITION_BYTES}"
+        raise DefinitionError([Problem("", msg)])
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKeyError as exc:
         raise DefinitionError([Problem("", f"{source}: {exc}")]) from None
-    except json.JSONDecodeError:
+    except RecursionError:
+        raise DefinitionError([Problem("", f"{source}: nested too deeply")]) from None
+    except (json.JSONDecodeError, ValueError):
         try:
             data = yaml.load(text, Loader=_CfnLoader)
+        except _TooLarge as exc:
+            raise DefinitionError([Problem("", f"{source}: refused: {exc}")]) from None
+        except RecursionError:
+            raise DefinitionError([Problem("", f"{source}: nested too deeply")]) from None
         except yaml.YAMLError as exc:
             msg = f"{source}: not valid JSON or YAML: {exc}"
             raise DefinitionError([Problem("", msg)]) from None

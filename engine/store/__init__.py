@@ -21,7 +21,7 @@ from engine.execution import ActionResult
 from engine.messages import Event, WorkItem, completion
 from engine.scheduler import Decision
 from engine.store.connection import connect
-from engine.store.definitions import Definitions, PipelineRecord
+from engine.store.definitions import MAX_VERSIONS, Definitions, PipelineRecord
 from engine.store.events import EventLog
 from engine.store.jobs import JobStore
 from engine.store.leases import Leases
@@ -50,10 +50,16 @@ class Store:
         *,
         claim_seconds: float = 15.0,
         account: Account = DEFAULT_ACCOUNT,
+        max_pipeline_versions: int = MAX_VERSIONS,
     ) -> None:
         self.r = client
         self.account = account
-        self.definitions = Definitions(client, account_id=account.account_id)
+        self.definitions = Definitions(
+            client,
+            account_id=account.account_id,
+            max_versions=max_pipeline_versions,
+            in_use=self._versions_in_use,
+        )
         self.runs = Runs(
             client,
             self.definitions,
@@ -75,8 +81,20 @@ class Store:
         *,
         claim_seconds: float = 15.0,
         account: Account = DEFAULT_ACCOUNT,
+        max_pipeline_versions: int = MAX_VERSIONS,
     ) -> Store:
-        return cls(connect(url), dispatcher, claim_seconds=claim_seconds, account=account)
+        return cls(
+            connect(url),
+            dispatcher,
+            claim_seconds=claim_seconds,
+            account=account,
+            max_pipeline_versions=max_pipeline_versions,
+        )
+
+    def _versions_in_use(self, pipeline: str) -> set[int]:
+        """Versions that unfinished executions of ``pipeline`` run (never pruned)."""
+        active = self.runs.load_run(pipeline).active
+        return {ex.pipeline_version for ex in self.runs.load_many(active).values()}
 
     def apply(self, pipeline: str, event: Event) -> Decision:
         """One transition of ``pipeline`` (see :meth:`Runs.apply`)."""

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -33,6 +34,7 @@ from engine.store.connection import redis_errors
 
 MAX_CAS_RETRIES = 50
 CACHED_DECLARATIONS = 256
+MAX_VERSIONS = 100
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,22 @@ def digest_of(raw: str) -> str:
 
 
 class Definitions:
-    def __init__(self, client: redis.Redis, *, account_id: str = DEFAULT_ACCOUNT_ID) -> None:
+    """``max_versions`` versions of each pipeline are kept: an update drops the oldest
+    beyond that (GetPipeline of one is PipelineVersionNotFoundException), except versions
+    that ``in_use(name)`` says an unfinished execution still runs."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        max_versions: int = MAX_VERSIONS,
+        in_use: Callable[[str], set[int]] | None = None,
+    ) -> None:
         self.r = client
         self.account_id = account_id  # named in PipelineNotFoundException's message
+        self.max_versions = max(1, max_versions)
+        self.in_use = in_use
         self._parsed: OrderedDict[str, PipelineDeclaration] = OrderedDict()
         self._parsed_guard = threading.Lock()  # the API's threads share this cache
 
@@ -69,11 +84,12 @@ class Definitions:
 
     def _put(self, decl: PipelineDeclaration, *, create: bool) -> PipelineRecord:
         key = keys.pipeline(decl.name)
+        running = self.in_use(decl.name) if self.in_use is not None and not create else set()
         with redis_errors(f"storing pipeline {decl.name}"), self.r.pipeline() as p:
             for _ in range(MAX_CAS_RETRIES):
                 try:
                     p.watch(key)  # type: ignore[no-untyped-call]
-                    current, created = p.hmget(key, ["current", "created"])
+                    current, created, oldest = p.hmget(key, ["current", "created", "oldest"])
                     if create and current is not None:
                         raise PipelineNameInUseError(f"pipeline {decl.name} already exists")
                     if not create and current is None:
@@ -83,7 +99,10 @@ class Definitions:
                     digest = digest_of(raw)
                     now = time.time()
                     first = now if created is None else float(created)
+                    pruned, kept = _pruned(int(oldest or 1), version, self.max_versions, running)
                     p.multi()
+                    if pruned:
+                        p.hdel(key, *[f"{f}{v}" for v in pruned for f in ("v", "h")])
                     p.hset(
                         key,
                         mapping={
@@ -93,6 +112,7 @@ class Definitions:
                             f"h{version}": digest,
                             "created": first,
                             "updated": now,
+                            "oldest": kept,
                         },
                     )
                     p.sadd(keys.PIPELINES, decl.name)
@@ -159,3 +179,10 @@ class Definitions:
             self._parsed.move_to_end(digest)
             while len(self._parsed) > CACHED_DECLARATIONS:
                 self._parsed.popitem(last=False)
+
+
+def _pruned(oldest: int, version: int, keep: int, running: set[int]) -> tuple[list[int], int]:
+    """The versions to drop when ``version`` is written, and the oldest one left after."""
+    drop = [v for v in range(oldest, version - keep + 1) if v not in running]
+    remaining = [v for v in range(oldest, version - keep + 1) if v in running]
+    return drop, min(remaining, default=max(oldest, version - keep + 1))

@@ -354,3 +354,15 @@ def test_unparsed_format_and_no_matching_files(tmp_path: Path) -> None:
     ]
     assert unit.problems == ["no report files match ['missing/*.xml']"]
     assert unit.describe() == "no test cases (report group unit)"
+
+
+def test_billion_laughs_buildspec_is_refused_quickly() -> None:
+    import time
+
+    lines = ["version: 0.2", 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{cur}: &{cur} [{','.join([f'*{prev}'] * 9)}]")
+    started = time.monotonic()
+    with pytest.raises(BuildspecError, match="alias expansion"):
+        parse_buildspec("\n".join(lines))
+    assert time.monotonic() - started < 2

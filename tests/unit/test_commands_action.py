@@ -136,7 +136,7 @@ def pipeline(action: dict[str, Any], *, pipeline_type: str = "V2") -> dict[str, 
     return {
         "name": "p",
         "pipelineType": pipeline_type,
-        "artifactStore": {"type": "S3", "location": "b"},
+        "artifactStore": {"type": "S3", "location": "bucket"},
         "stages": [
             {
                 "name": "Source",
@@ -255,7 +255,7 @@ def test_cloudformation_properties_load_the_compute_fields() -> None:
         "Name": "p",
         "PipelineType": "V2",
         "RoleArn": "arn:aws:iam::000000000000:role/r",
-        "ArtifactStore": {"Type": "S3", "Location": "b"},
+        "ArtifactStore": {"Type": "S3", "Location": "bucket"},
         "Stages": [
             {
                 "Name": "Source",
