@@ -394,6 +394,15 @@ def action_execution_detail(
             "input": inp,
         }
     )
+    token = _parallel_approval_token(s, a, run)
+    if token is not None:
+        # AWS's PutApprovalResult reference: in PARALLEL mode the token to answer an
+        # approval is this run's externalExecutionId in ListActionExecutions.
+        detail["output"] = {
+            "outputArtifacts": [],
+            "executionResult": {"externalExecutionId": token},
+            "outputVariables": {},
+        }
     if run.result is not None:
         detail["output"] = {
             "outputArtifacts": [_artifact(x) for x in run.result.output_artifacts],
@@ -408,6 +417,15 @@ def action_execution_detail(
             "outputVariables": run.result.output_variables,
         }
     return detail
+
+
+def _parallel_approval_token(s: ExecutionState, a: ActionState, run: ActionRun) -> str | None:
+    """The waiting approval's token, for the run that waits, in a PARALLEL execution."""
+    if s.execution_mode != "PARALLEL" or a.approval_token is None or run.result is not None:
+        return None
+    if run.action_execution_id != a.action_execution_id or run.status.terminal:
+        return None
+    return a.approval_token
 
 
 # ---------------------------------------------------------------------------- rules

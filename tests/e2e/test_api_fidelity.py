@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.api_support import definition
+from engine.execution import ArtifactLocation
+from tests.e2e.api_support import BUCKET, definition
 from tests.e2e.conftest import ApiServer
-from tests.e2e.test_api import code_of, message_of
+from tests.e2e.test_api import code_of, complete, message_of
 
 ACCOUNT = "111122223333"  # the default CONVEYOR_ACCOUNT_ID: AWS's documentation example
 
@@ -153,3 +154,32 @@ def test_pipeline_type_and_execution_mode_defaults_are_shown_everywhere(cp: Any)
     assert execution["pipelineExecution"]["executionMode"] == "SUPERSEDED"
     [listed] = cp.list_pipeline_executions(pipelineName="defaults")["pipelineExecutionSummaries"]
     assert listed["executionMode"] == "SUPERSEDED"
+
+
+def test_parallel_approval_token_is_the_external_execution_id(api: ApiServer, cp: Any) -> None:
+    """AWS's PutApprovalResult reference: in PARALLEL mode the token is the waiting
+    approval's externalExecutionId in ListActionExecutions."""
+    decl = definition("par")
+    decl["executionMode"] = "PARALLEL"
+    cp.create_pipeline(pipeline=decl)
+    eid = cp.start_pipeline_execution(name="par")["pipelineExecutionId"]
+    source = ArtifactLocation(name="SourceOut", bucket=BUCKET, key="par/SourceOut/a.zip")
+    complete(api, eid, "Source", "Fetch", output_artifacts=[source])
+    built = ArtifactLocation(name="BuildOut", bucket=BUCKET, key="par/BuildOut/b.zip")
+    complete(api, eid, "Build", "Compile", output_artifacts=[built])
+
+    def details() -> dict[str, Any]:
+        rows = cp.list_action_executions(pipelineName="par", filter={"pipelineExecutionId": eid})
+        return {d["actionName"]: d for d in rows["actionExecutionDetails"]}
+
+    gate = details()["Gate"]
+    assert gate["status"] == "InProgress"
+    token = gate["output"]["executionResult"]["externalExecutionId"]
+    cp.put_approval_result(
+        pipelineName="par",
+        stageName="Approve",
+        actionName="Gate",
+        result={"summary": "ok", "status": "Approved"},
+        token=token,
+    )
+    assert details()["Gate"]["status"] == "Succeeded"
