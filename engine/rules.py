@@ -522,14 +522,26 @@ def _config_problems(exc: PydanticValidationError, prefix: str) -> list[Problem]
 
 @dataclass(frozen=True)
 class RuleOutcome:
-    """One rule run: CodePipeline's RuleExecution ``status`` and ``summary``."""
+    """One rule run: CodePipeline's RuleExecution ``status`` and ``summary``.
 
-    status: Literal["Succeeded", "Failed"]
+    ``InProgress`` is a rule that cannot decide yet and holds its stage (a DeploymentWindow
+    outside its window): it is judged again at ``retry_at`` (epoch seconds)."""
+
+    status: Literal["Succeeded", "Failed", "InProgress"]
     summary: str
+    retry_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.status == "InProgress") != (self.retry_at is not None):
+            raise ValueError("a rule in progress, and only one, says when to look again")
 
     @property
     def succeeded(self) -> bool:
         return self.status == "Succeeded"
+
+    @property
+    def waiting(self) -> bool:
+        return self.status == "InProgress"
 
 
 class _Unresolved(Exception):
@@ -549,7 +561,9 @@ def _resolve(value: str, variables: Lookup) -> str:
 
 
 def evaluate(rule: RuleDeclaration, *, now: float, variables: Lookup) -> RuleOutcome:
-    """Run a rule that needs no worker, at ``now`` (epoch seconds).
+    """Run a rule that needs no worker, at ``now`` (epoch seconds). A DeploymentWindow
+    outside its window is ``InProgress`` until the window next opens (``retry_at``); one
+    that never opens again fails.
 
     ``variables`` is called with each reference's namespace and name (``"SourceVariables",
     "Branch"``; ``"variables", "env"``; ``"codepipeline", "PipelineExecutionId"``) and
@@ -603,12 +617,15 @@ def _deployment_window(config: DeploymentWindowConfig, now: float) -> RuleOutcom
     if in_window(config.Cron, config.TimeZone, now):
         return RuleOutcome("Succeeded", f"inside deployment window {where}")
     opens = next_window_start(config.Cron, config.TimeZone, now)
-    after = (
-        f"; it next opens at {datetime.fromtimestamp(opens, zone).strftime('%Y-%m-%d %H:%M')}"
-        if opens is not None
-        else "; it does not open again"
+    if opens is None:
+        return RuleOutcome("Failed", f"outside deployment window {where}; it does not open again")
+    # AWS holds the stage until the window opens rather than failing it.
+    at = datetime.fromtimestamp(opens, zone).strftime("%Y-%m-%d %H:%M")
+    return RuleOutcome(
+        "InProgress",
+        f"waiting for deployment window {where}: it opens at {at}",
+        retry_at=opens,
     )
-    return RuleOutcome("Failed", f"outside deployment window {where}{after}")
 
 
 def _clip(text: str, limit: int = 200) -> str:

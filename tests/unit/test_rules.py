@@ -399,11 +399,17 @@ def test_deployment_window_in_its_time_zone() -> None:
     assert inside.summary == (
         "inside deployment window '* * 9-17 ? * MON-FRI' (Europe/Berlin) at 2024-07-01 09:30"
     )
+    # Outside: AWS holds the stage until the window opens, so the rule waits, in progress.
     outside = evaluate(r, now=epoch("2024-07-01T06:59"), variables=no_vars)
-    assert outside.status == "Failed"
-    assert outside.summary.endswith("at 2024-07-01 08:59; it next opens at 2024-07-01 09:00")
+    assert outside.status == "InProgress" and outside.waiting
+    assert outside.retry_at == epoch("2024-07-01T07:00")
+    assert outside.summary == (
+        "waiting for deployment window '* * 9-17 ? * MON-FRI' (Europe/Berlin) at "
+        "2024-07-01 08:59: it opens at 2024-07-01 09:00"
+    )
     weekend = evaluate(r, now=epoch("2024-07-06T10:00", "Europe/Berlin"), variables=no_vars)
-    assert weekend.summary.endswith("it next opens at 2024-07-08 09:00")
+    assert weekend.summary.endswith("it opens at 2024-07-08 09:00")
+    assert weekend.retry_at == epoch("2024-07-08T09:00", "Europe/Berlin")
 
 
 def test_deployment_window_defaults_to_utc_and_can_never_open() -> None:
@@ -411,6 +417,7 @@ def test_deployment_window_defaults_to_utc_and_can_never_open() -> None:
     assert evaluate(r, now=epoch("2024-07-01T09:59"), variables=no_vars).succeeded
     never = RuleDeclaration.model_validate(window("* * * 30 FEB ?"))
     outcome = evaluate(never, now=epoch("2024-07-01T09:59"), variables=no_vars)
+    assert outcome.status == "Failed" and outcome.retry_at is None
     assert outcome.summary.endswith("; it does not open again")
 
 
@@ -649,3 +656,29 @@ def test_last_day_and_last_weekday(day: date) -> None:
         d for d in range(day.day + 1, last + 1) if date(day.year, day.month, d).weekday() < 5
     ]
     assert in_window("* * * LW * ?", "UTC", noon) == (not later_weekdays)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    minutes=fields(0, 59),
+    hours=fields(0, 23),
+    zone=st.sampled_from(ZONES),
+    when=st.integers(int(epoch("2000-01-01T00:00")), int(epoch("2100-01-01T00:00"))),
+)
+def test_a_deployment_window_rule_passes_inside_and_waits_outside_never_failing(
+    minutes: tuple[str, Any], hours: tuple[str, Any], zone: str, when: int
+) -> None:
+    """The decision behind holding a stage: inside the window the rule succeeds; outside it
+    waits, to be judged again exactly when the window next opens; a window that opens every
+    day never fails the rule."""
+    cron = f"* {minutes[0]} {hours[0]} * * ?"
+    r = RuleDeclaration.model_validate(window(cron, zone))
+    outcome = evaluate(r, now=float(when), variables=no_vars)
+    if in_window(cron, zone, when):
+        assert outcome.succeeded and outcome.retry_at is None
+    else:
+        assert outcome.waiting
+        assert outcome.retry_at == next_window_start(cron, zone, when)
+        assert outcome.retry_at is not None and outcome.retry_at > when
+        again = evaluate(r, now=outcome.retry_at, variables=no_vars)
+        assert again.succeeded
