@@ -137,9 +137,9 @@ def execute(
                         else None
                     ),
                     action_execution_id=act.action_execution_id,
-                    input_revisions=_input_revisions(state, [*inputs, *input_files]),
+                    input_revisions=input_revisions(state, [*inputs, *input_files]),
                     secrets_file=s.secrets_file,
-                    cache_root=Path(s.build_cache_dir or rt.scratch.root / "build-cache"),
+                    cache_root=build_cache_root(rt),
                     cache_max_bytes=s.build_cache_max_bytes,
                     commands=list(decl.commands or []),
                     output_variable_names=list(decl.output_variables or []),
@@ -388,7 +388,12 @@ def _pinned_revision(state: ExecutionState, action: str) -> str | None:
     return None
 
 
-def _input_revisions(state: ExecutionState, artifacts: list[str]) -> dict[str, str]:
+def build_cache_root(rt: Runtime) -> Path:
+    """Where builds on this worker keep ``cache.paths`` between runs."""
+    return Path(rt.settings.build_cache_dir or rt.scratch.root / "build-cache")
+
+
+def input_revisions(state: ExecutionState, artifacts: list[str]) -> dict[str, str]:
     """Input artifact -> the revision its source action recorded on this execution (a commit
     id, an S3 version id); artifacts not made by a source action are left out."""
     producer: dict[str, str] = {}

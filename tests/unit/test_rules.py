@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from engine.cron import CronError, in_window, next_window_start, parse_cron, quartz_weekday
 from engine.rules import (
     ALLOWED_RESULTS,
+    NOT_RUNNABLE,
     RULE_TYPES,
     ConditionKind,
     Conditions,
@@ -147,12 +148,68 @@ def test_rule_types_match_botocore_list_rule_types_output() -> None:
     shape = model.operation_model("ListRuleTypes").output_shape
     report = ParamValidator().validate({"ruleTypes": RULE_TYPES}, shape)
     assert not report.has_errors(), report.generate_report()
+    # AWS's rule reference: CloudWatchAlarm, CodeBuild, Commands, DeploymentWindow,
+    # LambdaInvoke, VariableCheck.
     assert {t["id"]["provider"] for t in RULE_TYPES} == {
         "VariableCheck",
         "DeploymentWindow",
         "Commands",
         "LambdaInvoke",
+        "CodeBuild",
+        "CloudWatchAlarm",
     }
+
+
+def test_rule_types_not_runnable_here_are_marked_and_refused() -> None:
+    marked = {
+        t["id"]["provider"]
+        for t in RULE_TYPES
+        if t["ruleConfigurationProperties"]
+        and all(p["description"].startswith(NOT_RUNNABLE) for p in t["ruleConfigurationProperties"])
+    }
+    assert marked == {"CloudWatchAlarm"}
+    alarm = rule("CloudWatchAlarm", configuration={"AlarmName": "errors"})
+    (message,) = problems(one("FAIL", alarm)).values()
+    assert message.startswith(
+        "rule type Rule/AWS/CloudWatchAlarm/1 is not supported by this installation"
+    )
+    assert "CodeBuild" in message and "CloudWatchAlarm, " not in message
+
+
+def test_codebuild_rule_declaration() -> None:
+    rp = "stages[1].beforeEntry.conditions[0].rules[0]"
+    src = [{"name": "SourceOutput"}]
+    ok = rule("CodeBuild", configuration={"ProjectName": "gate"}, inputArtifacts=src)
+    assert problems(one("FAIL", ok)) == {}
+    assert needs_worker(RuleDeclaration.model_validate(ok))
+    assert worker_queue("CodeBuild") == "conveyor.rule.codebuild"
+    two = [*src, {"name": "Tools"}]
+    assert problems(one("FAIL", rule("CodeBuild", configuration={}, inputArtifacts=src))) == {
+        f"{rp}.configuration.ProjectName": "required"
+    }
+    assert problems(one("FAIL", rule("CodeBuild", configuration={"ProjectName": "p"}))) == {
+        f"{rp}.inputArtifacts": "CodeBuild takes 1 to 5 input artifacts, got 0"
+    }
+    several = rule("CodeBuild", configuration={"ProjectName": "p"}, inputArtifacts=two)
+    assert problems(one("FAIL", several)) == {
+        f"{rp}.configuration.PrimarySource": "required with several input artifacts "
+        "(SourceOutput, Tools)"
+    }
+    wrong = rule(
+        "CodeBuild",
+        configuration={"ProjectName": "p", "PrimarySource": "Nope"},
+        inputArtifacts=two,
+    )
+    assert problems(one("FAIL", wrong)) == {
+        f"{rp}.configuration.PrimarySource": "'Nope' is not one of the rule's input artifacts "
+        "['SourceOutput', 'Tools']"
+    }
+    bad_env = rule(
+        "CodeBuild",
+        configuration={"ProjectName": "p", "EnvironmentVariables": "{"},
+        inputArtifacts=src,
+    )
+    assert list(problems(one("FAIL", bad_env))) == [f"{rp}.configuration.EnvironmentVariables"]
 
 
 def test_needs_worker() -> None:
@@ -249,8 +306,8 @@ def test_one_to_five_rules_with_unique_names() -> None:
 
 def test_unknown_rule_types() -> None:
     rp = "stages[1].beforeEntry.conditions[0].rules[0]"
-    found = problems(one("FAIL", rule("CloudWatchAlarm")))
-    assert found[f"{rp}.ruleTypeId"].startswith("unknown rule type Rule/AWS/CloudWatchAlarm/1")
+    found = problems(one("FAIL", rule("SlackVote")))
+    assert found[f"{rp}.ruleTypeId"].startswith("unknown rule type Rule/AWS/SlackVote/1")
     v2 = rule("VariableCheck") | {
         "ruleTypeId": {"category": "Rule", "provider": "VariableCheck", "version": "2"}
     }
