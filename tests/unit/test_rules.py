@@ -670,13 +670,17 @@ def test_cron_matches_brute_force_reference(
     assert in_window(cron, zone, when) == expected
 
 
-@settings(max_examples=150, deadline=None)
-@given(
+# A cron open at some minutes of some hours of every day, and a moment this century.
+daily_windows = given(
     minutes=fields(0, 59),
     hours=fields(0, 23),
     zone=st.sampled_from(ZONES),
     when=st.integers(int(epoch("2000-01-01T00:00")), int(epoch("2100-01-01T00:00"))),
 )
+
+
+@settings(max_examples=150, deadline=None)
+@daily_windows
 def test_next_window_start_is_the_first_matching_minute(
     minutes: tuple[str, Any], hours: tuple[str, Any], zone: str, when: int
 ) -> None:
@@ -716,12 +720,7 @@ def test_last_day_and_last_weekday(day: date) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(
-    minutes=fields(0, 59),
-    hours=fields(0, 23),
-    zone=st.sampled_from(ZONES),
-    when=st.integers(int(epoch("2000-01-01T00:00")), int(epoch("2100-01-01T00:00"))),
-)
+@daily_windows
 def test_a_deployment_window_rule_passes_inside_and_waits_outside_never_failing(
     minutes: tuple[str, Any], hours: tuple[str, Any], zone: str, when: int
 ) -> None:
