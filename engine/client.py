@@ -165,6 +165,14 @@ class ConveyorClient:
             "list_pipeline_executions", "pipelineExecutionSummaries", pipelineName=name
         )
 
+    def created_execution(self, name: str) -> str | None:
+        """The id of the execution CreatePipeline started, if the server started one (AWS
+        does; Conveyor unless CONVEYOR_START_ON_CREATE is off)."""
+        for summary in self.list_executions(name):
+            if (summary.get("trigger") or {}).get("triggerType") == "CreatePipeline":
+                return str(summary["pipelineExecutionId"])
+        return None
+
     def stop_execution(
         self, name: str, execution_id: str, *, abandon: bool = False, reason: str | None = None
     ) -> str:

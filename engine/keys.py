@@ -12,6 +12,8 @@ ENGINE_TASK = "conveyor.engine.advance"
 COMMANDS_RULE_QUEUE = "conveyor.rule.commands"
 # LambdaInvoke rules run their handler on invoke workers, like a Lambda action.
 LAMBDA_RULE_QUEUE = "conveyor.rule.lambdainvoke"
+# CodeBuild rules run the buildspec runner on build workers, like a CodeBuild action.
+CODEBUILD_RULE_QUEUE = "conveyor.rule.codebuild"
 
 POOLS: dict[str, tuple[str, ...]] = {
     "engine": ("engine",),

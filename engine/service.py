@@ -7,6 +7,7 @@ refusal onto CodePipeline's error for it. Reads go straight to the store.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ _ERRORS: dict[RejectionCode, type[ConveyorError]] = {
 
 __all__ = ["PipelineRecord", "Service", "StageView"]
 
+log = logging.getLogger("conveyor.service")
+
 # Starts built again after losing a race to an UpdatePipeline before one is given up.
 MAX_STALE_STARTS = 5
 
@@ -101,19 +104,38 @@ class Service:
         default_bucket: str,
         ensure_bucket: Callable[[str], None] | None = None,
         minute_seconds: float = 60.0,
+        start_on_create: bool = False,
     ) -> None:
+        """``start_on_create``: CreatePipeline starts the first execution, as on AWS. The
+        API's runtime passes CONVEYOR_START_ON_CREATE (on by default); a Service built by
+        hand (tests, tools) starts nothing it was not asked to."""
         self.store = store
         self.registry = registry
         self.default_bucket = default_bucket
         self.ensure_bucket = ensure_bucket
         self.minute_seconds = minute_seconds
+        self.start_on_create = start_on_create
 
     # ------------------------------------------------------------------ pipelines
 
     def create_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
         decl = validate(normalize(raw), self.registry)
         self._ensure_store(decl)
-        return self.store.definitions.create(decl)
+        rec = self.store.definitions.create(decl)
+        if self.start_on_create:
+            self._first_execution(rec.declaration.name)
+        return rec
+
+    def _first_execution(self, name: str) -> None:
+        """AWS starts a new pipeline at once. The pipeline exists whatever happens here, so
+        a start that is refused (a DeletePipeline raced it) is logged, not reported: the
+        CreatePipeline itself succeeded."""
+        try:
+            self.start_execution(name, trigger_type=TriggerType.CREATE_PIPELINE)
+        except ConveyorError as exc:
+            log.warning(
+                "pipeline %s was created but its first execution did not start: %s", name, exc
+            )
 
     def update_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
         decl = validate(normalize(raw), self.registry)

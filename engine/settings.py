@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     api_max_int_digits: int = Field(default=32, ge=20)
     # Versions of one pipeline kept; UpdatePipeline drops the oldest beyond this.
     max_pipeline_versions: int = Field(default=100, ge=1)
+    # CreatePipeline starts the pipeline's first execution (trigger type CreatePipeline), as
+    # on AWS. Off: a new pipeline waits for StartPipelineExecution or a trigger.
+    start_on_create: bool = True
 
     # Leases: a worker renews every lease_seconds/3; the sweep re-dispatches after expiry.
     # A dispatched attempt no worker claimed within this long is sent again, too.

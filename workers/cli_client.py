@@ -139,8 +139,12 @@ pipelines = _group("pipelines", "Create, inspect and delete pipelines.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def pipelines_create(file: str) -> None:
     """Create a pipeline from a CodePipeline JSON/YAML file or a CloudFormation template."""
-    decl = _client().create_pipeline(file)
+    client = _client()
+    decl = client.create_pipeline(file)
     click.echo(f"created pipeline {decl['name']} (version {decl.get('version', 1)})")
+    started = client.created_execution(decl["name"])
+    if started is not None:
+        click.echo(f"started execution {started} (trigger CreatePipeline)")
 
 
 @pipelines.command("update")

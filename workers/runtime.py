@@ -115,6 +115,7 @@ class Runtime:
             default_bucket=self.settings.default_artifact_bucket,
             ensure_bucket=self.artifacts.ensure_bucket,
             minute_seconds=self.settings.minute_seconds,
+            start_on_create=self.settings.start_on_create,
         )
 
     def dispatch(self, d: Dispatch | Revoke) -> None:

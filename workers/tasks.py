@@ -64,6 +64,6 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     app.task(name=keys.ENGINE_TASK, **opts)(advance)
     for queue in provider_queues(rt.registry):
         app.task(name=queue, **opts)(run_provider_action)
-    # One body for both: the rule runner runs whichever kind of rule the attempt is.
-    app.task(name=keys.COMMANDS_RULE_QUEUE, **opts)(run_rule_task)
-    app.task(name=keys.LAMBDA_RULE_QUEUE, **opts)(run_rule_task)
+    # One body for all: the rule runner runs whichever kind of rule the attempt is.
+    for queue in (keys.COMMANDS_RULE_QUEUE, keys.CODEBUILD_RULE_QUEUE, keys.LAMBDA_RULE_QUEUE):
+        app.task(name=queue, **opts)(run_rule_task)

@@ -206,18 +206,7 @@ def timer_fired(c: Ctx, e: TimerFired) -> None:
     if ex.status.terminal or ex.current_stage < 0:
         return
     current = ex.stages[ex.current_stage]
-    late = [
-        rr
-        for rr in current.rules
-        if rr.in_progress and rr.deadline is not None and rr.deadline <= c.now
-    ]
-    for rr in late:
-        # A worker-run rule whose result never came (its worker died, or the report was
-        # lost) fails instead of holding the stage forever.
-        conditions.finish_rule(
-            c, rr, RuleStatus.FAILED, "the rule timed out before it reported a result"
-        )
-    if late:
+    if conditions.recheck_due(c, ex, current):
         flow.conditions_progress(c, ex, current)
 
 

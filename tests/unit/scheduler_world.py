@@ -23,8 +23,10 @@ drops every record as the store does. Around each call it checks:
   InProgress); outside PARALLEL at most one occupant and nobody waiting behind a newer one;
   finished executions are in no lane and run nothing; running actions are in the running
   group with a deadline and a dispatch (approvals with a token); worker rules in progress
-  have a deadline and a dispatch; action execution ids are unique, derived from the run
-  number and never change; a rollback execution runs its one stage; at most 50 active.
+  have a deadline and a dispatch, and the only engine rule in progress is a DeploymentWindow
+  waiting for its window, with a deadline (its timer) and no dispatch; action execution ids
+  are unique, derived from the run number and never change; a rollback execution runs its
+  one stage; at most 50 active.
 """
 
 from __future__ import annotations
@@ -465,7 +467,7 @@ class World:
             )
             for st in ex.stages
             for rr in st.rules
-            if rr.in_progress
+            if rr.in_progress and rr.attempt > 0  # a waiting window rule runs nowhere
         }
         return out
 
@@ -680,12 +682,30 @@ class World:
                 for gate in [a for a in self.ex(eid).running() if a.approval_token is not None]:
                     self.answer(gate, True)
                     progressed = True
+            if not progressed:
+                progressed = self._wait_for_windows()
             assert progressed, "executions are stuck with nothing running: " + "; ".join(
                 _where(ex) for ex in self.active()
             )
         assert not self.run.active, f"executions never finished: {self.run.active}"
         for name, lane in self.run.lanes.items():
             assert lane.idle, f"lane {name} not empty after every execution finished: {lane}"
+
+    def _wait_for_windows(self) -> bool:
+        """Time passes to the earliest closed deployment window's opening, and its timer
+        fires: a held stage moves on when its window opens. Whether one was waiting."""
+        waiting = [
+            (rr.deadline, ex.execution_id)
+            for ex in self.active()
+            for rr in _running_rules(ex)
+            if rr.attempt == 0 and rr.deadline is not None
+        ]
+        if not waiting:
+            return False
+        due, eid = min(waiting)
+        self.now = max(self.now, due)
+        self.step(TimerFired(now=self.now, execution_id=eid))
+        return True
 
     # ------------------------------------------------------------------ the oracle
 
@@ -1261,6 +1281,10 @@ class World:
             assert rr.stage == current.name and current.evaluating is rr.kind, (
                 f"rule {rr.rule} runs while {current.name} evaluates {current.evaluating}"
             )
+            if rr.attempt == 0:  # the engine's own: only a closed window waits, timed
+                assert rr.provider == "DeploymentWindow", f"engine rule {rr.rule} left running"
+                assert rr.deadline is not None, f"window {rr.rule} waits with no timer"
+                continue
             assert rr.provider == "Commands", f"engine rule {rr.rule} left in progress"
             assert rr.deadline is not None, f"worker rule {rr.rule} runs without a deadline"
             key = WorkItem(PIPELINE, eid, rr.stage, rr.rule_execution_id, rr.attempt, WorkKind.RULE)
