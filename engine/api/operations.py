@@ -16,6 +16,8 @@ from engine.api.jobs import JOB_OPERATIONS
 from engine.api.revisions import REVISION_OPERATIONS
 from engine.api.tags import TAG_OPERATIONS, tag_pipeline
 from engine.api.webhooks_api import WEBHOOK_OPERATIONS
+from engine.approvals import check_stages
+from engine.auth.identity import caller_arn
 from engine.errors import ValidationError
 from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
@@ -51,6 +53,8 @@ def _page(items: Sequence[T], body: Body, default: int = DEFAULT_PAGE) -> tuple[
 
 def create_pipeline(svc: Service, body: Body) -> Body:
     tags = tags_of(body.get("tags") or [])  # checked before anything is created
+    declared = body["pipeline"]  # its shape is checked against botocore's model already
+    check_stages(tags, {s["name"] for s in declared["stages"]}, declared["name"])
     rec = svc.create_pipeline(body["pipeline"])
     tag_pipeline(svc, rec.declaration.name, tags)
     return {"pipeline": shapes.declaration(rec), "tags": tag_list(tags)}
@@ -91,10 +95,12 @@ def start_pipeline_execution(svc: Service, body: Body) -> Body:
         if v["name"] in variables:
             raise ValidationError(f"variables: {v['name']} is given more than once")
         variables[v["name"]] = v["value"]
-    # The same clientRequestToken returns the execution it started the first time.
+    # The same clientRequestToken returns the execution it started the first time. The
+    # starter's ARN is the trigger's detail, as on AWS (separation of duties reads it).
     state = svc.start_execution(
         body["name"],
         variables,
+        trigger_detail=caller_arn(svc.store.account),
         source_revisions=pinned,
         client_request_token=body.get("clientRequestToken") or None,
     )
