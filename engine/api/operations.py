@@ -16,7 +16,7 @@ from engine.api.jobs import JOB_OPERATIONS
 from engine.api.revisions import REVISION_OPERATIONS
 from engine.api.tags import TAG_OPERATIONS, tag_pipeline
 from engine.api.webhooks_api import WEBHOOK_OPERATIONS
-from engine.approvals import check_stages
+from engine.approvals import STAGE_APPROVERS, check_stages
 from engine.auth.identity import caller_arn
 from engine.errors import ValidationError
 from engine.execution import ExecutionState, StageStatus
@@ -53,11 +53,19 @@ def _page(items: Sequence[T], body: Body, default: int = DEFAULT_PAGE) -> tuple[
 
 def create_pipeline(svc: Service, body: Body) -> Body:
     tags = tags_of(body.get("tags") or [])  # checked before anything is created
-    declared = body["pipeline"]  # its shape is checked against botocore's model already
-    check_stages(tags, {s["name"] for s in declared["stages"]}, declared["name"])
+    if any(k.startswith(STAGE_APPROVERS) for k in tags):  # before the pipeline exists
+        check_stages(tags, _stage_names(body["pipeline"]), str(body["pipeline"].get("name")))
     rec = svc.create_pipeline(body["pipeline"])
     tag_pipeline(svc, rec.declaration.name, tags)
     return {"pipeline": shapes.declaration(rec), "tags": tag_list(tags)}
+
+
+def _stage_names(declared: Body) -> set[str]:
+    """Stage names as sent (the declaration is validated later, with every problem)."""
+    stages = declared.get("stages")
+    if not isinstance(stages, list):
+        return set()
+    return {str(s.get("name")) for s in stages if isinstance(s, dict)}
 
 
 def update_pipeline(svc: Service, body: Body) -> Body:
