@@ -115,9 +115,8 @@ def _cut(text: str, limit: int = MAX_VALUE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def summarize(value: Any, depth: int = 0, secrets: list[str] | None = None) -> Any:
-    """A small, secret-free copy of a request member. Secret values found are appended to
-    ``secrets`` (so a message echoing one can be scrubbed)."""
+def summarize(value: Any, depth: int = 0) -> Any:
+    """A small, secret-free copy of a request member."""
     if isinstance(value, Mapping):
         if depth >= MAX_DEPTH:
             return f"{{{len(value)} members}}"
@@ -125,18 +124,16 @@ def summarize(value: Any, depth: int = 0, secrets: list[str] | None = None) -> A
         for key, item in list(value.items())[:MAX_ITEMS]:
             name = str(key)
             if _SECRET.search(name) and isinstance(item, str | int | float) and item != "":
-                if secrets is not None:
-                    secrets.append(str(item))
                 out[name] = fingerprint(item)
             else:
-                out[name] = summarize(item, depth + 1, secrets)
+                out[name] = summarize(item, depth + 1)
         if len(value) > MAX_ITEMS:
             out["..."] = f"{len(value) - MAX_ITEMS} more"
         return out
     if isinstance(value, list):
         if depth >= MAX_DEPTH or len(value) > MAX_ITEMS:
             return f"[{len(value)} items]"
-        return [summarize(v, depth + 1, secrets) for v in value]
+        return [summarize(v, depth + 1) for v in value]
     if isinstance(value, str):
         return _cut(value)
     if isinstance(value, bool | int | float) or value is None:
@@ -144,14 +141,12 @@ def summarize(value: Any, depth: int = 0, secrets: list[str] | None = None) -> A
     return _cut(repr(value))
 
 
-def params_of(operation: str, body: Mapping[str, Any], secrets: list[str]) -> dict[str, Any]:
+def params_of(operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """The request's summary; a pipeline declaration is its name and its stages' names
     (its configuration values may hold credentials, and the definition is kept by version)."""
     out: dict[str, Any] = {}
     for key, value in body.items():
         if key == "pipeline" and isinstance(value, Mapping):
-            for found in _walk_secrets(value):
-                secrets.append(found)
             stages = value.get("stages")
             out[key] = {
                 "name": _cut(str(value.get("name"))),
@@ -162,24 +157,25 @@ def params_of(operation: str, body: Mapping[str, Any], secrets: list[str]) -> di
                 else None,
             }
         else:
-            out[key] = summarize({key: value}, 0, secrets)[key]
+            out[key] = summarize({key: value})[key]
     return out
 
 
-def _walk_secrets(value: Any, depth: int = 0) -> list[str]:
-    """Secret-looking values inside a declaration (to scrub them from messages)."""
-    if depth > 8:
+def secrets_in(value: Any, depth: int = 0) -> list[str]:
+    """Every secret-looking value in a request, however deep (to scrub them from messages;
+    the parser bounds the depth and the size)."""
+    if depth > 100:
         return []
     if isinstance(value, Mapping):
         found: list[str] = []
         for k, v in value.items():
-            if _SECRET.search(str(k)) and isinstance(v, str) and v:
-                found.append(v)
+            if _SECRET.search(str(k)) and isinstance(v, str | int) and v != "":
+                found.append(str(v))
             else:
-                found += _walk_secrets(v, depth + 1)
+                found += secrets_in(v, depth + 1)
         return found
     if isinstance(value, list):
-        return [s for v in value[:1000] for s in _walk_secrets(v, depth + 1)]
+        return [s for v in value for s in secrets_in(v, depth + 1)]
     return []
 
 
@@ -224,7 +220,11 @@ def target_of(operation: str, body: Mapping[str, Any]) -> tuple[str | None, str 
         resource = resource_of(arn)
         plain = resource is not None and ":" not in resource and "/" not in resource
         return arn, resource if plain else pipeline
-    webhook = _get(body, "webhook", "name") or _get(body, "webhookName")
+    webhook = (
+        _get(body, "webhook", "name")
+        or _get(body, "webhookName")
+        or (_get(body, "name") if "Webhook" in operation else None)
+    )
     if webhook is not None:
         return f"{WEBHOOK_RESOURCE}{webhook}", pipeline
     if "ActionType" in operation or operation.startswith("PollFor"):
@@ -287,9 +287,9 @@ def build_record(
     now: float | None = None,
 ) -> dict[str, Any]:
     """One audit record (pure but for the clock when ``now`` is not given)."""
-    secrets: list[str] = []
+    secrets = secrets_in(body) if body else []
     target, pipeline = target_of(operation, body) if body else (None, None)
-    params = params_of(operation, body, secrets) if body else {}
+    params = params_of(operation, body) if body else {}
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     record: dict[str, Any] = {
         "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
