@@ -289,6 +289,8 @@ def build_record(
     """One audit record (pure but for the clock when ``now`` is not given)."""
     secrets = secrets_in(body) if body else []
     target, pipeline = target_of(operation, body) if body else (None, None)
+    # Names come from the request as sent, valid or not: keep them short too.
+    target, pipeline = (_cut(v, 2 * MAX_VALUE_CHARS) if v else v for v in (target, pipeline))
     params = params_of(operation, body) if body else {}
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     record: dict[str, Any] = {
@@ -438,18 +440,19 @@ class AuditLog:
                 approximate=True,
             )
         except redis.RedisError as exc:
-            self._failed(f"the audit stream ({exc})", line)
+            self._failed(f"the audit stream ({exc})", line, redis_ok=False)
         if self._file is not None:
             try:
                 self._file.append(line)
             except OSError as exc:
                 self._failed(f"the audit file {self.config.file} ({exc})", line)
 
-    def _failed(self, where: str, line: str | None) -> None:
+    def _failed(self, where: str, line: str | None, *, redis_ok: bool = True) -> None:
         with self._guard:
             self.failures += 1
-        with contextlib.suppress(redis.RedisError):
-            self.r.incr(keys.AUDIT_FAILURES)
+        if redis_ok:  # counted where operators look, unless Redis is what failed
+            with contextlib.suppress(redis.RedisError):
+                self.r.incr(keys.AUDIT_FAILURES)
         if line is None:
             log.exception("audit: failed %s", where)
         else:

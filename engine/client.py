@@ -74,6 +74,24 @@ def load_definition(definition: Definition) -> dict[str, Any]:
     return raw if raw.get("roleArn") else {**raw, "roleArn": PLACEHOLDER_ROLE_ARN}
 
 
+def _without_tags(declaration: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The declaration without its ``tags`` (not a PipelineDeclaration member), and them."""
+    rest = {k: v for k, v in declaration.items() if k != "tags"}
+    tags = declaration.get("tags")
+    if not isinstance(tags, list):
+        return rest, []
+    # CloudFormation takes `Value: true` (YAML's boolean) for "true"; so do we.
+    return rest, [
+        {k: _cfn_text(v) for k, v in t.items()} if isinstance(t, dict) else t for t in tags
+    ]
+
+
+def _cfn_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
 def error_code(exc: BaseException) -> str | None:
     """The CodePipeline error name of a ClientError (``PipelineNotFoundException``...)."""
     if isinstance(exc, ClientError):
@@ -118,11 +136,19 @@ class ConveyorClient:
     # ------------------------------------------------------------------ pipelines
 
     def create_pipeline(self, definition: Definition) -> dict[str, Any]:
-        out: dict[str, Any] = self.cp.create_pipeline(pipeline=load_definition(definition))
+        """CreatePipeline; tags in the definition (CloudFormation's ``Tags``) become the
+        request's ``tags`` (approver lists, separation of duties: engine.approvals)."""
+        pipeline, tags = _without_tags(load_definition(definition))
+        out: dict[str, Any] = self.cp.create_pipeline(
+            pipeline=pipeline, **({"tags": tags} if tags else {})
+        )
         return dict(out["pipeline"])
 
     def update_pipeline(self, definition: Definition) -> dict[str, Any]:
-        out: dict[str, Any] = self.cp.update_pipeline(pipeline=load_definition(definition))
+        """UpdatePipeline; tags in the definition are not changed by it (as on AWS: they are
+        TagResource's), so they are left out."""
+        pipeline, _ = _without_tags(load_definition(definition))
+        out: dict[str, Any] = self.cp.update_pipeline(pipeline=pipeline)
         return dict(out["pipeline"])
 
     def get_pipeline(self, name: str, version: int | None = None) -> dict[str, Any]:

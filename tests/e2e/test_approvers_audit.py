@@ -493,3 +493,57 @@ def test_conveyor_audit_filters_by_pipeline_and_principal(
     act_as(BOB)
     refused = CliRunner().invoke(cli, ["--endpoint", api.url, "audit"])
     assert refused.exit_code == 1 and "AccessDeniedException" in refused.output
+
+
+def test_cloudformation_tags_set_the_approvers(api: Server, tmp_path: Path) -> None:
+    """``conveyor pipelines create template.yaml`` sends the template's Tags as tags."""
+    from workers.cli import cli
+    from workers.cli_client import register
+
+    register(cli)
+    decl = definition("cfn")
+    template = {
+        "Resources": {
+            "Pipeline": {
+                "Type": "AWS::CodePipeline::Pipeline",
+                "Properties": {
+                    "Name": "cfn",
+                    "RoleArn": decl["roleArn"],
+                    "ArtifactStore": {"Type": "S3", "Location": BUCKET},
+                    "Stages": [_pascal(s) for s in decl["stages"]],
+                    "Variables": [{"Name": "Env", "DefaultValue": "dev"}],
+                    "Tags": [
+                        {"Key": "conveyor:approvers:Approve", "Value": "bob,carol"},
+                        {"Key": "conveyor:separation-of-duties", "Value": True},
+                    ],
+                },
+            }
+        }
+    }
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(template))
+    out = CliRunner().invoke(cli, ["--endpoint", api.url, "pipelines", "create", str(path)])
+    assert out.exit_code == 0, out.output
+    cp = boto3.client(
+        "codepipeline",
+        endpoint_url=api.url,
+        region_name="us-east-1",
+        aws_access_key_id="anything",
+        aws_secret_access_key="anything",
+    )
+    tags = cp.list_tags_for_resource(resourceArn=f"arn:aws:codepipeline:us-east-1:{ACCOUNT}:cfn")
+    assert {t["key"]: t["value"] for t in tags["tags"]} == {
+        "conveyor:approvers:Approve": "bob,carol",
+        "conveyor:separation-of-duties": "true",
+    }
+
+
+def _pascal(node: Any) -> Any:
+    """A camelCase declaration written as CloudFormation would (configuration keys kept)."""
+    if isinstance(node, list):
+        return [_pascal(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        k[:1].upper() + k[1:]: (v if k == "configuration" else _pascal(v)) for k, v in node.items()
+    }
