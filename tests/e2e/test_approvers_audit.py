@@ -170,6 +170,11 @@ def message_of(info: pytest.ExceptionInfo[ClientError]) -> str:
 def to_approval(api: Server, cp: Any, name: str) -> tuple[str, str]:
     """Start ``name`` (as whoever acts now) and drive it to its approval; (execution, token)."""
     eid = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
+    return eid, to_gate(api, name, eid)
+
+
+def to_gate(api: Server, name: str, eid: str) -> str:
+    """Complete the actions before the approval, as workers would; the approval's token."""
     for stage, action in (("Source", "Fetch"), ("Build", "Compile")):
         event = ActionCompleted(
             now=time.time(),
@@ -182,7 +187,7 @@ def to_approval(api: Server, cp: Any, name: str) -> tuple[str, str]:
         api.service.store.apply(name, event)
     waiting = [a for s, a in api.service.pending_approvals(name) if s.execution_id == eid]
     assert len(waiting) == 1 and waiting[0].approval_token
-    return eid, waiting[0].approval_token
+    return waiting[0].approval_token
 
 
 def approve(cp: Any, name: str, token: str, status: str = "Approved") -> Any:
@@ -260,28 +265,11 @@ def test_the_service_judges_the_same_inside_acting_as(api: Server, cp: Any) -> N
     create(cp, "direct", {"conveyor:separation-of-duties": "true"})
     with acting_as(RequestContext(ALICE)):
         eid = api.service.start_execution("direct", trigger_detail=arn("alice")).execution_id
-    for stage, action in (("Source", "Fetch"), ("Build", "Compile")):
-        api.service.store.apply(
-            "direct",
-            ActionCompleted(
-                now=time.time(),
-                execution_id=eid,
-                stage=stage,
-                action=action,
-                attempt=1,
-                result=ActionResult(succeeded=True),
-            ),
-        )
-    [(_, gate)] = api.service.pending_approvals("direct")
-    assert gate.approval_token is not None
+    token = to_gate(api, "direct", eid)
     with acting_as(RequestContext(ALICE)), pytest.raises(AccessDeniedError):
-        api.service.put_approval_result(
-            "direct", "Approve", "Gate", gate.approval_token, approved=True
-        )
+        api.service.put_approval_result("direct", "Approve", "Gate", token, approved=True)
     with acting_as(RequestContext(BOB)):
-        api.service.put_approval_result(
-            "direct", "Approve", "Gate", gate.approval_token, approved=True
-        )
+        api.service.put_approval_result("direct", "Approve", "Gate", token, approved=True)
 
 
 def test_executions_conveyor_started_are_not_blocked_by_separation_of_duties(
@@ -290,21 +278,9 @@ def test_executions_conveyor_started_are_not_blocked_by_separation_of_duties(
     create(cp, "robot", {"conveyor:separation-of-duties": "true"})
     eid = api.service.start_execution("robot").execution_id  # as Conveyor (no request)
     assert api.service.get_execution("robot", eid).trigger_detail is None
-    for stage, action in (("Source", "Fetch"), ("Build", "Compile")):
-        api.service.store.apply(
-            "robot",
-            ActionCompleted(
-                now=time.time(),
-                execution_id=eid,
-                stage=stage,
-                action=action,
-                attempt=1,
-                result=ActionResult(succeeded=True),
-            ),
-        )
-    [(_, gate)] = api.service.pending_approvals("robot")
+    token = to_gate(api, "robot", eid)
     act_as(ALICE)
-    approve(cp, "robot", str(gate.approval_token))
+    approve(cp, "robot", token)
 
 
 @pytest.mark.parametrize(
@@ -495,7 +471,7 @@ def test_conveyor_audit_filters_by_pipeline_and_principal(
     assert refused.exit_code == 1 and "AccessDeniedException" in refused.output
 
 
-def test_cloudformation_tags_set_the_approvers(api: Server, tmp_path: Path) -> None:
+def test_cloudformation_tags_set_the_approvers(api: Server, cp: Any, tmp_path: Path) -> None:
     """``conveyor pipelines create template.yaml`` sends the template's Tags as tags."""
     from workers.cli import cli
     from workers.cli_client import register
@@ -524,13 +500,6 @@ def test_cloudformation_tags_set_the_approvers(api: Server, tmp_path: Path) -> N
     path.write_text(json.dumps(template))
     out = CliRunner().invoke(cli, ["--endpoint", api.url, "pipelines", "create", str(path)])
     assert out.exit_code == 0, out.output
-    cp = boto3.client(
-        "codepipeline",
-        endpoint_url=api.url,
-        region_name="us-east-1",
-        aws_access_key_id="anything",
-        aws_secret_access_key="anything",
-    )
     tags = cp.list_tags_for_resource(resourceArn=f"arn:aws:codepipeline:us-east-1:{ACCOUNT}:cfn")
     assert {t["key"]: t["value"] for t in tags["tags"]} == {
         "conveyor:approvers:Approve": "bob,carol",
