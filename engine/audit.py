@@ -123,8 +123,10 @@ def summarize(value: Any, depth: int = 0) -> Any:
         out: dict[str, Any] = {}
         for key, item in list(value.items())[:MAX_ITEMS]:
             name = str(key)
-            if _SECRET.search(name) and isinstance(item, str | int | float) and item != "":
-                out[name] = fingerprint(item)
+            if _SECRET.search(name) and item not in ("", None):
+                # A scalar by fingerprint; a secret-named structure (credentials) not at all.
+                scalar = isinstance(item, str | int | float)
+                out[name] = fingerprint(item) if scalar else "(redacted)"
             else:
                 out[name] = summarize(item, depth + 1)
         if len(value) > MAX_ITEMS:
@@ -171,12 +173,24 @@ def secrets_in(value: Any, depth: int = 0) -> list[str]:
         for k, v in value.items():
             if _SECRET.search(str(k)) and isinstance(v, str | int) and v != "":
                 found.append(str(v))
+            elif _SECRET.search(str(k)):
+                found += _strings(v, depth + 1)  # everything under "credentials"
             else:
                 found += secrets_in(v, depth + 1)
         return found
     if isinstance(value, list):
         return [s for v in value for s in secrets_in(v, depth + 1)]
     return []
+
+
+def _strings(value: Any, depth: int) -> list[str]:
+    if depth > 100:
+        return []
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v, depth + 1)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v, depth + 1)]
+    return [str(value)] if isinstance(value, str | int) and value != "" else []
 
 
 def scrub(message: str, secrets: list[str]) -> str:

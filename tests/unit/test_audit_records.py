@@ -105,7 +105,9 @@ def test_secrets_become_fingerprints_and_long_values_are_cut() -> None:
         "clientToken": "ct-456",
         "items": list(range(50)),
     }
+    body["credentials"] = {"secretAccessKey": "abc12345", "accessKeyId": "AKIA1"}
     summary = summarize(body)
+    assert summary["credentials"] == "(redacted)"
     assert summary["token"] == fingerprint(TOKEN)
     assert summary["webhook"]["authenticationConfiguration"]["SecretToken"].startswith("sha256:")
     assert summary["nonce"].startswith("sha256:") and summary["clientToken"].startswith("sha256:")
