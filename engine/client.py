@@ -9,19 +9,23 @@ turns one into a line a person can read.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import boto3
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
 )
+from botocore.httpsession import URLLib3Session
 
 from engine.definition import parse_document, read_text
 
@@ -70,6 +74,24 @@ def load_definition(definition: Definition) -> dict[str, Any]:
     return raw if raw.get("roleArn") else {**raw, "roleArn": PLACEHOLDER_ROLE_ARN}
 
 
+def _without_tags(declaration: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The declaration without its ``tags`` (not a PipelineDeclaration member), and them."""
+    rest = {k: v for k, v in declaration.items() if k != "tags"}
+    tags = declaration.get("tags")
+    if not isinstance(tags, list):
+        return rest, []
+    # CloudFormation takes `Value: true` (YAML's boolean) for "true"; so do we.
+    return rest, [
+        {k: _cfn_text(v) for k, v in t.items()} if isinstance(t, dict) else t for t in tags
+    ]
+
+
+def _cfn_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
 def error_code(exc: BaseException) -> str | None:
     """The CodePipeline error name of a ClientError (``PipelineNotFoundException``...)."""
     if isinstance(exc, ClientError):
@@ -114,11 +136,19 @@ class ConveyorClient:
     # ------------------------------------------------------------------ pipelines
 
     def create_pipeline(self, definition: Definition) -> dict[str, Any]:
-        out: dict[str, Any] = self.cp.create_pipeline(pipeline=load_definition(definition))
+        """CreatePipeline; tags in the definition (CloudFormation's ``Tags``) become the
+        request's ``tags`` (approver lists, separation of duties: engine.approvals)."""
+        pipeline, tags = _without_tags(load_definition(definition))
+        out: dict[str, Any] = self.cp.create_pipeline(
+            pipeline=pipeline, **({"tags": tags} if tags else {})
+        )
         return dict(out["pipeline"])
 
     def update_pipeline(self, definition: Definition) -> dict[str, Any]:
-        out: dict[str, Any] = self.cp.update_pipeline(pipeline=load_definition(definition))
+        """UpdatePipeline; tags in the definition are not changed by it (as on AWS: they are
+        TagResource's), so they are left out."""
+        pipeline, _ = _without_tags(load_definition(definition))
+        out: dict[str, Any] = self.cp.update_pipeline(pipeline=pipeline)
         return dict(out["pipeline"])
 
     def get_pipeline(self, name: str, version: int | None = None) -> dict[str, Any]:
@@ -337,6 +367,49 @@ class ConveyorClient:
             token=token or self.find_token(name, stage, action),
         )
         return _epoch(out.get("approvedAt")) or time.time()
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        pipeline: str | None = None,
+        principal: str | None = None,
+        operation: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the audit log (``GET /audit``, admins only): ``records`` (each with
+        its stream ``id``), ``cursor`` (pass it back as ``after``/``before``) and ``more``.
+        Oldest first after ``after``; otherwise newest first."""
+        query = {"after": after, "before": before, "limit": str(limit), "pipeline": pipeline}
+        query |= {"principal": principal, "operation": operation}
+        return self._rest_get("/audit", {k: v for k, v in query.items() if v is not None})
+
+    def _rest_get(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+        """GET one of Conveyor's REST extras, signed by the boto3 client's own signer (its
+        credentials, region and SigV4), sent by botocore's HTTP session."""
+        url = self.endpoint_url.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
+        request = AWSRequest(method="GET", url=url)
+        self.cp._request_signer.sign("GetAuditLog", request)
+        reply = URLLib3Session().send(request.prepare())
+        try:
+            body = json.loads(reply.content or b"{}")
+        except ValueError:
+            body = {}
+        if reply.status_code >= 400 or not isinstance(body, dict):
+            error = body if isinstance(body, dict) else {}
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": str(error.get("__type") or reply.status_code),
+                        "Message": str(error.get("message") or reply.content[:200]),
+                    }
+                },
+                "GetAuditLog",
+            )
+        return body
 
     # ------------------------------------------------------------------ helpers
 

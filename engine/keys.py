@@ -128,6 +128,8 @@ def job_done(job_id: str) -> str:
 
 EVENTS = f"{PREFIX}:events"  # stream of EventBridge-shaped events
 CAS_RETRIES = f"{PREFIX}:stats:cas_retries"  # counter: compare-and-set conflicts
+AUDIT = f"{PREFIX}:audit"  # stream: one record per API request that changed or was refused
+AUDIT_FAILURES = f"{PREFIX}:stats:audit_failures"  # counter: audit records not written
 
 # ---------------------------------------------------------------------------- webhooks
 

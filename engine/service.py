@@ -13,8 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine import keys
+from engine.approvals import policy_from_tags
+from engine.auth.context import current
+from engine.auth.identity import caller_arn
 from engine.definition import ActionDeclaration, PipelineDeclaration, normalize, validate
 from engine.errors import (
+    AccessDeniedError,
     ActionNotFoundError,
     ApprovalAlreadyCompletedError,
     ConcurrentExecutionsLimitError,
@@ -74,6 +79,7 @@ _ERRORS: dict[RejectionCode, type[ConveyorError]] = {
     RejectionCode.CONDITION_NOT_OVERRIDABLE: ConditionNotOverridableError,
     RejectionCode.APPROVAL_ALREADY_COMPLETED: ApprovalAlreadyCompletedError,
     RejectionCode.INVALID_APPROVAL_TOKEN: InvalidApprovalTokenError,
+    RejectionCode.ACCESS_DENIED: AccessDeniedError,
 }
 
 __all__ = ["PipelineRecord", "Service", "StageView"]
@@ -356,9 +362,13 @@ class Service:
         *,
         approved: bool,
         summary: str = "",
-        answered_by: str | None = None,
     ) -> float:
-        """Answer an approval; returns when the answer was applied (Redis's clock)."""
+        """Answer an approval as the request's principal (:func:`engine.auth.context.current`),
+        under the pipeline's approver lists and separation of duties (its tags; judged with
+        the answer, inside the compare-and-set). The principal's ARN is recorded as who
+        answered (none when Conveyor itself answers, outside a request). Returns when the
+        answer was applied (Redis's clock)."""
+        principal = current().principal
         event = ApprovalAnswered(
             execution_id=self.store.runs.approval_owner(name, token),
             stage=stage,
@@ -366,7 +376,9 @@ class Service:
             token=token,
             approved=approved,
             summary=summary,
-            answered_by=answered_by,
+            answered_by=caller_arn(self.store.account),
+            principal=principal,
+            policy=policy_from_tags(self.store.tags.get(keys.pipeline_tags(name))),
         )
         decision = self._apply(name, event)
         return decision.run.clock

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     api_max_json_depth: int = Field(default=64, ge=8)
     api_max_int_digits: int = Field(default=32, ge=20)
+    # The audit log (engine.audit): the Redis stream conveyor:audit keeps about
+    # audit_max_entries records; audit_file (JSON lines, appended, fsync'd per record
+    # unless audit_fsync is false) keeps them all. Reads that succeed are recorded only
+    # with audit_reads.
+    audit_file: Path | None = None
+    audit_max_entries: int = Field(default=1_000_000, ge=1000)
+    audit_fsync: bool = True
+    audit_reads: bool = False
     # Versions of one pipeline kept; UpdatePipeline drops the oldest beyond this.
     max_pipeline_versions: int = Field(default=100, ge=1)
     # CreatePipeline starts the pipeline's first execution (trigger type CreatePipeline), as
@@ -119,6 +127,7 @@ class Settings(BaseSettings):
         "secrets_file",
         "build_cache_dir",
         "webhook_public_url",
+        "audit_file",
         mode="before",
     )
     @classmethod

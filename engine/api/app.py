@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+import redis
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -32,6 +33,9 @@ from engine.api.validation import TARGET_PREFIX, check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
 from engine.api.webhooks_api import install as install_webhooks_v1
+from engine.audit import AUDIT_READ, AuditLog, Outcome
+from engine.auth.context import RequestContext, current
+from engine.auth.principals import Role
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
 from engine.webhooks import WebhookConfig
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_EVENTS_PER_READ = 1000
+MAX_AUDIT_PER_READ = 1000
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -68,10 +73,36 @@ def _operation(target: str | None) -> str:
 
 
 def _call(
+    service: Service,
+    tokens: PageTokens,
+    operation: str,
+    raw: bytes,
+    limits: BodyLimits,
+    audit: AuditLog,
+) -> Response:
+    """One operation, answered (:func:`_answer`) and then audited (in a worker thread: the
+    service blocks on Redis, and parsing a large body should not hold up the event loop)."""
+    reply = _answer(service, tokens, operation, raw, limits)
+    # ---- audit: one record of what the request did (engine.audit; never raises) ----
+    audit.record_call(
+        operation,
+        lambda: _body_or_none(raw, limits),
+        Outcome.of_reply(reply.status_code, bytes(reply.body)),
+    )
+    return reply
+
+
+def _body_or_none(raw: bytes, limits: BodyLimits) -> dict[str, Any] | None:
+    try:
+        return parse_body(raw, limits)
+    except ProtocolError:
+        return None
+
+
+def _answer(
     service: Service, tokens: PageTokens, operation: str, raw: bytes, limits: BodyLimits
 ) -> Response:
-    """Parse, check and run one operation (in a worker thread: the service blocks on Redis,
-    and parsing a large body should not hold up the event loop)."""
+    """Parse, check and run one operation."""
     try:
         body = parse_body(raw, limits)
     except ProtocolError as exc:
@@ -96,14 +127,27 @@ def _call(
         )
 
 
+def request_context() -> RequestContext:
+    """The identity a REST request (``GET /audit``) is served for.
+
+    STUB for A1 / the merger: replace with the SigV4 ``authenticate`` dependency. Until
+    then it is whatever :func:`engine.auth.context.current` says (tests set it)."""
+    return current()
+
+
 def create_app(
-    service: Service, webhooks: WebhookConfig | None = None, limits: BodyLimits | None = None
+    service: Service,
+    webhooks: WebhookConfig | None = None,
+    limits: BodyLimits | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``).
 
     ``webhooks`` configures the git webhook endpoints; without it they refuse every delivery.
-    ``limits`` bound what one request body may ask of the parser.
+    ``limits`` bound what one request body may ask of the parser. ``audit`` is where
+    requests are recorded (default: the Redis stream only, reads not recorded).
     """
+    audit_log = audit or AuditLog(service.store.r, service.store.account)
     body_limits = limits or BodyLimits()
     tokens = PageTokens(service.store.r)
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
@@ -122,9 +166,16 @@ def create_app(
             reply = _error(exc.code, exc.message, exc.status)
             if exc.status == 413:
                 reply.headers["Connection"] = "close"  # the rest of the body is not read
+            audit_log.record_refusal(
+                operation=request.headers.get("x-amz-target", "")[:100] or None,
+                outcome=Outcome(exc.status, exc.code, exc.message),
+                source_ip=request.client.host if request.client else None,
+            )
             return reply
         API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
-        return await run_in_threadpool(_call, service, tokens, operation, raw, body_limits)
+        return await run_in_threadpool(
+            _call, service, tokens, operation, raw, body_limits, audit_log
+        )
 
     @app.get("/health")
     def health() -> dict[str, bool]:
@@ -147,5 +198,35 @@ def create_app(
                 "last": rows[-1][0] if rows else after,
             }
         )
+
+    @app.get("/audit")
+    def audit_records(
+        ctx: Annotated[RequestContext, Depends(request_context)],
+        after: str | None = Query(default=None, max_length=40),
+        before: str | None = Query(default=None, max_length=40),
+        limit: int = Query(default=100, ge=1, le=MAX_AUDIT_PER_READ),
+        pipeline: str | None = Query(default=None, max_length=100),
+        principal: str | None = Query(default=None, max_length=64),
+        operation: str | None = Query(default=None, max_length=100),
+    ) -> Response:
+        """Audit records, admins only: after stream id ``after`` oldest first, else before
+        ``before`` (or from the newest) newest first; pass ``cursor`` back to read on."""
+        query = {"after": after, "before": before, "pipeline": pipeline}
+        query |= {"principal": principal, "operation": operation}
+        query = {k: v for k, v in query.items() if v is not None}
+        if Role.ADMIN not in ctx.principal.roles:
+            message = f"principal '{ctx.principal.name}' may not read the audit log (admin only)"
+            audit_log.record_call(
+                AUDIT_READ, lambda: query, Outcome(403, "AccessDeniedException", message), ctx
+            )
+            return _error("AccessDeniedException", message, 403)
+        try:
+            page = audit_log.read(limit=limit, **query)
+        except redis.ResponseError as exc:
+            return _error("ValidationException", f"bad stream id: {exc}")
+        except redis.RedisError as exc:
+            return _error("ServiceUnavailableException", f"Redis: {exc}", 503)
+        audit_log.record_call(AUDIT_READ, lambda: query, Outcome(200), ctx)
+        return _json({"records": page.records, "cursor": page.cursor, "more": page.more})
 
     return app

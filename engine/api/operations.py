@@ -16,6 +16,8 @@ from engine.api.jobs import JOB_OPERATIONS
 from engine.api.revisions import REVISION_OPERATIONS
 from engine.api.tags import TAG_OPERATIONS, tag_pipeline
 from engine.api.webhooks_api import WEBHOOK_OPERATIONS
+from engine.approvals import STAGE_APPROVERS, check_stages
+from engine.auth.identity import caller_arn
 from engine.errors import ValidationError
 from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
@@ -51,9 +53,19 @@ def _page(items: Sequence[T], body: Body, default: int = DEFAULT_PAGE) -> tuple[
 
 def create_pipeline(svc: Service, body: Body) -> Body:
     tags = tags_of(body.get("tags") or [])  # checked before anything is created
+    if any(k.startswith(STAGE_APPROVERS) for k in tags):  # before the pipeline exists
+        check_stages(tags, _stage_names(body["pipeline"]), str(body["pipeline"].get("name")))
     rec = svc.create_pipeline(body["pipeline"])
     tag_pipeline(svc, rec.declaration.name, tags)
     return {"pipeline": shapes.declaration(rec), "tags": tag_list(tags)}
+
+
+def _stage_names(declared: Body) -> set[str]:
+    """Stage names as sent (the declaration is validated later, with every problem)."""
+    stages = declared.get("stages")
+    if not isinstance(stages, list):
+        return set()
+    return {str(s.get("name")) for s in stages if isinstance(s, dict)}
 
 
 def update_pipeline(svc: Service, body: Body) -> Body:
@@ -91,10 +103,12 @@ def start_pipeline_execution(svc: Service, body: Body) -> Body:
         if v["name"] in variables:
             raise ValidationError(f"variables: {v['name']} is given more than once")
         variables[v["name"]] = v["value"]
-    # The same clientRequestToken returns the execution it started the first time.
+    # The same clientRequestToken returns the execution it started the first time. The
+    # starter's ARN is the trigger's detail, as on AWS (separation of duties reads it).
     state = svc.start_execution(
         body["name"],
         variables,
+        trigger_detail=caller_arn(svc.store.account),
         source_revisions=pinned,
         client_request_token=body.get("clientRequestToken") or None,
     )

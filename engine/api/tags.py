@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import keys
+from engine.approvals import STAGE_APPROVERS, check_stages
 from engine.arns import WEBHOOK_RESOURCE, Account, resource_of
-from engine.errors import InvalidArnError, InvalidNextTokenError, NotFoundError
+from engine.errors import (
+    InvalidArnError,
+    InvalidNextTokenError,
+    NotFoundError,
+    PipelineNotFoundError,
+)
 from engine.service import Service
 from engine.store.connection import redis_errors
 from engine.store.tags import Exists
@@ -32,6 +38,7 @@ class Taggable:
     watch: tuple[str, ...]  # what changes when the resource is created or deleted
     exists: Exists
     missing: str  # the message when it does not exist
+    pipeline: str | None = None  # the pipeline's name, when the resource is one
 
 
 def _pipeline(name: str, account: Account) -> Taggable:
@@ -41,6 +48,7 @@ def _pipeline(name: str, account: Account) -> Taggable:
         (key,),
         lambda p: bool(p.hexists(key, "current")),
         f"The pipeline '{name}' ({account.pipeline_arn(name)}) does not exist",
+        pipeline=name,
     )
 
 
@@ -78,6 +86,12 @@ def _resource(arn: str, account: Account) -> Taggable:
 
 
 def _add(svc: Service, target: Taggable, tags: Mapping[str, str]) -> None:
+    if target.pipeline is not None and any(k.startswith(STAGE_APPROVERS) for k in tags):
+        try:
+            decl = svc.get_pipeline(target.pipeline).declaration
+        except PipelineNotFoundError:
+            raise NotFoundError(target.missing) from None
+        check_stages(tags, {s.name for s in decl.stages}, target.pipeline)
     svc.store.tags.add(
         target.key, tags, watch=target.watch, exists=target.exists, missing=target.missing
     )

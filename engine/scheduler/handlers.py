@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from engine.approvals import approval_refusal, starter
 from engine.execution import (
     ActionResult,
     ExecutionState,
@@ -137,6 +138,10 @@ def approval_answered(c: Ctx, e: ApprovalAnswered) -> None:
             RejectionCode.INVALID_APPROVAL_TOKEN,
             f"the token is not valid for {e.stage}.{e.action}",
         )
+    if e.principal is not None:
+        refusal = approval_refusal(e.principal, e.policy, e.stage, starter(ex))
+        if refusal is not None:
+            raise Rejected(RejectionCode.ACCESS_DENIED, refusal)
     if not act.in_progress or ex.status.terminal:
         raise Rejected(
             RejectionCode.APPROVAL_ALREADY_COMPLETED,

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engine.approvals import ApprovalPolicy
+from engine.auth.principals import Principal
 from engine.definition import ActionDeclaration, PipelineDeclaration, check
 from engine.definition.model import ExecutionMode
 from engine.execution import (
@@ -533,6 +535,7 @@ class World:
         token: str | None = None,
         execution_id: str | None = None,
         now: float | None = None,
+        trigger_detail: str | None = None,
     ) -> Decision:
         """StartPipelineExecution of the current pipeline version; a repeated
         clientRequestToken reaches ``decide`` with its owner, as the store's token index
@@ -551,6 +554,7 @@ class World:
             variables=dict(variables or {}),
             timeout_minutes=timeout_minutes,
             client_request_token=token,
+            trigger_detail=trigger_detail,
         )
         at = self.tick() if now is None else now
         owner = self.tokens.get(token) if token is not None else None
@@ -616,7 +620,15 @@ class World:
         return self.answer_with(act.stage, act.name, act.approval_token, approved, now=now)
 
     def answer_with(
-        self, stage: str, action: str, token: str, approved: bool, *, now: float | None = None
+        self,
+        stage: str,
+        action: str,
+        token: str,
+        approved: bool,
+        *,
+        now: float | None = None,
+        principal: Principal | None = None,
+        policy: ApprovalPolicy | None = None,
     ) -> Decision:
         """PutApprovalResult as the service sends it: the execution is the one the token
         index names (None for a token no execution issued)."""
@@ -632,6 +644,8 @@ class World:
                 approved=approved,
                 summary="looks good" if approved else "not today",
                 answered_by="tester",
+                principal=principal,
+                policy=policy or ApprovalPolicy(),
             )
         )
 
@@ -861,6 +875,14 @@ class World:
         act = ex.action(event.stage, event.action) if ex is not None else None
         if ex is None or act is None or act.approval_token != event.token:
             return _refuse(RejectionCode.INVALID_APPROVAL_TOKEN)
+        if event.principal is not None:
+            name, policy = event.principal.name, event.policy
+            listed = policy.stage_approvers.get(event.stage, policy.approvers)
+            started_by = ex.trigger_detail or ""
+            if (listed is not None and name not in listed) or (
+                policy.separation_of_duties and started_by.endswith(f":user/{name}")
+            ):
+                return _refuse(RejectionCode.ACCESS_DENIED)
         if not act.in_progress or ex.status.terminal:
             return _refuse(RejectionCode.APPROVAL_ALREADY_COMPLETED)
         return Expect()

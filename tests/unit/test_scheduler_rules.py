@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from engine.approvals import ApprovalPolicy
+from engine.auth.principals import Principal, Role
 from engine.definition.model import ExecutionMode
 from engine.execution import (
     ActionState,
@@ -470,6 +472,35 @@ def approval_with_the_token_of_an_earlier_run() -> Decision:
     return w.answer_with("Approve", "Gate", old, True)
 
 
+ALICE = Principal("alice", frozenset({Role.APPROVER}))
+
+
+def approval_by_someone_not_listed() -> Decision:
+    """The stage's approver list does not name the principal."""
+    w = world()
+    eid = start(w)
+    w.drive(eid, until="Approve")
+    [(_, gate)] = w.approvals()
+    assert gate.approval_token is not None
+    policy = ApprovalPolicy(stage_approvers={"Approve": frozenset({"bob"})})
+    return w.answer_with(
+        "Approve", "Gate", gate.approval_token, True, principal=ALICE, policy=policy
+    )
+
+
+def approval_by_the_starter_under_separation_of_duties() -> Decision:
+    w = world()
+    d = w.start(PROD, trigger_detail="arn:aws:iam::111122223333:user/alice")
+    assert d.subject is not None
+    w.drive(d.subject, until="Approve")
+    [(_, gate)] = w.approvals()
+    assert gate.approval_token is not None
+    policy = ApprovalPolicy(separation_of_duties=True)
+    return w.answer_with(
+        "Approve", "Gate", gate.approval_token, True, principal=ALICE, policy=policy
+    )
+
+
 REFUSALS: list[tuple[RejectionCode, Callable[[], Decision]]] = [
     (RejectionCode.PIPELINE_NOT_FOUND, pipeline_deleted_then_started),
     (RejectionCode.PIPELINE_NOT_FOUND, pipeline_deleted_then_transition_enabled),
@@ -501,6 +532,8 @@ REFUSALS: list[tuple[RejectionCode, Callable[[], Decision]]] = [
     (RejectionCode.APPROVAL_ALREADY_COMPLETED, approval_answered_twice),
     (RejectionCode.INVALID_APPROVAL_TOKEN, approval_with_an_unknown_token),
     (RejectionCode.INVALID_APPROVAL_TOKEN, approval_with_the_token_of_an_earlier_run),
+    (RejectionCode.ACCESS_DENIED, approval_by_someone_not_listed),
+    (RejectionCode.ACCESS_DENIED, approval_by_the_starter_under_separation_of_duties),
 ]
 
 
