@@ -130,6 +130,7 @@ def _lambda_rule(
             pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
         ),
         account_id=s.account_id,
+        s3_gateway=s.s3_gateway_endpoint,
     )
     jobs = job_channel(
         rt, state, stage, rr.rule_execution_id, rr.attempt, WorkKind.RULE, rr.deadline

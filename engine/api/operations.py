@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from engine import rules
 from engine.api import shapes
+from engine.api.action_types_api import ACTION_TYPE_OPERATIONS
 from engine.api.jobs import JOB_OPERATIONS
 from engine.api.revisions import REVISION_OPERATIONS
 from engine.api.tags import TAG_OPERATIONS, tag_pipeline
@@ -256,6 +257,7 @@ OPERATIONS: dict[str, Handler] = {
     "ListRuleTypes": list_rule_types,
     "ListRuleExecutions": list_rule_executions,
     **JOB_OPERATIONS,
+    **ACTION_TYPE_OPERATIONS,
     **TAG_OPERATIONS,
     **WEBHOOK_OPERATIONS,
     **REVISION_OPERATIONS,
