@@ -84,6 +84,8 @@ def _error(exc: S3Error, method: str) -> Response:
         content=b"" if method == "HEAD" else body.encode(),
         status_code=exc.status,
         media_type="application/xml",
+        # A refused upload's body is not read: the connection cannot carry another request.
+        headers={"Connection": "close"},
     )
 
 
