@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -113,11 +114,13 @@ def test_a_sample_job_worker_completes_a_custom_action_with_a_continuation(stack
             denied.update(_forbidden(job["data"], src))
         return worker.process(codepipeline, job, padding=PADDING)
 
+    def poll() -> bool:
+        found = worker.poll_once(cp, TYPE, "web", handle)
+        handled.extend(found)
+        return bool(found)
+
     done = threading.Event()
-    thread = threading.Thread(
-        target=_work_until,
-        args=(done, lambda: handled.extend(worker.poll_once(cp, TYPE, "web", handle)) or handled),
-    )
+    thread = threading.Thread(target=_work_until, args=(done, poll))
     thread.start()
     try:
         assert wait_status(cp, name, eid, {"Succeeded", "Failed"}, timeout=120) == "Succeeded"
@@ -178,16 +181,18 @@ def _forbidden(data: dict[str, Any], source_bucket: str) -> dict[str, str]:
     s3 = worker.artifact_s3_client(data)
     bucket, in_key = worker.location(data["inputArtifacts"][0])
     _, out_key = worker.location(data["outputArtifacts"][0])
-    attempts = {
+    creds = data["artifactCredentials"]
+    tokenless: Any = boto3.client(
+        "s3",
+        aws_access_key_id=creds["accessKeyId"],
+        aws_secret_access_key=creds["secretAccessKey"],
+    )
+    attempts: dict[str, Callable[[], Any]] = {
         "list": lambda: s3.list_objects_v2(Bucket=bucket),
         "read source": lambda: s3.get_object(Bucket=source_bucket, Key="app.zip"),
         "write input": lambda: s3.put_object(Bucket=bucket, Key=in_key, Body=b"x"),
         "write elsewhere": lambda: s3.put_object(Bucket=bucket, Key=out_key + "x", Body=b"x"),
-        "no token": lambda: boto3.client(
-            "s3",
-            aws_access_key_id=data["artifactCredentials"]["accessKeyId"],
-            aws_secret_access_key=data["artifactCredentials"]["secretAccessKey"],
-        ).get_object(Bucket=bucket, Key=in_key),
+        "no token": lambda: tokenless.get_object(Bucket=bucket, Key=in_key),
     }
     out: dict[str, str] = {}
     for what, attempt in attempts.items():

@@ -6,13 +6,13 @@ token, with the final result and output variables. Nothing in it is specific to 
 the endpoints come from the environment, as for any boto3 program
 (``AWS_ENDPOINT_URL_CODEPIPELINE``, ``AWS_ENDPOINT_URL_S3``).
 """
-# mypy: ignore-errors
-# Kept in the sample's style on purpose (plain dicts, prints).
+# Kept in the sample's style on purpose (plain dicts, prints); typed only for mypy.
 
 import io
 import json
 import os
 import zipfile
+from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -21,7 +21,7 @@ from boto3.s3.transfer import TransferConfig
 MULTIPART = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024**2)
 
 
-def artifact_s3_client(job_data):
+def artifact_s3_client(job_data: Any) -> Any:
     """An S3 client with the credentials CodePipeline handed this job (and only this job)."""
     creds = job_data["artifactCredentials"]
     return boto3.client(
@@ -32,19 +32,19 @@ def artifact_s3_client(job_data):
     )
 
 
-def location(artifact):
+def location(artifact: Any) -> tuple[str, str]:
     s3 = artifact["location"]["s3Location"]
-    return s3["bucketName"], s3["objectKey"]
+    return str(s3["bucketName"]), str(s3["objectKey"])
 
 
-def read_input(s3, job_data):
+def read_input(s3: Any, job_data: Any) -> dict[str, str]:
     bucket, key = location(job_data["inputArtifacts"][0])
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         return {name: archive.read(name).decode() for name in archive.namelist()}
 
 
-def write_output(s3, job_data, files, padding=0):
+def write_output(s3: Any, job_data: Any, files: dict[str, str], padding: int = 0) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as archive:
         for name, text in files.items():
@@ -56,7 +56,7 @@ def write_output(s3, job_data, files, padding=0):
     s3.upload_fileobj(buf, bucket, key, Config=MULTIPART)
 
 
-def process(codepipeline, job, padding=0):
+def process(codepipeline: Any, job: Any, padding: int = 0) -> str:
     """One job: the first call starts the work, the continued one finishes it."""
     job_id, data = job["id"], job["data"]
     project = data["actionConfiguration"]["configuration"]["ProjectName"]
@@ -89,7 +89,9 @@ def process(codepipeline, job, padding=0):
     return "finished"
 
 
-def poll_once(codepipeline, action_type_id, project, handle=process):
+def poll_once(
+    codepipeline: Any, action_type_id: Any, project: str, handle: Any = process
+) -> list[tuple[Any, str]]:
     """Poll, acknowledge and process what came; the jobs handled."""
     response = codepipeline.poll_for_jobs(
         actionTypeId=action_type_id, maxBatchSize=1, queryParam={"ProjectName": project}
