@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from pydantic import Field, create_model
+from pydantic import ConfigDict, Field, create_model
 
 from providers.base import (
     ActionFailed,
@@ -176,6 +176,13 @@ def artifact(name: str, obj: ArtifactObject, revision: str | None) -> dict[str, 
     return out
 
 
+class DeclaredConfig(ProviderConfig):
+    """Base of a declared type's configuration model: its fields are named by alias only
+    (property names need not be Python names), and nothing else is accepted."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+
 @lru_cache(maxsize=512)
 def provider_class(spec: JobWorkerType) -> type[JobWorkerAction]:
     """The provider of one declared job-worker action type (cached: one class per spec)."""
@@ -185,7 +192,7 @@ def provider_class(spec: JobWorkerType) -> type[JobWorkerAction]:
             fields[f"p{i}"] = (str, Field(alias=prop.name))
         else:
             fields[f"p{i}"] = (str | None, Field(default=None, alias=prop.name))
-    config = create_model(f"{spec.action_type.provider}Config", __base__=ProviderConfig, **fields)
+    config = create_model(f"{spec.action_type.provider}Config", __base__=DeclaredConfig, **fields)
     attrs: dict[str, Any] = {
         "action_type": spec.action_type,
         "Config": config,

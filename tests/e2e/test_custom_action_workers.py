@@ -245,3 +245,35 @@ def test_competing_workers_never_process_one_job_twice(stack: Stack) -> None:
     assert len(job_ids) == len(set(job_ids)) == 8  # 4 actions x (first call + continuation)
     per_action = {a: sum(1 for _, _, b in processed if b == a) for _, _, a in processed}
     assert per_action == {f"Make{i}": 2 for i in range(4)}
+
+
+@pytest.fixture
+def fast_stack(spawn: Any, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """A stack whose "minute" of action timeouts is a second."""
+    running = start_stack(spawn, settings_env, env={"CONVEYOR_MINUTE_SECONDS": "1"})
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CODEPIPELINE", running.api_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker")
+    return running
+
+
+def test_an_action_no_worker_takes_times_out_and_its_job_leaves_the_queue(
+    fast_stack: Stack,
+) -> None:
+    cp = boto3.client("codepipeline")
+    name, src, target = unique("unpolled"), unique("src"), unique("target")
+    s3 = fast_stack.s3()
+    put_source(s3, src, {"version.txt": "1.0\n"})
+    s3.create_bucket(Bucket=target)
+    _create_type(cp)
+    make = {**_custom("Make", "lonely", "Built"), "timeoutInMinutes": 5}
+    cp.create_pipeline(pipeline=_pipeline(name, src, target, [make]))
+    eid = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
+    assert wait_status(cp, name, eid, {"Succeeded", "Failed"}, timeout=60) == "Failed"
+    state = cp.get_pipeline_state(name=name)["stageStates"][1]["actionStates"][0]
+    assert state["latestExecution"]["status"] == "Failed"
+    # The job the action queued was withdrawn when the action gave up waiting (the worker's
+    # wait ends at the same deadline): a job worker that comes late is handed nothing.
+    time.sleep(3)
+    assert cp.poll_for_jobs(actionTypeId=TYPE, queryParam={"ProjectName": "lonely"})["jobs"] == []
