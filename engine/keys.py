@@ -146,6 +146,12 @@ def artifact_credentials(access_key_id: str) -> str:
     return f"{PREFIX}:s3-credentials:{access_key_id}"
 
 
+def action_progress(action_execution_id: str) -> str:
+    """String with TTL: the ``executionDetails`` a job worker reported with its last
+    continuation (summary, externalExecutionId, percentComplete), shown while the action runs."""
+    return f"{PREFIX}:action-progress:{action_execution_id}"
+
+
 def job_done(job_id: str) -> str:
     """List: pushed once when the job's result is recorded, to wake its waiting worker."""
     return f"{PREFIX}:job:{job_id}:done"

@@ -46,8 +46,38 @@ def put_job_success_result(svc: Service, body: Body) -> Body:
             "are allowed for all output variables of an action"
         )
     result = {k: v for k, v in body.items() if k != "jobId"}
-    svc.store.jobs.finish(body["jobId"], JobStatus.SUCCEEDED, result)
+    _succeed(svc, body["jobId"], result)
     return {}
+
+
+def _succeed(svc: Service, job_id: str, result: Body) -> None:
+    """Record a success; a continued job's executionDetails become its action's progress."""
+    job = svc.store.jobs.get(job_id)
+    svc.store.jobs.finish(job_id, JobStatus.SUCCEEDED, result)
+    if result.get("continuationToken"):
+        svc.store.jobs.record_progress(job, result.get("executionDetails") or {})
+
+
+def with_progress(svc: Service, state: Body) -> Body:
+    """GetPipelineState with the progress job workers reported for the actions still in
+    progress (``percentComplete``, and the summary and external id of the last continuation)."""
+    running = [
+        latest
+        for stage in state.get("stageStates", [])
+        for action in stage.get("actionStates", [])
+        if (latest := action.get("latestExecution")) and latest.get("status") == "InProgress"
+    ]
+    found = svc.store.jobs.progress([str(a["actionExecutionId"]) for a in running])
+    for latest in running:
+        details = found.get(str(latest["actionExecutionId"]))
+        if details:
+            shown = {
+                "summary": details.get("summary"),
+                "externalExecutionId": details.get("externalExecutionId"),
+                "percentComplete": details.get("percentComplete"),
+            }
+            latest.update({k: v for k, v in shown.items() if v is not None})
+    return state
 
 
 def put_job_failure_result(svc: Service, body: Body) -> Body:
@@ -148,7 +178,7 @@ def get_third_party_job_details(svc: Service, body: Body) -> Body:
 def put_third_party_job_success_result(svc: Service, body: Body) -> Body:
     _third_party_job(svc, body["jobId"], body["clientToken"])
     result = {k: v for k, v in body.items() if k not in ("jobId", "clientToken")}
-    svc.store.jobs.finish(body["jobId"], JobStatus.SUCCEEDED, result)
+    _succeed(svc, body["jobId"], result)
     return {}
 
 

@@ -358,6 +358,27 @@ class JobStore:
             raise InvalidNonceError(f"nonce {nonce!r} does not match job {job_id}")
         return job.status
 
+    def record_progress(self, job: StoredJob, details: dict[str, Any]) -> None:
+        """A continued job's ``executionDetails``, for its action's state while it runs."""
+        action = (job.data.get("pipelineContext") or {}).get("action") or {}
+        action_execution_id = action.get("actionExecutionId")
+        if not action_execution_id or not details:
+            return
+        with redis_errors("recording progress"):
+            self.r.set(
+                keys.action_progress(action_execution_id),
+                json.dumps(details),
+                ex=FINISHED_TTL_SECONDS,
+            )
+
+    def progress(self, action_execution_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The last progress reported for each of these action executions that has one."""
+        if not action_execution_ids:
+            return {}
+        with redis_errors("reading progress"):
+            found = self.r.mget([keys.action_progress(a) for a in action_execution_ids])
+        return {a: json.loads(v) for a, v in zip(action_execution_ids, found, strict=True) if v}
+
     def close(self, job_id: str) -> None:
         """The waiting worker gives up on the job (timeout, stop): it leaves its queue, and
         every later result or acknowledgement of it is refused."""

@@ -109,10 +109,16 @@ def test_a_sample_job_worker_completes_a_custom_action_with_a_continuation(stack
     handled: list[tuple[dict[str, Any], str]] = []
     denied: dict[str, str] = {}
 
+    progress: list[dict[str, Any]] = []
+
     def handle(codepipeline: Any, job: dict[str, Any]) -> str:
         if not denied:
             denied.update(_forbidden(job["data"], src))
-        return worker.process(codepipeline, job, padding=PADDING)
+        outcome = worker.process(codepipeline, job, padding=PADDING)
+        if outcome == "continued":  # the action runs on, showing what the worker reported
+            state = codepipeline.get_pipeline_state(name=name)
+            progress.append(state["stageStates"][1]["actionStates"][0]["latestExecution"])
+        return outcome
 
     def poll() -> bool:
         found = worker.poll_once(cp, TYPE, "web", handle)
@@ -129,6 +135,10 @@ def test_a_sample_job_worker_completes_a_custom_action_with_a_continuation(stack
         thread.join(30)
 
     assert [outcome for _, outcome in handled] == ["continued", "finished"]
+    [running] = progress
+    assert running["status"] == "InProgress"
+    assert (running["percentComplete"], running["summary"]) == (50, "building web")
+    assert running["externalExecutionId"] == "web-build"
     first, second = (job["data"] for job, _ in handled)
     assert "continuationToken" not in first
     assert second["continuationToken"] == '{"version": "2.0.1"}'
