@@ -81,8 +81,9 @@ def get_action_type(svc: Service, body: Body) -> Body:
 def update_action_type(svc: Service, body: Body) -> Body:
     decl = body["actionType"]
     ident = decl["id"]
-    if ident["owner"] == "AWS":
-        if _find(svc, ident) is None:
+    builtin = at.type_key(ident["owner"], ident["category"], ident["provider"], ident["version"])
+    if ident["owner"] == "AWS" or builtin in _builtins(svc):
+        if ident["owner"] == "AWS" and _find(svc, ident) is None:
             raise _not_found(ident)
         raise RequestFailedError(
             f"{at.described(**ident)} is one of Conveyor's built-in providers; it cannot be "

@@ -183,6 +183,10 @@ def test_third_party_types_are_registered_with_update_action_type(api: ApiServer
     }
     code, _ = _error(cp.update_action_type, actionType=aws)
     assert code == "RequestFailedException"
+    github_id = {**ident, "category": "Source", "provider": "GitHub", "version": "1"}
+    github = {**declaration, "id": github_id}
+    code, _ = _error(cp.update_action_type, actionType=github)
+    assert code == "RequestFailedException"  # ThirdParty/Source/GitHub/1 is a built-in
     aws["id"]["provider"] = "NoSuchThing"
     code, _ = _error(cp.update_action_type, actionType=aws)
     assert code == "ActionTypeNotFoundException"
