@@ -17,9 +17,10 @@ Types owned by ``AWS`` are Conveyor's built-in providers; they cannot be created
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engine.errors import RequestFailedError, ValidationError
 from providers.base import ActionTypeId, Category, Provider
@@ -43,24 +44,15 @@ def described(owner: str, category: str, provider: str, version: str) -> str:
     )
 
 
-class Property(BaseModel):
-    """An ``ActionConfigurationProperty``."""
+def property_shape(prop: PropertySpec) -> dict[str, Any]:
+    """An ``ActionConfigurationProperty`` (``queryable`` only when true, as AWS shows it)."""
+    out = {k: v for k, v in asdict(prop).items() if v is not None}
+    if not prop.queryable:
+        out.pop("queryable")
+    return out
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
-    name: str
-    required: bool
-    key: bool = False
-    secret: bool = False
-    queryable: bool = False
-    description: str | None = None
-    type: str | None = None
-
-    def shape(self) -> dict[str, Any]:
-        out = self.model_dump(exclude_none=True)
-        if not self.queryable:
-            out.pop("queryable")
-        return out
+_PROPERTIES: TypeAdapter[list[PropertySpec]] = TypeAdapter(list[PropertySpec])
 
 
 class Counts(BaseModel):
@@ -80,7 +72,7 @@ class ActionTypeRecord(BaseModel):
     provider: str
     version: str
     settings: dict[str, str] = Field(default_factory=dict)
-    properties: list[Property] = Field(default_factory=list)
+    properties: list[PropertySpec] = Field(default_factory=list)
     inputs: Counts
     outputs: Counts
     description: str | None = None
@@ -103,18 +95,7 @@ class ActionTypeRecord(BaseModel):
                 provider=self.provider,
                 version=self.version,
             ),
-            properties=tuple(
-                PropertySpec(
-                    name=p.name,
-                    required=p.required,
-                    key=p.key,
-                    secret=p.secret,
-                    queryable=p.queryable,
-                    description=p.description,
-                    type=p.type,
-                )
-                for p in self.properties
-            ),
+            properties=tuple(self.properties),
             min_inputs=self.inputs.minimumCount,
             max_inputs=self.inputs.maximumCount,
             min_outputs=self.outputs.minimumCount,
@@ -122,7 +103,7 @@ class ActionTypeRecord(BaseModel):
         )
 
 
-def _check_properties(properties: Sequence[Property], where: str) -> None:
+def _check_properties(properties: Sequence[PropertySpec], where: str) -> None:
     if len(properties) > MAX_PROPERTIES:
         raise ValidationError(
             f"{where}: at most {MAX_PROPERTIES} properties, got {len(properties)}"
@@ -156,7 +137,7 @@ def _check_counts(counts: Counts, where: str) -> None:
 def custom_from_request(body: Mapping[str, Any]) -> ActionTypeRecord:
     """CreateCustomActionType's request (already checked against botocore's model) as a
     record, with the rules the model cannot say."""
-    properties = [Property.model_validate(p) for p in body.get("configurationProperties") or []]
+    properties = _PROPERTIES.validate_python(body.get("configurationProperties") or [])
     _check_properties(properties, "configurationProperties")
     record = ActionTypeRecord(
         owner=CUSTOM,
@@ -184,7 +165,7 @@ def from_declaration(decl: Mapping[str, Any]) -> ActionTypeRecord:
             "JobWorker executor (job workers poll for the type's jobs with PollForThirdPartyJobs)"
         )
     properties = [
-        Property(
+        PropertySpec(
             name=p["name"],
             required=not p["optional"],
             key=p["key"],
@@ -229,7 +210,7 @@ def action_type_shape(record: ActionTypeRecord) -> dict[str, Any]:
             "provider": record.provider,
             "version": record.version,
         },
-        "actionConfigurationProperties": [p.shape() for p in record.properties],
+        "actionConfigurationProperties": [property_shape(p) for p in record.properties],
         "inputArtifactDetails": record.inputs.model_dump(),
         "outputArtifactDetails": record.outputs.model_dump(),
     }
@@ -284,7 +265,7 @@ def builtin_record(provider: type[Provider]) -> ActionTypeRecord:
     are its properties (required or not), its artifact limits its counts."""
     t = provider.action_type
     properties = [
-        Property(
+        PropertySpec(
             name=field.alias or name,
             required=field.is_required(),
             key=field.is_required(),

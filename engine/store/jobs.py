@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from engine import keys
 from engine.arns import DEFAULT_ACCOUNT_ID
@@ -222,24 +223,8 @@ class JobStore:
     ) -> None:
         """A job of a job-worker action type, queued for PollForJobs of ``queue`` (the
         action type's key) and, when the type has a queryable property, its value."""
-        ttl = max(1, int(ttl_seconds))
-        with redis_errors("queueing a job"):
-            pipe = self.r.pipeline(transaction=True)
-            pipe.hset(
-                keys.job(job_id),
-                mapping={
-                    "data": json.dumps(data, separators=(",", ":")),
-                    "owner": json.dumps(owner, separators=(",", ":")),
-                    "status": JobStatus.QUEUED.value,
-                    "nonce": "",
-                    "client": "",
-                    "queue": queue,
-                    "query": query,
-                },
-            )
-            pipe.expire(keys.job(job_id), ttl)
-            pipe.rpush(keys.job_queue(queue), job_id)
-            pipe.execute()
+        state = {"status": JobStatus.QUEUED.value, "nonce": "", "client": ""}
+        self._put(job_id, data, owner, ttl_seconds, {**state, "queue": queue, "query": query})
 
     def poll(self, queue: str, max_jobs: int, query: str = "") -> list[ClaimedJob]:
         """Claim up to ``max_jobs`` queued jobs of ``queue`` (only those whose queryable
@@ -298,19 +283,31 @@ class JobStore:
     def create(
         self, job_id: str, data: dict[str, Any], owner: dict[str, Any], ttl_seconds: float
     ) -> None:
+        """A job handed straight to its handler (a Lambda-style one): in progress at once."""
+        state = {"status": JobStatus.IN_PROGRESS.value, "nonce": secrets.token_hex(8)}
+        self._put(job_id, data, owner, ttl_seconds, state)
+
+    def _put(
+        self,
+        job_id: str,
+        data: dict[str, Any],
+        owner: dict[str, Any],
+        ttl_seconds: float,
+        state: dict[str, str],
+    ) -> None:
         ttl = max(1, int(ttl_seconds))
+        fields: dict[FieldT, EncodableT] = {
+            "data": json.dumps(data, separators=(",", ":")),
+            "owner": json.dumps(owner, separators=(",", ":")),
+        }
+        for name, value in state.items():
+            fields[name] = value
         with redis_errors("creating a job"):
             pipe = self.r.pipeline(transaction=True)
-            pipe.hset(
-                keys.job(job_id),
-                mapping={
-                    "data": json.dumps(data, separators=(",", ":")),
-                    "owner": json.dumps(owner, separators=(",", ":")),
-                    "status": JobStatus.IN_PROGRESS.value,
-                    "nonce": secrets.token_hex(8),
-                },
-            )
+            pipe.hset(keys.job(job_id), mapping=fields)
             pipe.expire(keys.job(job_id), ttl)
+            if "queue" in state:
+                pipe.rpush(keys.job_queue(str(state["queue"])), job_id)
             pipe.execute()
 
     def get(self, job_id: str) -> StoredJob:
