@@ -23,12 +23,12 @@ from pydantic import ConfigDict, Field, create_model
 from providers.base import (
     ActionFailed,
     ActionTypeId,
-    ArtifactObject,
     Job,
     Provider,
     ProviderConfig,
     Result,
 )
+from providers.job_data import artifact, pipeline_context
 
 # The owners whose non-built-in action types run on job workers.
 JOB_WORKER_OWNERS = ("Custom", "ThirdParty")
@@ -140,17 +140,14 @@ def job_data(
 ) -> dict[str, Any]:
     """CodePipeline's ``JobData`` for one job: secret properties included (the worker needs
     them); no ``encryptionKey`` (the artifact store is not KMS-encrypted here)."""
-    action_context: dict[str, str] = {"name": job.action_name}
-    if job.action_execution_id:
-        action_context["actionExecutionId"] = job.action_execution_id
-    context: dict[str, Any] = {
-        "pipelineName": job.pipeline_name,
-        "stage": {"name": job.stage_name},
-        "action": action_context,
-        "pipelineExecutionId": job.execution_id,
-    }
-    if job.pipeline_arn:
-        context["pipelineArn"] = job.pipeline_arn
+    context = pipeline_context(
+        job.pipeline_name,
+        job.execution_id,
+        job.stage_name,
+        job.action_name,
+        pipeline_arn=job.pipeline_arn,
+        action_execution_id=job.action_execution_id,
+    )
     data: dict[str, Any] = {
         "actionTypeId": spec.action_type.model_dump(mode="json"),
         "actionConfiguration": {"configuration": configuration},
@@ -164,16 +161,6 @@ def job_data(
     if continuation_token is not None:
         data["continuationToken"] = continuation_token
     return data
-
-
-def artifact(name: str, obj: ArtifactObject, revision: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": name,
-        "location": {"type": "S3", "s3Location": {"bucketName": obj.bucket, "objectKey": obj.key}},
-    }
-    if revision or obj.revision:
-        out["revision"] = revision or obj.revision
-    return out
 
 
 class DeclaredConfig(ProviderConfig):

@@ -48,6 +48,7 @@ from providers.base import (
     Result,
     S3Access,
 )
+from providers.job_data import artifact, pipeline_context
 
 RUNTIME = Path(__file__).with_name("lambda_runtime.py")
 LOG_NAME = "function-log"
@@ -222,30 +223,6 @@ class LambdaInvoke(Provider):
         )
 
 
-def pipeline_context(
-    pipeline: str,
-    execution_id: str,
-    stage: str,
-    action: str,
-    *,
-    pipeline_arn: str | None,
-    action_execution_id: str | None = None,
-) -> dict[str, Any]:
-    """CodePipeline's ``pipelineContext`` of a job (a rule's name stands in its action's)."""
-    action_context = {"name": action}
-    if action_execution_id:
-        action_context["actionExecutionId"] = action_execution_id
-    context: dict[str, Any] = {
-        "pipelineName": pipeline,
-        "stage": {"name": stage},
-        "action": action_context,
-    }
-    if pipeline_arn:
-        context["pipelineArn"] = pipeline_arn
-    context["pipelineExecutionId"] = execution_id
-    return context
-
-
 def run_function(
     inv: Invocation, jobs: JobChannel, log: TextIO, settings: LambdaSettings | None = None
 ) -> FunctionResult:
@@ -343,8 +320,8 @@ def job_data(inv: Invocation, continuation_token: str | None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "actionConfiguration": {"configuration": configuration},
         "pipelineContext": inv.pipeline_context,
-        "inputArtifacts": [_artifact(n, o) for n, o in inv.inputs.items()],
-        "outputArtifacts": [_artifact(n, o) for n, o in inv.outputs.items()],
+        "inputArtifacts": [artifact(n, o) for n, o in inv.inputs.items()],
+        "outputArtifacts": [artifact(n, o) for n, o in inv.outputs.items()],
         # Temporary, scoped to this action's artifacts (never the store's own keys).
         "artifactCredentials": dict(inv.credentials or {}),
     }
@@ -353,16 +330,6 @@ def job_data(inv: Invocation, continuation_token: str | None) -> dict[str, Any]:
     if continuation_token is not None:
         data["continuationToken"] = continuation_token
     return data
-
-
-def _artifact(name: str, obj: ArtifactObject) -> dict[str, Any]:
-    artifact: dict[str, Any] = {
-        "name": name,
-        "location": {"type": "S3", "s3Location": {"bucketName": obj.bucket, "objectKey": obj.key}},
-    }
-    if obj.revision is not None:
-        artifact["revision"] = obj.revision
-    return artifact
 
 
 # The members of JobData a Lambda's event carries (AWS's example event); GetJobDetails has

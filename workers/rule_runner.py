@@ -17,7 +17,8 @@ from engine.messages import WorkKind
 from engine.rules import RuleDeclaration
 from providers.base import ActionFailed, ArtifactObject, S3Access
 from providers.commands_rule import run_commands_rule
-from providers.lambda_invoke import Invocation, pipeline_context, run_function
+from providers.job_data import pipeline_context
+from providers.lambda_invoke import Invocation, run_function
 from providers.sandbox import base_environment
 from workers.artifacts import ArtifactRef
 from workers.attempts import run_attempt

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from providers.base import ActionFailed, ArtifactObject, JobOutcome, S3Access
+from providers.job_data import pipeline_context
 from providers.lambda_invoke import (
     Invocation,
     LambdaConfig,
@@ -19,7 +20,6 @@ from providers.lambda_invoke import (
     event,
     handler_environment,
     job_data,
-    pipeline_context,
     run_function,
 )
 
