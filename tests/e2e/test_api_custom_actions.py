@@ -401,3 +401,17 @@ def test_third_party_jobs_are_bound_to_their_client_token(api: ApiServer, cp: An
     assert code == "InvalidJobStateException"
     code, _ = _error(cp.get_third_party_job_details, jobId=str(uuid.uuid4()), clientToken=token)
     assert code == "JobNotFoundException"
+
+
+def test_a_job_whose_action_stopped_waiting_takes_no_result(api: ApiServer, cp: Any) -> None:
+    _create(cp)
+    channel, queued = _queue(api)
+    _, claimed = _queue(api)
+    [job] = cp.poll_for_jobs(actionTypeId=TYPE, queryParam={"Project": "web"})["jobs"]
+    assert job["id"] == queued
+    channel.close(queued)  # the action timed out or was stopped
+    channel.close(claimed)
+    assert cp.acknowledge_job(jobId=queued, nonce=job["nonce"])["status"] == "TimedOut"
+    code, _ = _error(cp.put_job_success_result, jobId=queued)
+    assert code == "InvalidJobStateException"
+    assert cp.poll_for_jobs(actionTypeId=TYPE, queryParam={"Project": "web"})["jobs"] == []
