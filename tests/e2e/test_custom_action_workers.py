@@ -15,6 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.handlers import sample_job_worker as worker
+from tests.helpers import wait_for
 from tests.stack import Stack, action, put_source, s3_source_stage, start_stack, unique, wait_status
 
 TYPE = {"category": "Build", "owner": "Custom", "provider": "SampleBuilder", "version": "1"}
@@ -287,3 +288,25 @@ def test_an_action_no_worker_takes_times_out_and_its_job_leaves_the_queue(
     # wait ends at the same deadline): a job worker that comes late is handed nothing.
     time.sleep(3)
     assert cp.poll_for_jobs(actionTypeId=TYPE, queryParam={"ProjectName": "lonely"})["jobs"] == []
+
+
+def test_stopping_an_execution_withdraws_its_waiting_job(fast_stack: Stack) -> None:
+    cp = boto3.client("codepipeline")
+    name, src, target = unique("stopped"), unique("src"), unique("target")
+    s3 = fast_stack.s3()
+    put_source(s3, src, {"version.txt": "1.0\n"})
+    s3.create_bucket(Bucket=target)
+    _create_type(cp)
+    cp.create_pipeline(pipeline=_pipeline(name, src, target, [_custom("Make", "held", "Built")]))
+    eid = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
+
+    def waiting() -> bool:
+        states = cp.get_pipeline_state(name=name)["stageStates"]
+        latest = states[1]["actionStates"][0].get("latestExecution") or {}
+        return latest.get("status") == "InProgress"
+
+    wait_for(waiting, timeout=60, message="the custom action never started")
+    cp.stop_pipeline_execution(pipelineName=name, pipelineExecutionId=eid, abandon=True)
+    assert wait_status(cp, name, eid, {"Stopped", "Failed", "Succeeded"}, timeout=60) == "Stopped"
+    time.sleep(3)  # the waiting task notices within a heartbeat and withdraws its job
+    assert cp.poll_for_jobs(actionTypeId=TYPE, queryParam={"ProjectName": "held"})["jobs"] == []
