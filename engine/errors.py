@@ -212,6 +212,18 @@ class InvalidNonceError(ConveyorError):
     aws_code = "InvalidNonceException"
 
 
+class InvalidClientTokenError(ConveyorError):
+    aws_code = "InvalidClientTokenException"
+
+
+class ActionTypeNotFoundError(NotFoundError):
+    aws_code = "ActionTypeNotFoundException"
+
+
+class RequestFailedError(ConveyorError):
+    aws_code = "RequestFailedException"
+
+
 class OutputVariablesSizeExceededError(ConveyorError):
     aws_code = "OutputVariablesSizeExceededException"
 

@@ -47,6 +47,7 @@ from engine.execution import (
     TriggerType,
     new_execution,
 )
+from engine.keys import JOB_WORKER_QUEUE
 from engine.messages import (
     ApprovalAnswered,
     ConditionOverridden,
@@ -60,6 +61,7 @@ from engine.messages import (
 from engine.run import PipelineRun, TransitionState
 from engine.scheduler import Decision, RejectionCode
 from engine.store import PipelineRecord, Store
+from providers.job_worker import JOB_WORKER_OWNERS, provider_class
 from providers.registry import Registry
 
 # How each refusal of ``decide`` reaches the client.
@@ -125,7 +127,7 @@ class Service:
     # ------------------------------------------------------------------ pipelines
 
     def create_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
-        decl = validate(normalize(raw), self.registry)
+        decl = self._validate(raw)
         self._ensure_store(decl)
         rec = self.store.definitions.create(decl)
         if self.start_on_create:
@@ -144,9 +146,27 @@ class Service:
             )
 
     def update_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
-        decl = validate(normalize(raw), self.registry)
+        decl = self._validate(raw)
         self._ensure_store(decl)
         return self.store.definitions.update(decl)
+
+    def _validate(self, raw: dict[str, Any]) -> PipelineDeclaration:
+        return validate(normalize(raw), self.action_registry(), region=self.store.account.region)
+
+    def action_registry(self) -> Registry:
+        """The built-in providers plus the job-worker action types declared now (Custom,
+        ThirdParty): what a definition may use."""
+        return self.registry.extended(
+            provider_class(r.job_worker_type()) for r in self.store.action_types.live()
+        )
+
+    def queue_of(self, action: ActionDeclaration) -> str | None:
+        """The job-worker queue for an action no built-in provider runs (a declared Custom or
+        ThirdParty type, checked when the definition was); None: its provider's queue."""
+        t = action.action_type_id
+        if self.registry.get(t) is None and t.owner in JOB_WORKER_OWNERS:
+            return JOB_WORKER_QUEUE
+        return None
 
     def _ensure_store(self, decl: PipelineDeclaration) -> None:
         if self.ensure_bucket is not None:
@@ -196,6 +216,7 @@ class Service:
                 artifact_bucket=self.bucket_of(rec.declaration),
                 variables=variables or {},
                 timeout_minutes=self.timeout_minutes,
+                queue_of=self.queue_of,
                 trigger_type=trigger_type,
                 trigger_detail=trigger_detail,
                 source_revisions=source_revisions,

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # Lambda-style handlers report job results there, Invoke/CodePipeline starts pipelines
     # there. Defaults to api_host:api_port.
     api_url: str | None = None
+    # Job workers (custom actions): a job PollForJobs handed out that is not acknowledged
+    # (AcknowledgeJob) within this long goes back to the queue, with a new nonce; and where
+    # job workers and Lambda-style handlers reach the S3 gateway their job's artifact
+    # credentials work with (default: the API's /s3).
+    job_ack_timeout_seconds: float = Field(default=60.0, gt=0)
+    s3_gateway_url: str | None = None
     # Bounded work per API request: a larger body is refused (413) before it is read in
     # full; JSON nested deeper, or an integer literal longer, is refused (400).
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -128,6 +134,7 @@ class Settings(BaseSettings):
         "build_cache_dir",
         "webhook_public_url",
         "audit_file",
+        "s3_gateway_url",
         mode="before",
     )
     @classmethod
@@ -157,6 +164,10 @@ class Settings(BaseSettings):
     @property
     def api_endpoint(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def s3_gateway_endpoint(self) -> str:
+        return self.s3_gateway_url or f"{self.api_endpoint.rstrip('/')}/s3"
 
 
 def with_credentials(url: str, username: str | None, password: str | None) -> str:

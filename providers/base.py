@@ -104,6 +104,9 @@ class JobOutcome:
     output_variables: dict[str, str] = field(default_factory=dict)
     failure_type: str | None = None
     message: str | None = None
+    # PutJobSuccessResult's currentRevision (a source action's): its revision and summary.
+    revision: str | None = None
+    revision_summary: str | None = None
 
 
 class JobChannel(Protocol):
@@ -124,6 +127,14 @@ class JobChannel(Protocol):
 
     def close(self, job_id: str) -> None:
         """No answer is wanted any more: later results for the job are refused."""
+        ...
+
+    def credentials(
+        self, reads: list[ArtifactObject], writes: list[ArtifactObject]
+    ) -> dict[str, str]:
+        """Temporary artifact credentials (CodePipeline's ``AWSSessionCredentials``:
+        accessKeyId, secretAccessKey, sessionToken) that can read only ``reads`` and write
+        only ``writes``, through Conveyor's S3 gateway, for as long as these jobs live."""
         ...
 
 
@@ -191,6 +202,9 @@ class Job:
     # fills them from its settings.
     pipeline_arn: str | None = None
     account_id: str = DEFAULT_ACCOUNT_ID
+    # Conveyor's S3 gateway, where the temporary artifact credentials of jobs work (for the
+    # code a ``uses_artifact_locations`` provider runs); the worker fills it from settings.
+    s3_gateway_url: str | None = None
 
     # artifact name -> the artifact object as its producer stored it, byte for byte (a zip
     # or anything an S3 source held), for providers that do not need the contents (a

@@ -33,7 +33,7 @@ def pool_queues(pool: str, registry: Registry) -> list[str]:
     if "build" in wanted:
         queues += [keys.COMMANDS_RULE_QUEUE, keys.CODEBUILD_RULE_QUEUE]
     if "invoke" in wanted:
-        queues.append(keys.LAMBDA_RULE_QUEUE)
+        queues += [keys.LAMBDA_RULE_QUEUE, keys.JOB_WORKER_QUEUE]
     return queues
 
 
@@ -45,6 +45,7 @@ def make_app(settings: Settings, registry: Registry) -> Celery:
         keys.COMMANDS_RULE_QUEUE,
         keys.CODEBUILD_RULE_QUEUE,
         keys.LAMBDA_RULE_QUEUE,
+        keys.JOB_WORKER_QUEUE,
     ]
     app.conf.update(
         # kombu's Redis transport with one client object per channel (workers.transport).

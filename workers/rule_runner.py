@@ -21,7 +21,8 @@ from engine.rules import RuleDeclaration
 from providers.base import ActionFailed, ArtifactObject, Job, S3Access
 from providers.codebuild import CodeBuild, CodeBuildConfig
 from providers.commands_rule import run_commands_rule
-from providers.lambda_invoke import Invocation, pipeline_context, run_function
+from providers.job_data import pipeline_context
+from providers.lambda_invoke import Invocation, run_function
 from providers.sandbox import base_environment
 from workers.artifacts import ArtifactRef
 from workers.attempts import run_attempt
@@ -195,6 +196,7 @@ def _lambda_rule(
             pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
         ),
         account_id=s.account_id,
+        s3_gateway=s.s3_gateway_endpoint,
     )
     jobs = job_channel(
         rt, state, stage, rr.rule_execution_id, rr.attempt, WorkKind.RULE, rr.deadline

@@ -23,7 +23,14 @@ from engine.variables import MAX_OUTPUT_VARIABLES_BYTES, output_variables_size
 from providers.base import ActionFailed, Category, Job, Provider, Result, S3Access
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
-from workers.located import input_locations, job_channel, output_locations, written_output
+from workers.located import (
+    declared_provider,
+    input_locations,
+    job_channel,
+    job_queue,
+    output_locations,
+    written_output,
+)
 from workers.retry import RetriesExhausted, Retry, RetryPolicy, retrying
 from workers.runtime import Runtime
 
@@ -54,7 +61,9 @@ def execute(
     act = state.action(stage, action)
     assert act is not None and act.action_execution_id is not None
     decl = state.action_decl(stage, action)
-    provider_cls = rt.registry.get(decl.action_type_id)
+    provider_cls = rt.registry.get(decl.action_type_id) or declared_provider(
+        rt, decl.action_type_id
+    )
     if provider_cls is None:
         return ActionResult(
             succeeded=False,
@@ -122,6 +131,7 @@ def execute(
                     max_artifact_bytes=s.max_artifact_bytes,
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
+                    s3_gateway_url=s.s3_gateway_endpoint,
                     pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
                     account_id=s.account_id,
                     inputs_disposable=True,
@@ -131,7 +141,14 @@ def execute(
                     ),
                     jobs=(
                         job_channel(
-                            rt, state, stage, action, attempt, WorkKind.ACTION, act.deadline
+                            rt,
+                            state,
+                            stage,
+                            action,
+                            attempt,
+                            WorkKind.ACTION,
+                            act.deadline,
+                            job_queue(provider_cls, act.resolved_configuration),
                         )
                         if located
                         else None

@@ -12,7 +12,9 @@ not be open.
 REST extras: ``GET /health``, ``GET /events?after=<id>`` (the EventBridge-shaped event
 stream, for dashboards and tests that want to watch without polling every execution), and
 ``POST /webhooks/github|gitlab`` (git events starting pipelines: :mod:`engine.api.webhooks`),
-``POST /webhooks/v1/<id>`` (PutWebhook's webhooks: :mod:`engine.api.webhooks_api`).
+``POST /webhooks/v1/<id>`` (PutWebhook's webhooks: :mod:`engine.api.webhooks_api`), and
+``/s3/...`` (the S3 gateway job workers use with their job's artifact credentials:
+:mod:`engine.api.s3_gateway`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from starlette.concurrency import run_in_threadpool
 from engine.api.operations import OPERATIONS
 from engine.api.paging import PageTokens
 from engine.api.parsing import BodyLimits, ProtocolError, parse_body, read_body
+from engine.api.s3_gateway import Gateway
+from engine.api.s3_gateway import install as install_s3_gateway
 from engine.api.validation import TARGET_PREFIX, check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
@@ -140,6 +144,7 @@ def create_app(
     webhooks: WebhookConfig | None = None,
     limits: BodyLimits | None = None,
     audit: AuditLog | None = None,
+    s3_gateway: Gateway | None = None,
 ) -> FastAPI:
     """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``).
 
@@ -154,6 +159,8 @@ def create_app(
     webhooks = webhooks or WebhookConfig()
     install_webhooks(app, service, webhooks)
     install_webhooks_v1(app, service, webhooks)
+    if s3_gateway is not None:  # job workers' artifact credentials (engine.api.s3_gateway)
+        install_s3_gateway(app, s3_gateway)
 
     @app.post("/")
     async def codepipeline(request: Request) -> Response:

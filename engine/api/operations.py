@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 from engine import rules
 from engine.api import shapes
-from engine.api.jobs import JOB_OPERATIONS
+from engine.api.action_types_api import ACTION_TYPE_OPERATIONS
+from engine.api.jobs import JOB_OPERATIONS, with_progress
 from engine.api.revisions import REVISION_OPERATIONS
 from engine.api.tags import TAG_OPERATIONS, tag_pipeline
 from engine.api.webhooks_api import WEBHOOK_OPERATIONS
@@ -148,7 +149,7 @@ def _succeeded_in(state: ExecutionState, stage: str) -> bool:
 
 def get_pipeline_state(svc: Service, body: Body) -> Body:
     rec, views, waiting = svc.pipeline_state(body["name"])
-    return shapes.pipeline_state(rec, views, waiting)
+    return with_progress(svc, shapes.pipeline_state(rec, views, waiting))
 
 
 def _filtered_execution(body: Body) -> str | None:
@@ -270,6 +271,7 @@ OPERATIONS: dict[str, Handler] = {
     "ListRuleTypes": list_rule_types,
     "ListRuleExecutions": list_rule_executions,
     **JOB_OPERATIONS,
+    **ACTION_TYPE_OPERATIONS,
     **TAG_OPERATIONS,
     **WEBHOOK_OPERATIONS,
     **REVISION_OPERATIONS,
