@@ -127,6 +127,14 @@ def job_done(job_id: str) -> str:
 EVENTS = f"{PREFIX}:events"  # stream of EventBridge-shaped events
 CAS_RETRIES = f"{PREFIX}:stats:cas_retries"  # counter: compare-and-set conflicts
 
+# ---------------------------------------------------------------------------- auth
+
+
+def seen_signature(signature: str) -> str:
+    """String with TTL: a SigV4 signature already accepted (replays are refused)."""
+    return f"{PREFIX}:auth:signature:{signature}"
+
+
 # ---------------------------------------------------------------------------- webhooks
 
 

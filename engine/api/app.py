@@ -5,9 +5,12 @@ CLI send, so pointing them at Conveyor (``endpoint_url=``) is all a user changes
 HTTP 400 ``{"__type": <CodePipeline error name>, "message": ...}``, mapped from the engine's
 error tree by type (``ConveyorError.aws_code``), never by message text.
 
-Authentication is out of scope for now: SigV4 ``Authorization`` headers are accepted and
-ignored, so any access key works. Put the API behind a proxy that authenticates if it must
-not be open.
+Every request is authenticated with AWS Signature Version 4 (:mod:`engine.api.auth`,
+:mod:`engine.auth`): the keys are the principals file's and the settings', a replayed
+signature is refused, and the principal's roles must allow the operation (else
+``AccessDeniedException`` in AWS's words). ``CONVEYOR_AUTH_MODE=anonymous`` turns this off
+for local development, loudly. Every response carries an ``x-amzn-RequestId``. The webhook
+endpoints authenticate by their own scheme (HMAC signatures); ``/health`` is open.
 
 REST extras: ``GET /health``, ``GET /events?after=<id>`` (the EventBridge-shaped event
 stream, for dashboards and tests that want to watch without polling every execution), and
@@ -25,6 +28,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from engine.api.auth import ANONYMOUS_WARNING, Authenticator, RequestIds, authenticate, log_refusal
 from engine.api.operations import OPERATIONS
 from engine.api.paging import PageTokens
 from engine.api.parsing import BodyLimits, ProtocolError, parse_body, read_body
@@ -32,14 +36,20 @@ from engine.api.validation import TARGET_PREFIX, check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
 from engine.api.webhooks_api import install as install_webhooks_v1
+from engine.auth.access import authorize
+from engine.auth.context import RequestContext, acting_as
+from engine.auth.sigv4 import AuthError
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
+from engine.settings import get_settings
 from engine.webhooks import WebhookConfig
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_EVENTS_PER_READ = 1000
+# Reading the event stream shows every pipeline's state: it needs what GetPipelineState does.
+EVENTS_OPERATION = "GetPipelineState"
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -68,20 +78,37 @@ def _operation(target: str | None) -> str:
 
 
 def _call(
-    service: Service, tokens: PageTokens, operation: str, raw: bytes, limits: BodyLimits
+    service: Service,
+    tokens: PageTokens,
+    operation: str,
+    raw: bytes,
+    limits: BodyLimits,
+    ctx: RequestContext,
 ) -> Response:
-    """Parse, check and run one operation (in a worker thread: the service blocks on Redis,
-    and parsing a large body should not hold up the event loop)."""
+    """Authorize, parse, check and run one operation as ``ctx`` (in a worker thread: the
+    service blocks on Redis, and parsing a large body should not hold up the event loop)."""
+    body: dict[str, Any] | None = None
+    unparsed: ProtocolError | None = None
     try:
         body = parse_body(raw, limits)
     except ProtocolError as exc:
-        return _error(exc.code, exc.message, exc.status)
+        unparsed = exc  # answered after authorization: a stranger learns nothing from it
+    try:
+        authorize(ctx.principal, operation, body, service.store.account)
+    except AuthError as exc:
+        log_refusal(ctx.request_id, ctx.source_ip, ctx.principal.name, operation, exc)
+        return _error(exc.aws_code, exc.message, exc.status)
+    if body is None:
+        assert unparsed is not None
+        return _error(unparsed.code, unparsed.message, unparsed.status)
     problems = check_input(operation, body)
     if problems:
         return _error("ValidationException", problems.message())
     try:
         body = tokens.open(operation, body)
-        return _json(tokens.seal(operation, OPERATIONS[operation](service, body)))
+        with acting_as(ctx):
+            result = OPERATIONS[operation](service, body)
+        return _json(tokens.seal(operation, result))
     except ServiceUnavailableError as exc:
         return _error(exc.aws_code, exc.message, 503)
     except StoreError as exc:
@@ -97,24 +124,44 @@ def _call(
 
 
 def create_app(
-    service: Service, webhooks: WebhookConfig | None = None, limits: BodyLimits | None = None
+    service: Service,
+    webhooks: WebhookConfig | None = None,
+    limits: BodyLimits | None = None,
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
     """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``).
 
     ``webhooks`` configures the git webhook endpoints; without it they refuse every delivery.
-    ``limits`` bound what one request body may ask of the parser.
+    ``limits`` bound what one request body may ask of the parser. ``authenticator`` decides
+    who calls (default: from the settings; KeyConfigError when signing is on and no key is
+    configured, so an API nobody can call, or everybody can by accident, never starts).
     """
     body_limits = limits or BodyLimits()
     tokens = PageTokens(service.store.r)
+    auth = authenticator or Authenticator.from_settings(get_settings(), service.store.r)
+    if auth.is_anonymous:
+        log.warning(ANONYMOUS_WARNING)
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.authenticator = auth
+    app.add_middleware(RequestIds)
     webhooks = webhooks or WebhookConfig()
     install_webhooks(app, service, webhooks)
     install_webhooks_v1(app, service, webhooks)
 
+    def serve(request: Request, raw: bytes) -> Response:
+        """Authenticate, then find and run the operation (in a worker thread)."""
+        try:
+            ctx = authenticate(request, raw)
+            operation = _operation(request.headers.get("x-amz-target"))
+        except AuthError as exc:
+            return _error(exc.aws_code, exc.message, exc.status)
+        except ProtocolError as exc:
+            return _error(exc.code, exc.message, exc.status)
+        return _call(service, tokens, operation, raw, body_limits, ctx)
+
     @app.post("/")
     async def codepipeline(request: Request) -> Response:
         try:
-            operation = _operation(request.headers.get("x-amz-target"))
             raw = await read_body(
                 request.headers.get("content-length"), request.stream(), body_limits
             )
@@ -124,17 +171,31 @@ def create_app(
                 reply.headers["Connection"] = "close"  # the rest of the body is not read
             return reply
         API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
-        return await run_in_threadpool(_call, service, tokens, operation, raw, body_limits)
+        return await run_in_threadpool(serve, request, raw)
 
     @app.get("/health")
-    def health() -> dict[str, bool]:
+    def health() -> dict[str, Any]:
+        if auth.is_anonymous:
+            return {"ok": True, "auth": "anonymous", "warning": ANONYMOUS_WARNING}
         return {"ok": True}
 
     @app.get("/events")
     def events(
-        after: str = "0", count: int = Query(default=100, ge=1, le=MAX_EVENTS_PER_READ)
-    ) -> JSONResponse:
-        """Events after stream id ``after``; pass the last ``id`` back to read on."""
+        request: Request,
+        after: str = "0",
+        count: int = Query(default=100, ge=1, le=MAX_EVENTS_PER_READ),
+    ) -> Response:
+        """Events after stream id ``after``; pass the last ``id`` back to read on. Signed
+        like any API call (a GET with an empty body), by a principal who may read."""
+        try:
+            ctx = authenticate(request, b"")
+        except AuthError as exc:
+            return _error(exc.aws_code, exc.message, exc.status)
+        try:
+            authorize(ctx.principal, EVENTS_OPERATION, None, service.store.account)
+        except AuthError as exc:
+            log_refusal(ctx.request_id, ctx.source_ip, ctx.principal.name, "/events", exc)
+            return _error(exc.aws_code, exc.message, exc.status)
         try:
             rows = service.store.events.read(after, count)
         except ServiceUnavailableError as exc:
