@@ -36,6 +36,7 @@ from providers.base import (
     DEFAULT_ACCOUNT_ID,
     ActionFailed,
     ActionTypeId,
+    ApiCredentials,
     ArtifactObject,
     Category,
     Job,
@@ -153,6 +154,8 @@ class Invocation:
     action_type: dict[str, str] | None = None
     # The installation's account id (the job event's accountId).
     account_id: str = DEFAULT_ACCOUNT_ID
+    # The identity the handler's boto3 signs its job results with (the workers' API key).
+    api_credentials: ApiCredentials | None = None
 
 
 @dataclass
@@ -186,6 +189,7 @@ class LambdaInvoke(Provider):
             outputs=job.output_locations,
             s3=job.s3,
             api_endpoint=job.api_endpoint,
+            api_credentials=job.api_credentials,
             deadline=job.deadline,
             cancelled=job.cancelled,
             workdir=job.workdir,
@@ -387,10 +391,14 @@ def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, 
     """The environment of the handler's process: the worker's, without its settings and
     identity, plus what a Lambda's boto3 needs to reach Conveyor and the artifact store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(HIDDEN_PREFIXES)}
+    # The default credentials are for the codepipeline endpoint only (job results): the
+    # workers' API key. Artifacts are reached with the event's artifactCredentials, as on
+    # AWS. An anonymous API takes any signature, so placeholder keys do there.
+    api = inv.api_credentials or ApiCredentials("anonymous", "anonymous")
     env.update(
         {
-            "AWS_ACCESS_KEY_ID": inv.s3.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": inv.s3.secret_access_key,
+            "AWS_ACCESS_KEY_ID": api.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": api.secret_access_key,
             "AWS_REGION": inv.s3.region,
             "AWS_DEFAULT_REGION": inv.s3.region,
             "AWS_ENDPOINT_URL_S3": inv.s3.endpoint_url,

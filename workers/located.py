@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from engine.definition import ActionDeclaration
 from engine.execution import ActionState, ExecutionState
-from providers.base import ActionFailed, ArtifactObject
+from engine.settings import Settings
+from providers.base import ActionFailed, ApiCredentials, ArtifactObject
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key, s3_url
 from workers.jobs import RedisJobChannel
 from workers.runtime import Runtime
@@ -65,3 +66,12 @@ def job_channel(
         "kind": kind,
     }
     return RedisJobChannel(rt.store.jobs, owner, deadline)
+
+
+def api_credentials(settings: Settings) -> ApiCredentials | None:
+    """The key workers sign Conveyor API calls with (their own, and their handlers')."""
+    if settings.api_access_key_id is None or settings.api_secret_access_key is None:
+        return None
+    return ApiCredentials(
+        settings.api_access_key_id, settings.api_secret_access_key.get_secret_value()
+    )

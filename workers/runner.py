@@ -23,7 +23,13 @@ from engine.variables import MAX_OUTPUT_VARIABLES_BYTES, output_variables_size
 from providers.base import ActionFailed, Category, Job, Provider, Result, S3Access
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
-from workers.located import input_locations, job_channel, output_locations, written_output
+from workers.located import (
+    api_credentials,
+    input_locations,
+    job_channel,
+    output_locations,
+    written_output,
+)
 from workers.retry import RetriesExhausted, Retry, RetryPolicy, retrying
 from workers.runtime import Runtime
 
@@ -108,6 +114,7 @@ def execute(
                     max_artifact_bytes=s.max_artifact_bytes,
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
+                    api_credentials=api_credentials(s),
                     pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
                     account_id=s.account_id,
                     inputs_disposable=True,
