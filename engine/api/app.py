@@ -150,13 +150,19 @@ def create_app(
 
     def serve(request: Request, raw: bytes) -> Response:
         """Authenticate, then find and run the operation (in a worker thread)."""
+        operation: str | None = None
+        unknown: ProtocolError | None = None
+        try:
+            operation = _operation(request.headers.get("x-amz-target"))
+        except ProtocolError as exc:
+            unknown = exc  # answered once the caller is known: strangers learn nothing
         try:
             ctx = authenticate(request, raw)
-            operation = _operation(request.headers.get("x-amz-target"))
         except AuthError as exc:
             return _error(exc.aws_code, exc.message, exc.status)
-        except ProtocolError as exc:
-            return _error(exc.code, exc.message, exc.status)
+        if operation is None:
+            assert unknown is not None
+            return _error(unknown.code, unknown.message, unknown.status)
         return _call(service, tokens, operation, raw, body_limits, ctx)
 
     @app.post("/")

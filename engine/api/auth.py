@@ -1,8 +1,8 @@
 """Who is calling, at the HTTP edge: request ids, SigV4 on every request, anonymous mode.
 
 :func:`authenticate` is the one entry point every route that serves CodePipeline calls (or
-reads the event stream) uses: ``ctx = authenticate(request, raw_body)``, in a worker thread
-(it may read the principals file and writes the signature to Redis), then
+reads the event stream) uses: ``ctx = authenticate(request, raw_body)``, in a
+worker thread (it may read the principals file and writes the signature to Redis), then
 ``with acting_as(ctx): ...``. It raises :class:`~engine.auth.sigv4.AuthError` (``aws_code``,
 ``status``) for a request it refuses, after logging the refusal; the route answers in its
 protocol's error shape. :class:`RequestIds` gives every response an ``x-amzn-RequestId``,
@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine.auth.context import RequestContext
 from engine.auth.keys import AuthSources, KeyConfigError, KeyRing
 from engine.auth.principals import ANONYMOUS
-from engine.auth.replay import ReplayGuard
+from engine.auth.replay import PER_CALL_HEADERS, ReplayGuard, replay_key
 from engine.auth.sigv4 import AuthError, ReceivedRequest, UnrecognizedClientError, verify
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class Authenticator:
         host_url = f"{request.url.scheme}://{received.header('host') or ''}"
         try:
             auth = verify(received, self.keys.secrets(), now=self.clock(), host_url=host_url)
-            self.replay.claim(auth.signature)
+            per_call = tuple(received.header(h) for h in PER_CALL_HEADERS)
+            self.replay.claim(replay_key(auth.signature, per_call))
             identity = self.keys.lookup(auth.access_key)
             if identity is None:  # removed from the file just now
                 raise UnrecognizedClientError(
