@@ -246,6 +246,17 @@ def keys_create(principal: str, roles: tuple[str, ...], path: Path | None) -> No
     click.echo(f"aws_secret_access_key = {secret}")
 
 
+@keys_group.command("generate")
+def keys_generate() -> None:
+    """Print a fresh key pair for the workers' identity, as conveyor.env lines, writing
+    nothing (the API accepts it as principal conveyor-workers: operator and job-worker)."""
+    from engine.auth.keys import generate_key_pair
+
+    key_id, secret = generate_key_pair()
+    click.echo(f"CONVEYOR_API_ACCESS_KEY_ID={key_id}")
+    click.echo(f"CONVEYOR_API_SECRET_ACCESS_KEY={secret}")
+
+
 @keys_group.command("new-encryption-key")
 def keys_new_encryption_key() -> None:
     """Print a fresh key for CONVEYOR_AUTH_KEY_ENCRYPTION_KEY (keep it out of the principals

@@ -21,6 +21,7 @@ is logged and the keys already loaded stay in force.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from engine.errors import ConveyorError
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 1024 * 1024
+PRINCIPALS_FILE = "principals file"
 # IAM's user-name characters; the name appears in AccessDenied messages' user ARN.
 NAME_PATTERN = r"^[\w+=,.@-]{1,64}$"
 ACCESS_KEY_PATTERN = r"^[A-Za-z0-9]{16,128}$"
@@ -149,6 +151,14 @@ def read_private(path: Path, what: str) -> str:
             )
         with path.open("rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        hint = (
+            f" (`conveyor keys create --principal admin --role admin --file {path}` makes "
+            "it with a first key)"
+            if what == PRINCIPALS_FILE
+            else ""
+        )
+        raise KeyConfigError(f"{what} {path} does not exist{hint}") from None
     except OSError as exc:
         raise KeyConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
@@ -287,7 +297,7 @@ class KeyRing:
         stamp = None
         if path is not None:
             stamp = self._file_stamp(path)
-            text = read_private(path, "principals file")
+            text = read_private(path, PRINCIPALS_FILE)
             for i, entry in enumerate(parse_principals(text, str(path)).principals):
                 principal = Principal(entry.name, frozenset(entry.roles))
                 for j, key in enumerate(entry.keys):
@@ -346,7 +356,7 @@ def add_key(
     by ``roles`` if given) and write it to the file (created 0600, replaced atomically); the
     new (access key id, secret)."""
     if path.exists():
-        current = parse_principals(read_private(path, "principals file"), str(path))
+        current = parse_principals(read_private(path, PRINCIPALS_FILE), str(path))
     else:
         current = PrincipalsFile()
     key_id, secret = generate_key_pair()
@@ -373,6 +383,10 @@ def add_key(
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+        if path.exists():  # root adding a key keeps the file the API's user's
+            owner = path.stat()
+            with contextlib.suppress(PermissionError):
+                os.fchown(f.fileno(), owner.st_uid, owner.st_gid)
         json.dump(data, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)

@@ -249,7 +249,7 @@ def test_the_workers_key_is_an_operator_and_job_worker(api: ApiServer) -> None:
     settings = Settings(
         auth_principals_file=None,
         api_access_key_id=WORKERS.access_key_id,
-        api_secret_access_key=WORKERS.secret_access_key,  # type: ignore[arg-type]
+        api_secret_access_key=WORKERS.secret_access_key,
     )
     auth = Authenticator.from_settings(settings, api.redis)
     assert auth.keys is not None

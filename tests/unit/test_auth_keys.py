@@ -110,7 +110,7 @@ def test_settings_keys_join_the_file(tmp_path: Path) -> None:
     settings = Settings(
         auth_principals_file=path,
         auth_admin_access_key_id="AKIAADMIN00000000001",
-        auth_admin_secret_access_key="a",  # type: ignore[arg-type]
+        auth_admin_secret_access_key="a",
     )
     ring = KeyRing(AuthSources.from_settings(settings))
     assert {k: i.principal.name for k, i in ring.lookup_all().items()} == {
