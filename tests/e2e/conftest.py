@@ -17,11 +17,11 @@ import uvicorn
 
 from engine.api import create_app
 from engine.api.auth import Authenticator
-from engine.auth.keys import AuthSources, KeyRing
-from engine.auth.principals import Role
+from engine.auth.keys import WORKER_ROLES, AuthSources, Identity, KeyRing
+from engine.auth.principals import Principal, Role
 from engine.service import Service
 from engine.store import Store
-from tests.auth_support import ADMIN, Principals, TestKey, codepipeline
+from tests.auth_support import ADMIN, WORKERS, Principals, TestKey, codepipeline
 from tests.e2e.api_support import BUCKET, registry
 from tests.helpers import wait_for
 from workers import devstack
@@ -41,8 +41,13 @@ class ApiServer:
 
 
 def signing_authenticator(principals: Principals, r: redis.Redis) -> Authenticator:
-    """SigV4 with the session's principals file, as ``conveyor api`` runs in the tests."""
-    return Authenticator.sigv4(KeyRing(AuthSources(principals_file=principals.path)), r)
+    """SigV4 with the session's principals file and the workers' key, as ``conveyor api``
+    runs in the tests."""
+    workers = Identity(
+        Principal(WORKERS.principal, WORKER_ROLES), WORKERS.access_key_id, WORKERS.secret_access_key
+    )
+    sources = AuthSources(principals_file=principals.path, static=(workers,))
+    return Authenticator.sigv4(KeyRing(sources), r)
 
 
 @pytest.fixture(scope="session")
