@@ -148,6 +148,7 @@ def api(host: str | None, port: int | None) -> None:
     from engine.webhooks import WebhookConfig, WebhookConfigError
     from workers.runtime import Runtime
 
+    _logging("INFO")  # refusals and the anonymous-mode warning, with time and level
     settings = Settings()
     limits = BodyLimits(
         max_body_bytes=settings.api_max_body_bytes,
