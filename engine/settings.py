@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # too, as principal ``conveyor-workers``, so one env file serves every process.
     api_access_key_id: str | None = None
     api_secret_access_key: SecretStr | None = None
+    # The identity Lambda-style handlers (user code) sign their job results with: the API
+    # accepts it as principal ``conveyor-handlers``, job-worker only. Unset: handlers get
+    # the workers' key above.
+    api_handler_access_key_id: str | None = None
+    api_handler_secret_access_key: SecretStr | None = None
     # Versions of one pipeline kept; UpdatePipeline drops the oldest beyond this.
     max_pipeline_versions: int = Field(default=100, ge=1)
 
@@ -143,6 +148,8 @@ class Settings(BaseSettings):
         "auth_admin_secret_access_key",
         "api_access_key_id",
         "api_secret_access_key",
+        "api_handler_access_key_id",
+        "api_handler_secret_access_key",
         mode="before",
     )
     @classmethod

@@ -166,6 +166,8 @@ class Job:
     # that report back or start pipelines through it; the worker fills it from its settings.
     api_endpoint: str | None = None
     api_credentials: ApiCredentials | None = None
+    # The key the handlers a provider runs (Lambda-style functions) sign job results with.
+    handler_api_credentials: ApiCredentials | None = None
     # The input directories are this attempt's own and nothing reads them after ``run``:
     # a provider may move them rather than copy them (a build's source tree of thousands of
     # files: creating each file again costs more than the build). The worker sets it.

@@ -189,7 +189,7 @@ class LambdaInvoke(Provider):
             outputs=job.output_locations,
             s3=job.s3,
             api_endpoint=job.api_endpoint,
-            api_credentials=job.api_credentials,
+            api_credentials=job.handler_api_credentials,
             deadline=job.deadline,
             cancelled=job.cancelled,
             workdir=job.workdir,

@@ -28,7 +28,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from engine.auth.keys import WORKERS_PRINCIPAL, generate_key_pair
+from engine.auth.keys import HANDLERS_PRINCIPAL, WORKERS_PRINCIPAL, generate_key_pair
 from engine.auth.principals import Role
 
 REGION = "us-east-1"
@@ -51,6 +51,9 @@ ADMIN = TestKey("test-admin", "AKIATESTADMIN0000001", "test-admin-secret-0000000
 WORKERS = TestKey(
     WORKERS_PRINCIPAL, "AKIATESTWORKERS00001", "test-workers-secret-000000000000000000000"
 )
+HANDLERS = TestKey(
+    HANDLERS_PRINCIPAL, "AKIATESTHANDLERS0001", "test-handlers-secret-00000000000000000000"
+)
 
 
 def auth_env(principals_file: Path) -> dict[str, str]:
@@ -60,6 +63,8 @@ def auth_env(principals_file: Path) -> dict[str, str]:
         "CONVEYOR_AUTH_PRINCIPALS_FILE": str(principals_file),
         "CONVEYOR_API_ACCESS_KEY_ID": WORKERS.access_key_id,
         "CONVEYOR_API_SECRET_ACCESS_KEY": WORKERS.secret_access_key,
+        "CONVEYOR_API_HANDLER_ACCESS_KEY_ID": HANDLERS.access_key_id,
+        "CONVEYOR_API_HANDLER_SECRET_ACCESS_KEY": HANDLERS.secret_access_key,
     }
 
 

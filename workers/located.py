@@ -9,6 +9,8 @@ provider succeeds, the object there is what is recorded, so it must exist by the
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from engine.definition import ActionDeclaration
 from engine.execution import ActionState, ExecutionState
 from engine.settings import Settings
@@ -69,9 +71,18 @@ def job_channel(
 
 
 def api_credentials(settings: Settings) -> ApiCredentials | None:
-    """The key workers sign Conveyor API calls with (their own, and their handlers')."""
-    if settings.api_access_key_id is None or settings.api_secret_access_key is None:
+    """The key workers sign their own Conveyor API calls with (Invoke/CodePipeline)."""
+    return _pair(settings.api_access_key_id, settings.api_secret_access_key)
+
+
+def handler_api_credentials(settings: Settings) -> ApiCredentials | None:
+    """The key Lambda-style handlers sign their job results with: their own (job-worker
+    only) if configured, else the workers'."""
+    own = _pair(settings.api_handler_access_key_id, settings.api_handler_secret_access_key)
+    return own or api_credentials(settings)
+
+
+def _pair(key_id: str | None, secret: SecretStr | None) -> ApiCredentials | None:
+    if key_id is None or secret is None:
         return None
-    return ApiCredentials(
-        settings.api_access_key_id, settings.api_secret_access_key.get_secret_value()
-    )
+    return ApiCredentials(key_id, secret.get_secret_value())

@@ -21,7 +21,7 @@ from providers.lambda_invoke import Invocation, pipeline_context, run_function
 from providers.sandbox import base_environment
 from workers.artifacts import ArtifactRef
 from workers.attempts import run_attempt
-from workers.located import api_credentials, job_channel
+from workers.located import handler_api_credentials, job_channel
 from workers.runtime import Runtime
 
 log = logging.getLogger("conveyor.rules")
@@ -119,7 +119,7 @@ def _lambda_rule(
         outputs={},
         s3=S3Access(s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key, s.s3_region),
         api_endpoint=s.api_endpoint,
-        api_credentials=api_credentials(s),
+        api_credentials=handler_api_credentials(s),
         deadline=rr.deadline,
         cancelled=cancelled,
         workdir=root,

@@ -25,6 +25,7 @@ from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
 from workers.located import (
     api_credentials,
+    handler_api_credentials,
     input_locations,
     job_channel,
     output_locations,
@@ -115,6 +116,7 @@ def execute(
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
                     api_credentials=api_credentials(s),
+                    handler_api_credentials=handler_api_credentials(s),
                     pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
                     account_id=s.account_id,
                     inputs_disposable=True,

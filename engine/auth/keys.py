@@ -52,6 +52,8 @@ ACCESS_KEY_PATTERN = r"^[A-Za-z0-9]{16,128}$"
 ADMIN_PRINCIPAL = "admin"
 WORKERS_PRINCIPAL = "conveyor-workers"
 WORKER_ROLES = frozenset({Role.OPERATOR, Role.JOB_WORKER})
+HANDLERS_PRINCIPAL = "conveyor-handlers"
+HANDLER_ROLES = frozenset({Role.JOB_WORKER})
 
 
 class KeyConfigError(ConveyorError):
@@ -227,6 +229,13 @@ class AuthSources:
                 settings.api_access_key_id,
                 settings.api_secret_access_key,
                 "CONVEYOR_API",
+            ),
+            (
+                HANDLERS_PRINCIPAL,
+                HANDLER_ROLES,
+                settings.api_handler_access_key_id,
+                settings.api_handler_secret_access_key,
+                "CONVEYOR_API_HANDLER",
             ),
         )
         for name, roles, key_id, secret, env in pairs:

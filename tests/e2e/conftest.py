@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, Protocol
 
 import pytest
@@ -17,11 +17,11 @@ import uvicorn
 
 from engine.api import create_app
 from engine.api.auth import Authenticator
-from engine.auth.keys import WORKER_ROLES, AuthSources, Identity, KeyRing
+from engine.auth.keys import HANDLER_ROLES, WORKER_ROLES, AuthSources, Identity, KeyRing
 from engine.auth.principals import Principal, Role
 from engine.service import Service
 from engine.store import Store
-from tests.auth_support import ADMIN, WORKERS, Principals, TestKey, codepipeline
+from tests.auth_support import ADMIN, HANDLERS, WORKERS, Principals, TestKey, codepipeline
 from tests.e2e.api_support import BUCKET, registry
 from tests.helpers import wait_for
 from workers import devstack
@@ -43,10 +43,11 @@ class ApiServer:
 def signing_authenticator(principals: Principals, r: redis.Redis) -> Authenticator:
     """SigV4 with the session's principals file and the workers' key, as ``conveyor api``
     runs in the tests."""
-    workers = Identity(
-        Principal(WORKERS.principal, WORKER_ROLES), WORKERS.access_key_id, WORKERS.secret_access_key
+    static = (
+        Identity(Principal(WORKERS.principal, WORKER_ROLES), *astuple(WORKERS)[1:]),
+        Identity(Principal(HANDLERS.principal, HANDLER_ROLES), *astuple(HANDLERS)[1:]),
     )
-    sources = AuthSources(principals_file=principals.path, static=(workers,))
+    sources = AuthSources(principals_file=principals.path, static=static)
     return Authenticator.sigv4(KeyRing(sources), r)
 
 

@@ -32,7 +32,16 @@ from engine.auth.keys import KeyConfigError
 from engine.auth.principals import ROLE_OPERATIONS, Role
 from engine.awsmodel import service_model
 from engine.settings import Settings
-from tests.auth_support import ADMIN, Principals, TestKey, codepipeline, sign, signed_get
+from tests.auth_support import (
+    ADMIN,
+    HANDLERS,
+    WORKERS,
+    Principals,
+    TestKey,
+    codepipeline,
+    sign,
+    signed_get,
+)
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer, PrincipalClient
 from workers.cli_client import register
@@ -243,19 +252,26 @@ def test_the_resource_of_a_create_is_the_declared_pipeline(
     assert viewer.list_pipelines()["pipelines"] == []
 
 
-def test_the_workers_key_is_an_operator_and_job_worker(api: ApiServer) -> None:
-    from tests.auth_support import WORKERS
-
+def test_the_workers_and_handlers_keys_have_their_roles(api: ApiServer) -> None:
     settings = Settings(
         auth_principals_file=None,
         api_access_key_id=WORKERS.access_key_id,
         api_secret_access_key=WORKERS.secret_access_key,
+        api_handler_access_key_id=HANDLERS.access_key_id,
+        api_handler_secret_access_key=HANDLERS.secret_access_key,
     )
     auth = Authenticator.from_settings(settings, api.redis)
     assert auth.keys is not None
-    identity = auth.keys.lookup(WORKERS.access_key_id)
-    assert identity is not None
-    assert identity.principal.roles == {Role.OPERATOR, Role.JOB_WORKER}
+    workers = auth.keys.lookup(WORKERS.access_key_id)
+    handlers = auth.keys.lookup(HANDLERS.access_key_id)
+    assert workers is not None and handlers is not None
+    assert workers.principal.roles == {Role.OPERATOR, Role.JOB_WORKER}
+    assert handlers.principal.roles == {Role.JOB_WORKER}
+    # Through the API: a handler's key answers jobs but cannot start a pipeline.
+    with pytest.raises(ClientError) as exc:
+        codepipeline(api.url, HANDLERS).start_pipeline_execution(name="p")
+    assert code_of(exc) == "AccessDeniedException"
+    assert "user/conveyor-handlers" in str(exc.value)
 
 
 # ---------------------------------------------------------------------------- configuration
