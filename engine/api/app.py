@@ -76,6 +76,28 @@ def _operation(target: str | None) -> str:
     return name  # one the model declares but Conveyor does not serve: refused in _call
 
 
+def _refusal(
+    ctx: RequestContext, operation: str, body: dict[str, Any] | None, service: Service
+) -> Response | None:
+    """The AccessDenied answer (logged) if ``ctx``'s roles do not allow ``operation``."""
+    try:
+        authorize(ctx.principal, operation, body, service.store.account)
+    except AuthError as exc:
+        log_refusal(ctx.request_id, ctx.source_ip, ctx.principal.name, operation, exc)
+        return _error(exc.aws_code, exc.message, exc.status)
+    return None
+
+
+def _caller(request: Request, raw: bytes) -> RequestContext | Response:
+    """Who sent ``request``, or the answer refusing it (403, or 503 without Redis)."""
+    try:
+        return authenticate(request, raw)
+    except AuthError as exc:
+        return _error(exc.aws_code, exc.message, exc.status)
+    except ServiceUnavailableError as exc:
+        return _error(exc.aws_code, exc.message, 503)
+
+
 def _call(
     service: Service,
     tokens: PageTokens,
@@ -92,11 +114,9 @@ def _call(
         body = parse_body(raw, limits)
     except ProtocolError as exc:
         unparsed = exc  # answered after authorization: a stranger learns nothing from it
-    try:
-        authorize(ctx.principal, operation, body, service.store.account)
-    except AuthError as exc:
-        log_refusal(ctx.request_id, ctx.source_ip, ctx.principal.name, operation, exc)
-        return _error(exc.aws_code, exc.message, exc.status)
+    denied = _refusal(ctx, operation, body, service)
+    if denied is not None:
+        return denied
     if operation not in OPERATIONS:
         return _error(
             "UnknownOperationException", f"operation {operation} is not supported by Conveyor"
@@ -159,10 +179,9 @@ def create_app(
             operation = _operation(request.headers.get("x-amz-target"))
         except ProtocolError as exc:
             unknown = exc  # answered once the caller is known: strangers learn nothing
-        try:
-            ctx = authenticate(request, raw)
-        except AuthError as exc:
-            return _error(exc.aws_code, exc.message, exc.status)
+        ctx = _caller(request, raw)
+        if isinstance(ctx, Response):
+            return ctx
         if operation is None:
             assert unknown is not None
             return _error(unknown.code, unknown.message, unknown.status)
@@ -196,15 +215,12 @@ def create_app(
     ) -> Response:
         """Events after stream id ``after``; pass the last ``id`` back to read on. Signed
         like any API call (a GET with an empty body), by a principal who may read."""
-        try:
-            ctx = authenticate(request, b"")
-        except AuthError as exc:
-            return _error(exc.aws_code, exc.message, exc.status)
-        try:
-            authorize(ctx.principal, EVENTS_OPERATION, None, service.store.account)
-        except AuthError as exc:
-            log_refusal(ctx.request_id, ctx.source_ip, ctx.principal.name, "/events", exc)
-            return _error(exc.aws_code, exc.message, exc.status)
+        ctx = _caller(request, b"")
+        if isinstance(ctx, Response):
+            return ctx
+        denied = _refusal(ctx, EVENTS_OPERATION, None, service)
+        if denied is not None:
+            return denied
         try:
             rows = service.store.events.read(after, count)
         except ServiceUnavailableError as exc:
