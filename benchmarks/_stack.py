@@ -29,6 +29,7 @@ import boto3
 import psutil
 from botocore.config import Config
 
+from engine.auth.keys import generate_key_pair
 from workers import devstack
 from workers.devstack import Service
 
@@ -87,8 +88,8 @@ class Bench:
             "codepipeline",
             endpoint_url=self.api_url,
             region_name="us-east-1",
-            aws_access_key_id="conveyor",
-            aws_secret_access_key="conveyor",
+            aws_access_key_id=self.env["CONVEYOR_AUTH_ADMIN_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["CONVEYOR_AUTH_ADMIN_SECRET_ACCESS_KEY"],
             config=Config(
                 retries={"max_attempts": max_attempts, "mode": "standard"},
                 read_timeout=120,
@@ -207,9 +208,14 @@ def bench_stack(keep: bool = False) -> Iterator[Bench]:
         started.append(redis_svc)
         s3_svc = devstack.start_s3(workdir=workdir / "s3")
         started.append(s3_svc)
+        admin_key, admin_secret = generate_key_pair()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
             **devstack.service_env(redis_svc, s3_svc),
+            # Measured as deployed: every API call signed and verified (SigV4).
+            "CONVEYOR_AUTH_MODE": "sigv4",
+            "CONVEYOR_AUTH_ADMIN_ACCESS_KEY_ID": admin_key,
+            "CONVEYOR_AUTH_ADMIN_SECRET_ACCESS_KEY": admin_secret,
             "CONVEYOR_WORKDIR": str(workdir / "scratch"),
             # Each run starts the executions it times; none on CreatePipeline.
             "CONVEYOR_START_ON_CREATE": "false",

@@ -19,11 +19,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import boto3
+from botocore import UNSIGNED
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    NoCredentialsError,
 )
 from botocore.httpsession import URLLib3Session
 
@@ -31,8 +33,12 @@ from engine.definition import parse_document, read_text
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8484"
 ENDPOINT_ENV = "CONVEYOR_API_URL"
-# Auth is not enforced by the server, but botocore refuses to send unsigned requests.
-DUMMY_KEY = "conveyor"
+DEFAULT_REGION = "us-east-1"
+NO_CREDENTIALS_HINT = (
+    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, add them to "
+    "~/.aws/credentials, or name a profile (--profile / AWS_PROFILE); "
+    "`conveyor keys create` makes a key"
+)
 TERMINAL = frozenset({"Succeeded", "Failed", "Stopped", "Superseded", "Cancelled"})
 
 Definition = dict[str, Any] | str | Path
@@ -105,9 +111,41 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         return f"{err.get('Code', 'Error')}: {err.get('Message') or str(exc)}"
+    if isinstance(exc, NoCredentialsError):
+        return f"NoCredentialsError: {NO_CREDENTIALS_HINT}"
     if isinstance(exc, BotoCoreError):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def codepipeline_client(
+    endpoint_url: str,
+    *,
+    profile: str | None = None,
+    region_name: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    config: Config | None = None,
+) -> Any:
+    """boto3's codepipeline client for Conveyor's API, signing as boto3 and the AWS CLI do:
+    explicit keys if given, else the default credential chain (environment, shared
+    credentials and config files, ``profile`` / ``AWS_PROFILE``). With no credentials at
+    all it sends unsigned requests, which only an API in anonymous mode accepts (a signing
+    one answers MissingAuthenticationTokenException, saying how to sign)."""
+    session = boto3.Session(
+        profile_name=profile,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+    )
+    config = config or Config()
+    if session.get_credentials() is None:
+        config = config.merge(Config(signature_version=UNSIGNED))
+    return session.client(
+        "codepipeline",
+        endpoint_url=endpoint_url,
+        region_name=region_name or session.region_name or DEFAULT_REGION,
+        config=config,
+    )
 
 
 class ConveyorClient:
@@ -115,17 +153,22 @@ class ConveyorClient:
         self,
         endpoint_url: str | None = None,
         *,
-        region_name: str = "us-east-1",
+        region_name: str | None = None,
         timeout: float = 30.0,
         client: Any = None,
+        profile: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
     ) -> None:
+        """Credentials: ``access_key_id``/``secret_access_key`` if given, else boto3's
+        default chain (``profile`` names a profile of the shared files)."""
         self.endpoint_url = endpoint_url or default_endpoint()
-        self.cp: Any = client or boto3.client(
-            "codepipeline",
-            endpoint_url=self.endpoint_url,
+        self.cp: Any = client or codepipeline_client(
+            self.endpoint_url,
+            profile=profile,
             region_name=region_name,
-            aws_access_key_id=DUMMY_KEY,
-            aws_secret_access_key=DUMMY_KEY,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
             config=Config(
                 connect_timeout=timeout,
                 read_timeout=timeout,

@@ -166,6 +166,14 @@ CAS_RETRIES = f"{PREFIX}:stats:cas_retries"  # counter: compare-and-set conflict
 AUDIT = f"{PREFIX}:audit"  # stream: one record per API request that changed or was refused
 AUDIT_FAILURES = f"{PREFIX}:stats:audit_failures"  # counter: audit records not written
 
+# ---------------------------------------------------------------------------- auth
+
+
+def seen_signature(signature: str) -> str:
+    """String with TTL: a SigV4 signature already accepted (replays are refused)."""
+    return f"{PREFIX}:auth:signature:{signature}"
+
+
 # ---------------------------------------------------------------------------- webhooks
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.arns import DEFAULT_ACCOUNT_ID, Account
+
+AuthMode = Literal["sigv4", "anonymous"]
 
 
 class Settings(BaseSettings):
@@ -61,6 +64,28 @@ class Settings(BaseSettings):
     audit_max_entries: int = Field(default=1_000_000, ge=1000)
     audit_fsync: bool = True
     audit_reads: bool = False
+    # Who may call the API (engine.auth). ``sigv4``: every request is signed with a key
+    # from the principals file (YAML or JSON, mode 0600; reloaded when it changes) or the
+    # admin key below. ``anonymous``: no checks at all, for local development only.
+    auth_mode: AuthMode = "sigv4"
+    auth_principals_file: Path | None = None
+    # Fernet key that decrypts ``secretAccessKeyEncrypted`` in the principals file (SigV4
+    # needs the secret itself, so it cannot be hashed), as a value or a file holding it.
+    auth_key_encryption_key: SecretStr | None = None
+    auth_key_encryption_key_file: Path | None = None
+    # One admin key straight from settings, for small installs.
+    auth_admin_access_key_id: str | None = None
+    auth_admin_secret_access_key: SecretStr | None = None
+    # The identity workers sign their API calls with (Invoke/CodePipeline, Lambda handlers'
+    # job results): a principal with the operator and job-worker roles. The API accepts it
+    # too, as principal ``conveyor-workers``, so one env file serves every process.
+    api_access_key_id: str | None = None
+    api_secret_access_key: SecretStr | None = None
+    # The identity Lambda-style handlers (user code) sign their job results with: the API
+    # accepts it as principal ``conveyor-handlers``, job-worker only. Unset: handlers get
+    # the workers' key above.
+    api_handler_access_key_id: str | None = None
+    api_handler_secret_access_key: SecretStr | None = None
     # Versions of one pipeline kept; UpdatePipeline drops the oldest beyond this.
     max_pipeline_versions: int = Field(default=100, ge=1)
     # CreatePipeline starts the pipeline's first execution (trigger type CreatePipeline), as
@@ -135,6 +160,15 @@ class Settings(BaseSettings):
         "webhook_public_url",
         "audit_file",
         "s3_gateway_url",
+        "auth_principals_file",
+        "auth_key_encryption_key",
+        "auth_key_encryption_key_file",
+        "auth_admin_access_key_id",
+        "auth_admin_secret_access_key",
+        "api_access_key_id",
+        "api_secret_access_key",
+        "api_handler_access_key_id",
+        "api_handler_secret_access_key",
         mode="before",
     )
     @classmethod

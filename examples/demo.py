@@ -589,7 +589,7 @@ class Demo:
             f"s3://{lay.production_bucket}/index.html -"
         )
         self.say(
-            f"    the pipeline  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws codepipeline "
+            f"    the pipeline  aws --no-sign-request codepipeline "
             f"--endpoint-url {self.stack.api_url} --region us-east-1 get-pipeline-state "
             f"--name {shlex.quote(lay.name)}"
         )

@@ -80,6 +80,15 @@ class S3Access:
 
 
 @dataclass(frozen=True)
+class ApiCredentials:
+    """The access key workers sign Conveyor API calls with (CONVEYOR_API_ACCESS_KEY_ID /
+    _SECRET_ACCESS_KEY); None where the API runs anonymous."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class ArtifactObject:
     """An artifact as an object in the artifact store, for providers that hand locations to
     code that reads and writes the store itself (a Lambda function) instead of directories."""
@@ -168,6 +177,9 @@ class Job:
     # Conveyor's own API (CodePipeline-compatible), for providers and the handlers they run
     # that report back or start pipelines through it; the worker fills it from its settings.
     api_endpoint: str | None = None
+    api_credentials: ApiCredentials | None = None
+    # The key the handlers a provider runs (Lambda-style functions) sign job results with.
+    handler_api_credentials: ApiCredentials | None = None
     # The input directories are this attempt's own and nothing reads them after ``run``:
     # a provider may move them rather than copy them (a build's source tree of thousands of
     # files: creating each file again costs more than the build). The worker sets it.

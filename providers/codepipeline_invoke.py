@@ -18,6 +18,7 @@ import time
 from typing import Any, Literal
 
 import boto3
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
@@ -27,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from providers.base import (
     ActionFailed,
     ActionTypeId,
+    ApiCredentials,
     Category,
     Job,
     Provider,
@@ -140,7 +142,7 @@ class PipelineInvoke(Provider):
             raise ActionFailed(
                 "Invoke/CodePipeline needs Conveyor's API: set CONVEYOR_API_URL on the workers"
             )
-        client = _client(job.api_endpoint, job.s3.region)
+        client = _client(job.api_endpoint, job.s3.region, job.api_credentials)
         settings = InvokeSettings()
         execution_id = self._start(client, job, config)
         job.log.write(f"started pipeline '{target}': execution {execution_id}\n")
@@ -234,18 +236,27 @@ class _Stopped(Exception):
         self.why = why
 
 
-def _client(endpoint: str, region: str) -> Any:
-    # Conveyor's API takes any signature; fixed keys keep the worker's own credentials
-    # (and an AWS profile on the host) out of requests that never go to AWS.
+def _client(endpoint: str, region: str, credentials: ApiCredentials | None) -> Any:
+    # The workers' own API key, never the default credential chain: an AWS profile or keys
+    # on the host have no business in requests that never go to AWS. Without a key (an API
+    # in anonymous mode) the requests go unsigned.
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=30
+    )
+    if credentials is None:
+        return boto3.client(
+            "codepipeline",
+            endpoint_url=endpoint,
+            region_name=region,
+            config=config.merge(Config(signature_version=UNSIGNED)),
+        )
     return boto3.client(
         "codepipeline",
         endpoint_url=endpoint,
         region_name=region,
-        aws_access_key_id="conveyor",
-        aws_secret_access_key="conveyor",
-        config=Config(
-            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=30
-        ),
+        aws_access_key_id=credentials.access_key_id,
+        aws_secret_access_key=credentials.secret_access_key,
+        config=config,
     )
 
 

@@ -38,6 +38,7 @@ from providers.base import (
     DEFAULT_ACCOUNT_ID,
     ActionFailed,
     ActionTypeId,
+    ApiCredentials,
     ArtifactObject,
     Category,
     Job,
@@ -161,6 +162,8 @@ class Invocation:
     # The jobs' temporary artifact credentials (AWSSessionCredentials); issued through the
     # job channel by run_function when not given.
     credentials: dict[str, str] | None = None
+    # The identity the handler's boto3 signs its job results with (the workers' API key).
+    api_credentials: ApiCredentials | None = None
 
 
 @dataclass
@@ -194,6 +197,7 @@ class LambdaInvoke(Provider):
             outputs=job.output_locations,
             s3=job.s3,
             api_endpoint=job.api_endpoint,
+            api_credentials=job.handler_api_credentials,
             deadline=job.deadline,
             cancelled=job.cancelled,
             workdir=job.workdir,
@@ -359,12 +363,15 @@ def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, 
     """The environment of the handler's process: the worker's, without its settings and
     identity, plus what a Lambda's boto3 needs to reach Conveyor and the artifact store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(HIDDEN_PREFIXES)}
-    credentials = inv.credentials or {}
+    # The default credentials are for the codepipeline endpoint only (job results): the
+    # workers' API key. Artifacts are reached with the event's artifactCredentials (scoped
+    # to the job, valid at the S3 gateway AWS_ENDPOINT_URL_S3 names), as on AWS. An
+    # anonymous API takes any signature, so placeholder keys do there.
+    api = inv.api_credentials or ApiCredentials("anonymous", "anonymous")
     env.update(
         {
-            "AWS_ACCESS_KEY_ID": credentials.get("accessKeyId", ""),
-            "AWS_SECRET_ACCESS_KEY": credentials.get("secretAccessKey", ""),
-            "AWS_SESSION_TOKEN": credentials.get("sessionToken", ""),
+            "AWS_ACCESS_KEY_ID": api.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": api.secret_access_key,
             "AWS_REGION": inv.s3.region,
             "AWS_DEFAULT_REGION": inv.s3.region,
             "AWS_ENDPOINT_URL_S3": gateway_url(inv.s3_gateway, inv.api_endpoint),

@@ -22,6 +22,7 @@ import redis
 
 from engine.errors import ServiceUnavailableError
 from engine.settings import Settings, get_settings
+from tests.auth_support import ADMIN, Principals, auth_env
 from workers import devstack
 from workers.devstack import Service
 
@@ -127,10 +128,40 @@ def private_redis(tmp_path: Path) -> Iterator[Service]:
     service.stop()
 
 
+# --- Authentication -----------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
-def settings_env(redis_service: Service, s3_service: Service) -> dict[str, str]:
-    """``CONVEYOR_*`` variables for processes the tests start (state on db 0, broker db 1)."""
-    return {**devstack.service_env(redis_service, s3_service), **TEST_TIMINGS, **TEST_DEFAULTS}
+def principals(tmp_path_factory: pytest.TempPathFactory) -> Principals:
+    """The session's principals file (tests/auth_support.py): the admin key every fixture
+    client signs with; ``principals.add(["approver"], name="carol")`` adds a key."""
+    return Principals(tmp_path_factory.mktemp("auth") / "principals.json")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_credentials_env() -> Iterator[None]:
+    """Clients built from boto3's default chain in the test process (ConveyorClient, the
+    CLI in-process) sign as the admin; a developer's own AWS profile never reaches a test."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+            mp.delenv(name, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", ADMIN.access_key_id)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", ADMIN.secret_access_key)
+        yield
+
+
+@pytest.fixture(scope="session")
+def settings_env(
+    redis_service: Service, s3_service: Service, principals: Principals
+) -> dict[str, str]:
+    """``CONVEYOR_*`` variables for processes the tests start (state on db 0, broker db 1),
+    authentication on, with the session's principals file and the workers' key."""
+    return {
+        **devstack.service_env(redis_service, s3_service),
+        **TEST_TIMINGS,
+        **TEST_DEFAULTS,
+        **auth_env(principals.path),
+    }
 
 
 def _foreign_conveyor_vars(environ: Mapping[str, str], keep: Mapping[str, str]) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 
+from tests.auth_support import ADMIN, TestKey, codepipeline
 from tests.helpers import wait_for, wait_worker_ready
 from workers import devstack
 from workers.devstack import Service
@@ -24,14 +25,9 @@ class Stack:
     env: dict[str, str]
     processes: dict[str, Service] = field(default_factory=dict)
 
-    def codepipeline(self) -> Any:
-        return boto3.client(
-            "codepipeline",
-            endpoint_url=self.api_url,
-            region_name="us-east-1",
-            aws_access_key_id="conveyor",
-            aws_secret_access_key="conveyor",
-        )
+    def codepipeline(self, key: TestKey = ADMIN) -> Any:
+        """boto3's codepipeline client at the stack's API, signing as ``key``."""
+        return codepipeline(self.api_url, key)
 
     def s3(self) -> Any:
         return boto3.client(

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from engine import keys
+from engine.auth.principals import Role
 from engine.settings import Settings
 
 log = logging.getLogger("conveyor")
@@ -141,12 +142,15 @@ def api(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from engine.api import create_app
+    from engine.api.auth import Authenticator
     from engine.api.parsing import BodyLimits
     from engine.api.s3_gateway import Gateway, Upstream
     from engine.audit import AuditConfig, AuditLog
+    from engine.auth.keys import KeyConfigError
     from engine.webhooks import WebhookConfig, WebhookConfigError
     from workers.runtime import Runtime
 
+    _logging("INFO")  # refusals and the anonymous-mode warning, with time and level
     settings = Settings()
     limits = BodyLimits(
         max_body_bytes=settings.api_max_body_bytes,
@@ -172,8 +176,19 @@ def api(host: str | None, port: int | None) -> None:
             settings.max_artifact_bytes,
         ),
     )
+    try:
+        authenticator = Authenticator.from_settings(settings, rt.service.store.r)
+    except KeyConfigError as exc:
+        raise click.ClickException(exc.message) from None
     uvicorn.run(
-        create_app(rt.service, webhooks, limits, audit, gateway),
+        create_app(
+            rt.service,
+            webhooks,
+            limits,
+            audit=audit,
+            s3_gateway=gateway,
+            authenticator=authenticator,
+        ),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
@@ -208,6 +223,71 @@ def dev(concurrency: int, with_flower: bool, workdir: Path | None) -> None:
         with_flower=with_flower,
         block=True,
     )
+
+
+@cli.group(name="keys")
+def keys_group() -> None:
+    """Access keys for the API (the principals file)."""
+
+
+@keys_group.command("create")
+@click.option("--principal", required=True, help="Who the key is for (created if new).")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice([r.value for r in Role]),
+    help="A role of the principal (repeat for more); replaces its roles when given.",
+)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The principals file [default: CONVEYOR_AUTH_PRINCIPALS_FILE].",
+)
+def keys_create(principal: str, roles: tuple[str, ...], path: Path | None) -> None:
+    """Generate an access key pair for PRINCIPAL and add it to the principals file (created
+    mode 0600; rewritten as JSON). The secret is printed once, in the shared credentials
+    file's format; it is stored encrypted when a key-encryption key is configured. The API
+    picks the key up without a restart."""
+    from engine.auth.keys import AuthSources, KeyConfigError, add_key
+
+    settings = Settings()
+    try:
+        target = path or settings.auth_principals_file
+        if target is None:
+            raise click.UsageError("give --file or set CONVEYOR_AUTH_PRINCIPALS_FILE")
+        encryption_key = AuthSources.from_settings(settings).encryption_key
+        key_id, secret = add_key(
+            target, principal, [Role(r) for r in roles], encryption_key=encryption_key
+        )
+    except KeyConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"# added to {target} for principal {principal}; the secret is not shown again")
+    click.echo(f"[{principal}]")
+    click.echo(f"aws_access_key_id = {key_id}")
+    click.echo(f"aws_secret_access_key = {secret}")
+
+
+@keys_group.command("generate")
+def keys_generate() -> None:
+    """Print a fresh key pair for the workers' identity, as conveyor.env lines, writing
+    nothing (the API accepts it as principal conveyor-workers: operator and job-worker)."""
+    from engine.auth.keys import generate_key_pair
+
+    key_id, secret = generate_key_pair()
+    click.echo(f"CONVEYOR_API_ACCESS_KEY_ID={key_id}")
+    click.echo(f"CONVEYOR_API_SECRET_ACCESS_KEY={secret}")
+
+
+@keys_group.command("new-encryption-key")
+def keys_new_encryption_key() -> None:
+    """Print a fresh key for CONVEYOR_AUTH_KEY_ENCRYPTION_KEY (keep it out of the principals
+    file's directory and backups)."""
+    from engine.auth.keys import new_encryption_key
+
+    click.echo(new_encryption_key())
 
 
 def main() -> None:

@@ -3,8 +3,10 @@
 Every command goes through :class:`engine.client.ConveyorClient` (boto3 underneath), so the
 CLI exercises the same HTTP API as users' own scripts and never reads Redis directly. The
 endpoint comes from ``--endpoint`` (on the root command or any of these groups) or
-``$CONVEYOR_API_URL``. Failures print ``error: <AWS code>: <message>`` and exit 1: a person
-at a terminal wants the reason, not a traceback.
+``$CONVEYOR_API_URL``; requests are signed with the AWS CLI's credentials (environment,
+shared credentials file, ``--profile`` or ``$AWS_PROFILE``). Failures print
+``error: <AWS code>: <message>`` and exit 1: a person at a terminal wants the reason, not a
+traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from engine.client import ENDPOINT_ENV, TERMINAL, ConveyorClient, describe_error
 from engine.errors import ConveyorError
 
 ENDPOINT_META = "conveyor.endpoint"
+PROFILE_META = "conveyor.profile"
 STATUS_STYLE = {
     "InProgress": "bold cyan",
     "Stopping": "yellow",
@@ -74,6 +77,22 @@ def _remember_endpoint(ctx: click.Context, param: click.Parameter, value: str | 
     ctx.meta[ENDPOINT_META] = value
 
 
+def _remember_profile(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[PROFILE_META] = value
+
+
+def _profile_option() -> click.Option:
+    return click.Option(
+        ["--profile"],
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_profile,
+        help="The AWS profile whose credentials sign requests [default: $AWS_PROFILE, "
+        "then the default credential chain]",
+    )
+
+
 def _endpoint_option() -> click.Option:
     return click.Option(
         ["--endpoint"],
@@ -87,7 +106,7 @@ def _endpoint_option() -> click.Option:
 
 def _client() -> ConveyorClient:
     ctx = click.get_current_context()
-    return ConveyorClient(ctx.meta.get(ENDPOINT_META))
+    return ConveyorClient(ctx.meta.get(ENDPOINT_META), profile=ctx.meta.get(PROFILE_META))
 
 
 class _Group(click.Group):
@@ -96,7 +115,7 @@ class _Group(click.Group):
 
 def _group(name: str, help_text: str) -> click.Group:
     group = _Group(name, help=help_text)
-    group.params.append(_endpoint_option())
+    group.params.extend([_endpoint_option(), _profile_option()])
     return group
 
 
@@ -704,9 +723,10 @@ def _stream_order(stream_id: str) -> tuple[int, int]:
 
 
 def register(cli: click.Group) -> None:
-    """Add the client groups to the root command, with a root-level ``--endpoint`` too."""
+    """Add the client groups to the root command, with a root-level ``--endpoint`` and
+    ``--profile`` too."""
     if not any(p.name == "endpoint" for p in cli.params):
-        cli.params.append(_endpoint_option())
+        cli.params.extend([_endpoint_option(), _profile_option()])
     for group in (pipelines, executions, stages, rules, approvals):
         cli.add_command(group)
     if not any(p.name == "endpoint" for p in audit.params):

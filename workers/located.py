@@ -9,10 +9,13 @@ provider succeeds, the object there is what is recorded, so it must exist by the
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from engine.action_types import type_key
 from engine.definition import ActionDeclaration
 from engine.execution import ActionState, ExecutionState
-from providers.base import ActionFailed, ActionTypeId, ArtifactObject, Provider
+from engine.settings import Settings
+from providers.base import ActionFailed, ActionTypeId, ApiCredentials, ArtifactObject, Provider
 from providers.job_worker import JOB_WORKER_OWNERS, JobWorkerAction, provider_class
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key, s3_url
 from workers.jobs import JobQueue, RedisJobChannel
@@ -95,3 +98,21 @@ def declared_provider(rt: Runtime, action_type: ActionTypeId) -> type[Provider] 
         return None
     record = rt.store.action_types.get(type_key(t.owner, t.category.value, t.provider, t.version))
     return provider_class(record.job_worker_type()) if record is not None else None
+
+
+def api_credentials(settings: Settings) -> ApiCredentials | None:
+    """The key workers sign their own Conveyor API calls with (Invoke/CodePipeline)."""
+    return _pair(settings.api_access_key_id, settings.api_secret_access_key)
+
+
+def handler_api_credentials(settings: Settings) -> ApiCredentials | None:
+    """The key Lambda-style handlers sign their job results with: their own (job-worker
+    only) if configured, else the workers'."""
+    own = _pair(settings.api_handler_access_key_id, settings.api_handler_secret_access_key)
+    return own or api_credentials(settings)
+
+
+def _pair(key_id: str | None, secret: SecretStr | None) -> ApiCredentials | None:
+    if key_id is None or secret is None:
+        return None
+    return ApiCredentials(key_id, secret.get_secret_value())

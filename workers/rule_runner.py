@@ -26,7 +26,7 @@ from providers.lambda_invoke import Invocation, run_function
 from providers.sandbox import base_environment
 from workers.artifacts import ArtifactRef
 from workers.attempts import run_attempt
-from workers.located import job_channel
+from workers.located import handler_api_credentials, job_channel
 from workers.runner import build_cache_root, input_revisions
 from workers.runtime import Runtime
 
@@ -185,6 +185,7 @@ def _lambda_rule(
         outputs={},
         s3=S3Access(s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key, s.s3_region),
         api_endpoint=s.api_endpoint,
+        api_credentials=handler_api_credentials(s),
         deadline=rr.deadline,
         cancelled=cancelled,
         workdir=root,

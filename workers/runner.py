@@ -24,7 +24,9 @@ from providers.base import ActionFailed, Category, Job, Provider, Result, S3Acce
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
 from workers.located import (
+    api_credentials,
     declared_provider,
+    handler_api_credentials,
     input_locations,
     job_channel,
     job_queue,
@@ -132,6 +134,8 @@ def execute(
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
                     s3_gateway_url=s.s3_gateway_endpoint,
+                    api_credentials=api_credentials(s),
+                    handler_api_credentials=handler_api_credentials(s),
                     pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
                     account_id=s.account_id,
                     inputs_disposable=True,

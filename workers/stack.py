@@ -13,6 +13,16 @@ from pathlib import Path
 from workers import devstack
 from workers.devstack import Service
 
+# `conveyor dev` and `make demo` are for one person on one machine: the API runs without
+# authentication unless CONVEYOR_AUTH_MODE says otherwise, and says so loudly.
+ANONYMOUS_BANNER = """\
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!  AUTHENTICATION IS OFF: the API runs with CONVEYOR_AUTH_MODE=anonymous.              !!
+!!  Anyone who can reach it can create pipelines and run commands on these workers.     !!
+!!  For local development only; it listens on 127.0.0.1. Deployments sign requests      !!
+!!  with SigV4 (deploy/README.md: `conveyor keys create`).                              !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"""
+
 
 @dataclass
 class DevStack:
@@ -21,6 +31,10 @@ class DevStack:
     env: dict[str, str]
     services: list[Service] = field(default_factory=list)
     flower_url: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.env.get("CONVEYOR_AUTH_MODE") == "anonymous"
 
     def stop(self) -> None:
         devstack.stop_all(reversed(self.services))
@@ -65,9 +79,12 @@ def run_dev_stack(
         **os.environ,
         **devstack.service_env(redis, s3),
         "CONVEYOR_API_PORT": str(port),
+        "CONVEYOR_AUTH_MODE": os.environ.get("CONVEYOR_AUTH_MODE") or "anonymous",
         "PYTHONUNBUFFERED": "1",
     }
     stack = DevStack(workdir, f"http://127.0.0.1:{port}", env, [redis, s3])
+    if stack.anonymous:
+        say(ANONYMOUS_BANNER)
     say(f"redis      {redis.url}  ({redis.origin})")
     say(f"s3         {s3.url}  ({s3.origin})")
 
@@ -108,6 +125,8 @@ def run_dev_stack(
     if stack.flower_url:
         say(f"flower     {stack.flower_url}")
     say(f"logs       {workdir}")
+    if stack.anonymous:
+        say("auth       OFF (anonymous): `aws --no-sign-request` or any keys; local use only")
     if block:
         say("Conveyor is running; press Ctrl-C to stop.")
         stopping = False

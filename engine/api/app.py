@@ -5,9 +5,12 @@ CLI send, so pointing them at Conveyor (``endpoint_url=``) is all a user changes
 HTTP 400 ``{"__type": <CodePipeline error name>, "message": ...}``, mapped from the engine's
 error tree by type (``ConveyorError.aws_code``), never by message text.
 
-Authentication is out of scope for now: SigV4 ``Authorization`` headers are accepted and
-ignored, so any access key works. Put the API behind a proxy that authenticates if it must
-not be open.
+Every request is authenticated with AWS Signature Version 4 (:mod:`engine.api.auth`,
+:mod:`engine.auth`): the keys are the principals file's and the settings', a replayed
+signature is refused, and the principal's roles must allow the operation (else
+``AccessDeniedException`` in AWS's words). ``CONVEYOR_AUTH_MODE=anonymous`` turns this off
+for local development, loudly. Every response carries an ``x-amzn-RequestId``. The webhook
+endpoints authenticate by their own scheme (HMAC signatures); ``/health`` is open.
 
 REST extras: ``GET /health``, ``GET /events?after=<id>`` (the EventBridge-shaped event
 stream, for dashboards and tests that want to watch without polling every execution), and
@@ -21,13 +24,22 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 import redis
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from engine.api.auth import (
+    ANONYMOUS_WARNING,
+    Authenticator,
+    RequestIds,
+    authenticate,
+    claimed_access_key,
+    log_refusal,
+    request_id,
+)
 from engine.api.operations import OPERATIONS
 from engine.api.paging import PageTokens
 from engine.api.parsing import BodyLimits, ProtocolError, parse_body, read_body
@@ -38,10 +50,13 @@ from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
 from engine.api.webhooks_api import install as install_webhooks_v1
 from engine.audit import AUDIT_READ, AuditLog, Outcome
-from engine.auth.context import RequestContext, current
+from engine.auth.access import authorize
+from engine.auth.context import RequestContext, acting_as
 from engine.auth.principals import Role
+from engine.auth.sigv4 import AuthError
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
+from engine.settings import get_settings
 from engine.webhooks import WebhookConfig
 
 log = logging.getLogger(__name__)
@@ -49,6 +64,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_EVENTS_PER_READ = 1000
 MAX_AUDIT_PER_READ = 1000
+# Reading the event stream shows every pipeline's state: it needs what GetPipelineState does.
+EVENTS_OPERATION = "GetPipelineState"
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -70,10 +87,31 @@ def _operation(target: str | None) -> str:
             "UnknownOperationException", f"missing or foreign X-Amz-Target {target!r}"
         )
     name = target[len(prefix) :]
-    if name not in OPERATIONS:
-        why = "is not supported by Conveyor" if name in known_operations() else "does not exist"
-        raise ProtocolError("UnknownOperationException", f"operation {name} {why}")
-    return name
+    if name not in OPERATIONS and name not in known_operations():
+        raise ProtocolError("UnknownOperationException", f"operation {name} does not exist")
+    return name  # one the model declares but Conveyor does not serve: refused in _call
+
+
+def _refusal(
+    ctx: RequestContext, operation: str, body: dict[str, Any] | None, service: Service
+) -> Response | None:
+    """The AccessDenied answer (logged) if ``ctx``'s roles do not allow ``operation``."""
+    try:
+        authorize(ctx.principal, operation, body, service.store.account)
+    except AuthError as exc:
+        log_refusal(ctx.request_id, ctx.source_ip, ctx.principal.name, operation, exc)
+        return _error(exc.aws_code, exc.message, exc.status)
+    return None
+
+
+def _caller(request: Request, raw: bytes) -> RequestContext | Response:
+    """Who sent ``request``, or the answer refusing it (403, or 503 without Redis)."""
+    try:
+        return authenticate(request, raw)
+    except AuthError as exc:
+        return _error(exc.aws_code, exc.message, exc.status)
+    except ServiceUnavailableError as exc:
+        return _error(exc.aws_code, exc.message, 503)
 
 
 def _call(
@@ -82,16 +120,18 @@ def _call(
     operation: str,
     raw: bytes,
     limits: BodyLimits,
+    ctx: RequestContext,
     audit: AuditLog,
 ) -> Response:
     """One operation, answered (:func:`_answer`) and then audited (in a worker thread: the
     service blocks on Redis, and parsing a large body should not hold up the event loop)."""
-    reply = _answer(service, tokens, operation, raw, limits)
+    reply = _answer(service, tokens, operation, raw, limits, ctx)
     # ---- audit: one record of what the request did (engine.audit; never raises) ----
     audit.record_call(
         operation,
         lambda: _body_or_none(raw, limits),
         Outcome.of_reply(reply.status_code, bytes(reply.body)),
+        ctx,
     )
     return reply
 
@@ -104,19 +144,38 @@ def _body_or_none(raw: bytes, limits: BodyLimits) -> dict[str, Any] | None:
 
 
 def _answer(
-    service: Service, tokens: PageTokens, operation: str, raw: bytes, limits: BodyLimits
+    service: Service,
+    tokens: PageTokens,
+    operation: str,
+    raw: bytes,
+    limits: BodyLimits,
+    ctx: RequestContext,
 ) -> Response:
-    """Parse, check and run one operation."""
+    """Authorize, parse, check and run one operation as ``ctx``."""
+    body: dict[str, Any] | None = None
+    unparsed: ProtocolError | None = None
     try:
         body = parse_body(raw, limits)
     except ProtocolError as exc:
-        return _error(exc.code, exc.message, exc.status)
+        unparsed = exc  # answered after authorization: a stranger learns nothing from it
+    denied = _refusal(ctx, operation, body, service)
+    if denied is not None:
+        return denied
+    if operation not in OPERATIONS:
+        return _error(
+            "UnknownOperationException", f"operation {operation} is not supported by Conveyor"
+        )
+    if body is None:
+        assert unparsed is not None
+        return _error(unparsed.code, unparsed.message, unparsed.status)
     problems = check_input(operation, body)
     if problems:
         return _error("ValidationException", problems.message())
     try:
         body = tokens.open(operation, body)
-        return _json(tokens.seal(operation, OPERATIONS[operation](service, body)))
+        with acting_as(ctx):
+            result = OPERATIONS[operation](service, body)
+        return _json(tokens.seal(operation, result))
     except ServiceUnavailableError as exc:
         return _error(exc.aws_code, exc.message, 503)
     except StoreError as exc:
@@ -131,41 +190,68 @@ def _answer(
         )
 
 
-def request_context() -> RequestContext:
-    """The identity a REST request (``GET /audit``) is served for.
-
-    STUB for A1 / the merger: replace with the SigV4 ``authenticate`` dependency. Until
-    then it is whatever :func:`engine.auth.context.current` says (tests set it)."""
-    return current()
-
-
 def create_app(
     service: Service,
     webhooks: WebhookConfig | None = None,
     limits: BodyLimits | None = None,
     audit: AuditLog | None = None,
     s3_gateway: Gateway | None = None,
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
     """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``).
 
     ``webhooks`` configures the git webhook endpoints; without it they refuse every delivery.
     ``limits`` bound what one request body may ask of the parser. ``audit`` is where
     requests are recorded (default: the Redis stream only, reads not recorded).
+    ``authenticator`` decides who calls (default: from the settings; KeyConfigError when
+    signing is on and no key is configured, so an API nobody can call, or everybody can by
+    accident, never starts). ``s3_gateway``: serve job workers' artifact credentials.
     """
     audit_log = audit or AuditLog(service.store.r, service.store.account)
     body_limits = limits or BodyLimits()
     tokens = PageTokens(service.store.r)
+    auth = authenticator or Authenticator.from_settings(get_settings(), service.store.r)
+    if auth.is_anonymous:
+        log.warning(ANONYMOUS_WARNING)
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.authenticator = auth
+    app.add_middleware(RequestIds)
     webhooks = webhooks or WebhookConfig()
     install_webhooks(app, service, webhooks)
     install_webhooks_v1(app, service, webhooks)
     if s3_gateway is not None:  # job workers' artifact credentials (engine.api.s3_gateway)
         install_s3_gateway(app, s3_gateway)
 
+    def serve(request: Request, raw: bytes) -> Response:
+        """Authenticate, then find and run the operation (in a worker thread)."""
+        operation: str | None = None
+        unknown: ProtocolError | None = None
+        try:
+            operation = _operation(request.headers.get("x-amz-target"))
+        except ProtocolError as exc:
+            unknown = exc  # answered once the caller is known: strangers learn nothing
+        ctx = _caller(request, raw)
+        if isinstance(ctx, Response):
+            _audit_refusal(request, operation, ctx)
+            return ctx
+        if operation is None:
+            assert unknown is not None
+            return _error(unknown.code, unknown.message, unknown.status)
+        return _call(service, tokens, operation, raw, body_limits, ctx, audit_log)
+
+    def _audit_refusal(request: Request, operation: str | None, reply: Response) -> None:
+        """Record a request refused before anyone was authenticated (never raises)."""
+        audit_log.record_refusal(
+            operation=operation or request.headers.get("x-amz-target", "")[:100] or None,
+            outcome=Outcome.of_reply(reply.status_code, bytes(reply.body)),
+            request_id=request_id(request),
+            access_key=claimed_access_key(request),
+            source_ip=request.client.host if request.client else None,
+        )
+
     @app.post("/")
     async def codepipeline(request: Request) -> Response:
         try:
-            operation = _operation(request.headers.get("x-amz-target"))
             raw = await read_body(
                 request.headers.get("content-length"), request.stream(), body_limits
             )
@@ -180,19 +266,28 @@ def create_app(
             )
             return reply
         API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
-        return await run_in_threadpool(
-            _call, service, tokens, operation, raw, body_limits, audit_log
-        )
+        return await run_in_threadpool(serve, request, raw)
 
     @app.get("/health")
-    def health() -> dict[str, bool]:
+    def health() -> dict[str, Any]:
+        if auth.is_anonymous:
+            return {"ok": True, "auth": "anonymous", "warning": ANONYMOUS_WARNING}
         return {"ok": True}
 
     @app.get("/events")
     def events(
-        after: str = "0", count: int = Query(default=100, ge=1, le=MAX_EVENTS_PER_READ)
-    ) -> JSONResponse:
-        """Events after stream id ``after``; pass the last ``id`` back to read on."""
+        request: Request,
+        after: str = "0",
+        count: int = Query(default=100, ge=1, le=MAX_EVENTS_PER_READ),
+    ) -> Response:
+        """Events after stream id ``after``; pass the last ``id`` back to read on. Signed
+        like any API call (a GET with an empty body), by a principal who may read."""
+        ctx = _caller(request, b"")
+        if isinstance(ctx, Response):
+            return ctx
+        denied = _refusal(ctx, EVENTS_OPERATION, None, service)
+        if denied is not None:
+            return denied
         try:
             rows = service.store.events.read(after, count)
         except ServiceUnavailableError as exc:
@@ -208,7 +303,7 @@ def create_app(
 
     @app.get("/audit")
     def audit_records(
-        ctx: Annotated[RequestContext, Depends(request_context)],
+        request: Request,
         after: str | None = Query(default=None, max_length=40),
         before: str | None = Query(default=None, max_length=40),
         limit: int = Query(default=100, ge=1, le=MAX_AUDIT_PER_READ),
@@ -221,6 +316,10 @@ def create_app(
         query = {"after": after, "before": before, "pipeline": pipeline}
         query |= {"principal": principal, "operation": operation}
         query = {k: v for k, v in query.items() if v is not None}
+        ctx = _caller(request, b"")
+        if isinstance(ctx, Response):
+            _audit_refusal(request, AUDIT_READ, ctx)
+            return ctx
         if Role.ADMIN not in ctx.principal.roles:
             message = f"principal '{ctx.principal.name}' may not read the audit log (admin only)"
             audit_log.record_call(

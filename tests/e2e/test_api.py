@@ -17,6 +17,7 @@ from engine.api.operations import OPERATIONS
 from engine.api.validation import known_operations
 from engine.execution import ActionResult, ArtifactLocation
 from engine.messages import ActionCompleted
+from tests.auth_support import sign, signed_get
 from tests.e2e.api_support import BUCKET, definition
 from tests.e2e.conftest import ApiServer
 
@@ -36,11 +37,12 @@ def message_of(info: pytest.ExceptionInfo[ClientError]) -> str:
 def raw(
     api: ApiServer, operation: str | None, body: bytes | str, *, target: str | None = None
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """POST without boto3, for requests boto3 would refuse to send."""
+    """POST without boto3, for requests boto3 would refuse to send (signed as the admin)."""
     headers = {"Content-Type": "application/x-amz-json-1.1"}
     if target is not None or operation is not None:
         headers["X-Amz-Target"] = target or f"{TARGET}{operation}"
     data = body.encode() if isinstance(body, str) else body
+    headers = sign("POST", f"{api.url}/", data, headers)
     req = urllib.request.Request(f"{api.url}/", data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -479,14 +481,15 @@ def test_health_and_events(api: ApiServer, cp: Any) -> None:
 
     cp.create_pipeline(pipeline=definition("demo"))
     eid = cp.start_pipeline_execution(name="demo")["pipelineExecutionId"]
-    with urllib.request.urlopen(f"{api.url}/events", timeout=5) as resp:
-        page = json.loads(resp.read())
+    page = signed_get(f"{api.url}/events")
     states = [(e["event"]["detail-type"], e["event"]["detail"]["state"]) for e in page["events"]]
     assert ("CodePipeline Pipeline Execution State Change", "STARTED") in states
     assert all(e["event"]["detail"]["execution-id"] == eid for e in page["events"])
 
-    with urllib.request.urlopen(f"{api.url}/events?after={page['last']}", timeout=5) as resp:
-        assert json.loads(resp.read()) == {"events": [], "last": page["last"]}
+    assert signed_get(f"{api.url}/events?after={page['last']}") == {
+        "events": [],
+        "last": page["last"],
+    }
 
 
 def test_lengths_and_patterns_are_checked_as_codepipeline_does(api: ApiServer) -> None:

@@ -20,6 +20,7 @@ from engine.client import ConveyorClient
 from engine.execution import ActionResult, ArtifactLocation
 from engine.messages import ActionCompleted, RuleCompleted
 from engine.scheduler import MAX_ACTIVE_EXECUTIONS
+from tests.auth_support import sign
 from tests.e2e.api_support import BUCKET, definition, shape_problems
 from tests.e2e.conftest import ApiServer
 
@@ -34,14 +35,13 @@ def code_of(info: pytest.ExceptionInfo[ClientError]) -> str:
 
 def raw(api: ApiServer, operation: str, body: dict[str, Any]) -> dict[str, Any]:
     """The JSON the server answers, before boto3 drops members it does not know."""
+    data = json.dumps(body).encode()
+    headers = {
+        "Content-Type": "application/x-amz-json-1.1",
+        "X-Amz-Target": f"{TARGET}{operation}",
+    }
     req = urllib.request.Request(
-        f"{api.url}/",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/x-amz-json-1.1",
-            "X-Amz-Target": f"{TARGET}{operation}",
-        },
-        method="POST",
+        f"{api.url}/", data=data, headers=sign("POST", f"{api.url}/", data, headers), method="POST"
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         out: dict[str, Any] = json.loads(resp.read())

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from providers.base import ActionFailed, Job, S3Access
+from providers.base import ActionFailed, ApiCredentials, Job, S3Access
 from providers.codepipeline_invoke import PipelineInvoke, PipelineInvokeConfig
+from tests.auth_support import WORKERS
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer
 from workers import devstack
@@ -33,6 +34,7 @@ def make_job(tmp_path: Path, api_url: str, config: dict[str, str], *, attempt: i
         log=io.StringIO(),
         s3=S3Access("http://127.0.0.1:1", "k", "s", "us-east-1"),
         api_endpoint=api_url,
+        api_credentials=ApiCredentials(WORKERS.access_key_id, WORKERS.secret_access_key),
     )
 
 

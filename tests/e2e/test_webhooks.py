@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 import pytest
 import redis
 import uvicorn
@@ -23,8 +22,9 @@ from engine.service import Service
 from engine.store import Store
 from engine.webhooks import WebhookConfig, WebhookSecrets
 from engine.webhooks.signatures import sign_github, sign_standard
+from tests.auth_support import Principals, codepipeline, signed_get
 from tests.e2e.api_support import BUCKET
-from tests.e2e.conftest import ApiServer
+from tests.e2e.conftest import ApiServer, signing_authenticator
 from tests.e2e.webhook_support import (
     CONNECTION,
     git_pipeline,
@@ -109,11 +109,10 @@ class HookServer:
 
 
 @pytest.fixture(scope="module")
-def hook_server(redis_service: devstack.Service) -> Iterator[HookServer]:
+def hook_server(redis_service: devstack.Service, principals: Principals) -> Iterator[HookServer]:
     url = devstack.with_redis_db(redis_service.url, WEBHOOK_TEST_DB)
-    service = Service(
-        Store.from_url(url), webhook_registry(), default_bucket=BUCKET, ensure_bucket=None
-    )
+    store = Store.from_url(url)
+    service = Service(store, webhook_registry(), default_bucket=BUCKET, ensure_bucket=None)
     config = WebhookConfig(
         secrets=WebhookSecrets(
             default=SecretStr(SECRET), by_key={PRIVATE: SecretStr(PRIVATE_SECRET)}
@@ -123,7 +122,10 @@ def hook_server(redis_service: devstack.Service) -> Iterator[HookServer]:
     port = devstack.free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(service, config), host="127.0.0.1", port=port, log_level="warning"
+            create_app(service, config, authenticator=signing_authenticator(principals, store.r)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
         )
     )
     thread = threading.Thread(target=server.run, name="conveyor-webhooks", daemon=True)
@@ -137,13 +139,7 @@ def hook_server(redis_service: devstack.Service) -> Iterator[HookServer]:
 @pytest.fixture
 def cp(hook_server: HookServer) -> Any:
     hook_server.redis.flushdb()
-    client = boto3.client(
-        "codepipeline",
-        endpoint_url=hook_server.url,
-        region_name="us-east-1",
-        aws_access_key_id="anything",
-        aws_secret_access_key="anything",
-    )
+    client = codepipeline(hook_server.url)
     for decl in PIPELINES:
         client.create_pipeline(pipeline=decl)
     return client
@@ -574,10 +570,7 @@ def test_no_secret_appears_in_any_reply_event_or_log(
 
 
 def post_events(server: HookServer) -> tuple[int, Any]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{server.url}/events?count=1000", timeout=10) as resp:
-        return resp.status, json.loads(resp.read())
+    return 200, signed_get(f"{server.url}/events?count=1000")
 
 
 # --------------------------------------------------------------------------- definitions

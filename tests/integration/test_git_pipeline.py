@@ -19,6 +19,7 @@ import redis
 from botocore.exceptions import ClientError
 
 from engine import keys
+from tests.auth_support import codepipeline
 from tests.conftest import Spawn
 from tests.gitserve import GitHttpServer, Repo, make_repo
 from tests.helpers import wait_for, wait_worker_ready
@@ -91,13 +92,7 @@ def cp(
         wait_worker_ready(w)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: devstack.http_answers(url + "/health"), 30, message="the API did not answer")
-    yield boto3.client(
-        "codepipeline",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="conveyor",
-        aws_secret_access_key="conveyor",
-    )
+    yield codepipeline(url)
 
 
 def pipeline(name: str, repository: str, branch: str = "main") -> dict[str, Any]:

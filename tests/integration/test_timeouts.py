@@ -12,6 +12,7 @@ import boto3
 import redis
 
 from engine import keys
+from tests.auth_support import codepipeline
 from tests.conftest import Spawn
 from tests.helpers import wait_for, wait_worker_ready
 from tests.stack import action, put_source, s3_source_stage, unique, wait_status
@@ -34,13 +35,7 @@ def test_an_action_no_worker_serves_times_out(
         wait_worker_ready(w)
     api_url = f"http://127.0.0.1:{port}"
     wait_for(lambda: devstack.http_answers(api_url + "/health"), 30, message="no API")
-    cp = boto3.client(
-        "codepipeline",
-        endpoint_url=api_url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    cp = codepipeline(api_url)
     s3 = boto3.client(
         "s3",
         endpoint_url=settings_env["CONVEYOR_S3_ENDPOINT_URL"],

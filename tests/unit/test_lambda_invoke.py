@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from providers.base import ActionFailed, ArtifactObject, JobOutcome, S3Access
+from providers.base import ActionFailed, ApiCredentials, ArtifactObject, JobOutcome, S3Access
 from providers.job_data import pipeline_context
 from providers.lambda_invoke import (
     Invocation,
@@ -162,14 +162,20 @@ def test_the_handler_environment_points_boto3_at_conveyor_and_hides_the_worker(
     monkeypatch.setenv("AWS_SESSION_TOKEN", "worker-token")
     monkeypatch.setenv("AWS_PROFILE", "worker")
     monkeypatch.setenv("HOME", "/home/worker")
-    env = handler_environment(_invocation(), LambdaSettings(path="/opt/functions"))
+    inv = _invocation(api_credentials=ApiCredentials("AKIAWORKERS0000000", "worker-secret"))
+    env = handler_environment(inv, LambdaSettings(path="/opt/functions"))
     assert not [k for k in env if k.startswith("CONVEYOR_")]
-    assert env["AWS_SESSION_TOKEN"] == "T" and "AWS_PROFILE" not in env
+    assert "AWS_SESSION_TOKEN" not in env and "AWS_PROFILE" not in env
     assert env["HOME"] == "/home/worker"
     assert env["AWS_ENDPOINT_URL_CODEPIPELINE"] == "http://api.local:8484"
-    # The S3 gateway, with the job's scoped credentials: not the store's endpoint and keys.
+    # Artifacts: the S3 gateway, where the event's scoped artifactCredentials work; never
+    # the store's endpoint and keys.
     assert env["AWS_ENDPOINT_URL_S3"] == "http://api.local:8484/s3"
-    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("ASIAJOB", "JOBSECRET")
+    # The workers' API identity for job results.
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        "AKIAWORKERS0000000",
+        "worker-secret",
+    )
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_LAMBDA_FUNCTION_NAME"] == "deploy"
     assert env["PYTHONPATH"] == "/opt/functions"

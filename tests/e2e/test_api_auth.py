@@ -1,0 +1,421 @@
+"""Authentication and authorization at the API: SigV4 on every request, with AWS's error
+names, and each role refused every operation above its level, changing nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import redis
+from botocore.exceptions import ClientError
+from click.testing import CliRunner
+
+from engine import keys as redis_keys
+from engine.api.auth import NO_KEYS_MESSAGE, Authenticator
+from engine.api.operations import OPERATIONS
+from engine.arns import DEFAULT_ACCOUNT
+from engine.auth.keys import KeyConfigError
+from engine.auth.principals import ROLE_OPERATIONS, Role
+from engine.awsmodel import service_model
+from engine.settings import Settings
+from tests.auth_support import (
+    ADMIN,
+    HANDLERS,
+    WORKERS,
+    Principals,
+    TestKey,
+    codepipeline,
+    sign,
+    signed_get,
+)
+from tests.e2e.api_support import definition
+from tests.e2e.conftest import ApiServer, PrincipalClient
+from workers.cli_client import register
+
+TARGET = "CodePipeline_20150709."
+JSON = "application/x-amz-json-1.1"
+ALL_OPERATIONS = sorted(set(OPERATIONS) | set(service_model().operation_names))
+
+
+def post(
+    api: ApiServer,
+    operation: str,
+    body: dict[str, Any] | bytes,
+    key: TestKey | None = ADMIN,
+    *,
+    at: datetime | None = None,
+    send: bytes | None = None,
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """POST ``body`` signed as ``key`` (unsigned if None), at ``at``; ``send`` replaces the
+    body after signing."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": JSON, "X-Amz-Target": f"{TARGET}{operation}"}
+    if key is not None:
+        headers = sign("POST", f"{api.url}/", data, headers, key, at=at)
+    return send_raw(api, headers, send if send is not None else data)
+
+
+def send_raw(
+    api: ApiServer, headers: dict[str, str], data: bytes
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    parts = urllib.parse.urlsplit(api.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.request("POST", "/", body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def state_digest(r: redis.Redis) -> str:
+    """Everything the API keeps, except the replay guard's own notes."""
+    h = hashlib.sha256()
+    for key in sorted(r.scan_iter("*")):
+        if key.startswith(b"conveyor:auth:"):
+            continue
+        h.update(key + b"\0" + (r.dump(key) or b"") + b"\0")
+    return h.hexdigest()
+
+
+def code_of(info: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(info.value.response["Error"]["Code"])
+
+
+# ---------------------------------------------------------------------------- authentication
+
+
+def test_an_unsigned_request_is_refused_and_changes_nothing(api: ApiServer) -> None:
+    before = state_digest(api.redis)
+    status, headers, body = post(api, "CreatePipeline", {"pipeline": definition("x")}, None)
+    assert (status, body["__type"]) == (403, "MissingAuthenticationTokenException")
+    assert headers["x-amzn-requestid"]
+    assert state_digest(api.redis) == before
+
+
+def test_a_wrong_secret_is_refused(api: ApiServer) -> None:
+    wrong = TestKey(ADMIN.principal, ADMIN.access_key_id, "not-the-secret")
+    with pytest.raises(ClientError) as exc:
+        codepipeline(api.url, wrong).list_pipelines()
+    assert code_of(exc) == "InvalidSignatureException"
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "signature we calculated does not match" in str(exc.value)
+
+
+def test_a_body_changed_after_signing_is_refused(api: ApiServer) -> None:
+    before = state_digest(api.redis)
+    signed = json.dumps({"pipeline": definition("good")}).encode()
+    changed = json.dumps({"pipeline": definition("evil")}).encode()
+    status, _, body = post(api, "CreatePipeline", signed, send=changed)
+    assert (status, body["__type"]) == (403, "InvalidSignatureException")
+    assert state_digest(api.redis) == before
+
+
+@pytest.mark.parametrize("skew", [timedelta(minutes=-6), timedelta(minutes=6)])
+def test_a_signature_more_than_five_minutes_off_is_refused(api: ApiServer, skew: timedelta) -> None:
+    at = datetime.now(UTC) + skew
+    status, _, body = post(api, "ListPipelines", {}, at=at)
+    assert (status, body["__type"]) == (403, "InvalidSignatureException")
+    assert "Signature expired" in body["message"]
+    # Within the window it is fine.
+    status, _, _ = post(api, "ListPipelines", {}, at=datetime.now(UTC) - timedelta(minutes=4))
+    assert status == 200
+
+
+def test_a_replayed_request_is_refused(api: ApiServer) -> None:
+    data = json.dumps({"pipeline": definition("once")}).encode()
+    headers = sign(
+        "POST",
+        f"{api.url}/",
+        data,
+        {"Content-Type": JSON, "X-Amz-Target": f"{TARGET}CreatePipeline"},
+    )
+    first = send_raw(api, headers, data)
+    assert first[0] == 200
+    after_first = state_digest(api.redis)
+    status, _, body = send_raw(api, headers, data)  # the very same bytes
+    assert (status, body["__type"]) == (403, "InvalidSignatureException")
+    assert "replayed" in body["message"]
+    assert state_digest(api.redis) == after_first
+
+
+def test_identical_calls_in_one_second_are_not_replays(cp: Any) -> None:
+    """botocore signs the same bytes for the same call within a second; its per-call
+    invocation id keeps them apart, so polling loops and retries work."""
+    for _ in range(5):
+        assert cp.list_pipelines()["pipelines"] == []
+
+
+def test_an_unknown_key_is_refused(api: ApiServer) -> None:
+    stranger = TestKey("nobody", "AKIAUNKNOWN000000000", "whatever-secret")
+    with pytest.raises(ClientError) as exc:
+        codepipeline(api.url, stranger).list_pipelines()
+    assert code_of(exc) == "UnrecognizedClientException"
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_the_event_stream_needs_a_signature_and_a_reader(
+    api: ApiServer, principals: Principals
+) -> None:
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"{api.url}/events", timeout=5)
+    assert exc.value.code == 403
+    assert json.loads(exc.value.read())["__type"] == "MissingAuthenticationTokenException"
+    assert signed_get(f"{api.url}/events", principals.add([Role.VIEWER]))["events"] == []
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        signed_get(f"{api.url}/events", principals.add([Role.JOB_WORKER]))
+    assert json.loads(exc.value.read())["__type"] == "AccessDeniedException"
+
+
+def test_every_response_carries_a_request_id(api: ApiServer, cp: Any) -> None:
+    out = cp.list_pipelines()
+    assert out["ResponseMetadata"]["RequestId"]
+    with urllib.request.urlopen(f"{api.url}/health", timeout=5) as resp:
+        assert resp.headers["x-amzn-RequestId"]
+    _, headers, _ = post(api, "ListPipelines", {}, None)
+    assert headers["x-amzn-requestid"] != out["ResponseMetadata"]["RequestId"]
+
+
+def test_a_new_key_works_without_a_restart(api: ApiServer, principals: Principals) -> None:
+    key = principals.add([Role.VIEWER], name="late-arrival")
+    assert codepipeline(api.url, key).list_pipelines()["pipelines"] == []
+
+
+# ---------------------------------------------------------------------------- authorization
+
+
+def _request_for(operation: str) -> dict[str, Any]:
+    """A body naming pipeline ``p`` wherever the operation takes a pipeline name."""
+    shape = service_model().operation_model(operation).input_shape
+    body: dict[str, Any] = {}
+    for member, member_shape in shape.members.items() if shape else ():
+        if member_shape.name == "PipelineName":
+            body[member] = "p"
+    return body
+
+
+@pytest.mark.parametrize("role", [r for r in Role if r is not Role.ADMIN])
+def test_each_role_is_refused_every_operation_above_its_level(
+    api: ApiServer, principals: Principals, role: Role
+) -> None:
+    key = principals.add([role], name=f"only-{role.value}")
+    codepipeline(api.url).create_pipeline(pipeline=definition("p"))
+    before = state_digest(api.redis)
+    refused = [op for op in ALL_OPERATIONS if op not in ROLE_OPERATIONS[role]]
+    assert refused, role
+    for operation in refused:
+        status, _, body = post(api, operation, _request_for(operation), key)
+        assert (status, body["__type"]) == (400, "AccessDeniedException"), operation
+        expected = (
+            f"User: arn:aws:iam::{DEFAULT_ACCOUNT.account_id}:user/only-{role.value} "
+            f"is not authorized to perform: codepipeline:{operation}"
+        )
+        if _request_for(operation):
+            expected += f" on resource: {DEFAULT_ACCOUNT.pipeline_arn('p')}"
+        assert body["message"] == expected
+    assert state_digest(api.redis) == before
+    for operation in sorted(ROLE_OPERATIONS[role]):
+        _, _, body = post(api, operation, _request_for(operation), key)
+        assert body.get("__type") != "AccessDeniedException", operation
+
+
+def test_admin_may_call_everything(api: ApiServer) -> None:
+    for operation in ALL_OPERATIONS:
+        _, _, body = post(api, operation, _request_for(operation), ADMIN)
+        assert body.get("__type") != "AccessDeniedException", operation
+
+
+def test_the_resource_of_a_create_is_the_declared_pipeline(
+    principal_client: PrincipalClient,
+) -> None:
+    viewer = principal_client([Role.VIEWER], name="vera")
+    with pytest.raises(ClientError) as exc:
+        viewer.create_pipeline(pipeline=definition("newone"))
+    assert code_of(exc) == "AccessDeniedException"
+    assert str(exc.value.response["Error"]["Message"]).endswith(
+        f"codepipeline:CreatePipeline on resource: {DEFAULT_ACCOUNT.pipeline_arn('newone')}"
+    )
+    assert viewer.list_pipelines()["pipelines"] == []
+
+
+def test_the_workers_and_handlers_keys_have_their_roles(api: ApiServer) -> None:
+    settings = Settings(
+        auth_principals_file=None,
+        api_access_key_id=WORKERS.access_key_id,
+        api_secret_access_key=WORKERS.secret_access_key,
+        api_handler_access_key_id=HANDLERS.access_key_id,
+        api_handler_secret_access_key=HANDLERS.secret_access_key,
+    )
+    auth = Authenticator.from_settings(settings, api.redis)
+    assert auth.keys is not None
+    workers = auth.keys.lookup(WORKERS.access_key_id)
+    handlers = auth.keys.lookup(HANDLERS.access_key_id)
+    assert workers is not None and handlers is not None
+    assert workers.principal.roles == {Role.OPERATOR, Role.JOB_WORKER}
+    assert handlers.principal.roles == {Role.JOB_WORKER}
+    # Through the API: a handler's key answers jobs but cannot start a pipeline.
+    with pytest.raises(ClientError) as exc:
+        codepipeline(api.url, HANDLERS).start_pipeline_execution(name="p")
+    assert code_of(exc) == "AccessDeniedException"
+    assert "user/conveyor-handlers" in str(exc.value)
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_signing_on_without_keys_refuses_to_start(api: ApiServer) -> None:
+    with pytest.raises(KeyConfigError) as exc:
+        Authenticator.from_settings(Settings(auth_mode="sigv4"), api.redis)
+    assert exc.value.message == NO_KEYS_MESSAGE
+    assert "conveyor keys create" in NO_KEYS_MESSAGE
+    assert "CONVEYOR_AUTH_MODE=anonymous" in NO_KEYS_MESSAGE
+
+
+def test_conveyor_api_refuses_to_start_without_keys(settings_env: dict[str, str]) -> None:
+    env = {
+        k: v
+        for k, v in {**os.environ, **settings_env}.items()
+        if not k.startswith(("CONVEYOR_AUTH_", "CONVEYOR_API_"))
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "api", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "no access keys are configured" in out.stderr
+    assert "CONVEYOR_AUTH_MODE=anonymous" in out.stderr
+
+
+def test_anonymous_mode_is_explicit_and_says_so(
+    api: ApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    import uvicorn
+
+    from engine.api import create_app
+    from tests.helpers import wait_for
+    from workers import devstack
+
+    with caplog.at_level("WARNING"):
+        app = create_app(api.service, authenticator=Authenticator.anonymous())
+    assert "AUTHENTICATION IS OFF" in caplog.text
+    port = devstack.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=15, message="uvicorn did not start")
+        url = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+            health = json.loads(resp.read())
+        assert health["auth"] == "anonymous" and "AUTHENTICATION IS OFF" in health["warning"]
+        req = urllib.request.Request(
+            f"{url}/",
+            data=b"{}",
+            headers={"Content-Type": JSON, "X-Amz-Target": f"{TARGET}ListPipelines"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.loads(resp.read()) == {"pipelines": []}
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+@pytest.fixture
+def credentials_file(
+    tmp_path: Path, principals: Principals, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestKey]:
+    """A shared credentials file with profile ``conveyor`` (a viewer), and no keys in the
+    environment."""
+    key = principals.add([Role.VIEWER], name="profiled")
+    path = tmp_path / "credentials"
+    path.write_text(
+        f"[conveyor]\naws_access_key_id = {key.access_key_id}\n"
+        f"aws_secret_access_key = {key.secret_access_key}\n"
+    )
+    config = tmp_path / "config"
+    config.write_text("[profile conveyor]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(path))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    yield key
+
+
+def test_the_cli_signs_with_a_profile(
+    api: ApiServer, cp: Any, credentials_file: TestKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp.create_pipeline(pipeline=definition("seen"))
+    root = click.Group("conveyor")
+    register(root)
+    runner = CliRunner()
+    unsigned = runner.invoke(root, ["--endpoint", api.url, "pipelines", "list"])
+    assert unsigned.exit_code == 1
+    assert "MissingAuthenticationTokenException" in unsigned.output
+    signed = runner.invoke(
+        root, ["--endpoint", api.url, "--profile", "conveyor", "pipelines", "list"]
+    )
+    assert signed.exit_code == 0, signed.output
+    assert "seen" in signed.output
+    # A viewer: refused a write, in AWS's words.
+    refused = runner.invoke(
+        root, ["--endpoint", api.url, "--profile", "conveyor", "pipelines", "delete", "seen"]
+    )
+    assert refused.exit_code == 1
+    assert "AccessDeniedException" in refused.output and "user/profiled" in refused.output
+    monkeypatch.setenv("AWS_PROFILE", "conveyor")
+    by_env = runner.invoke(root, ["--endpoint", api.url, "pipelines", "list"])
+    assert by_env.exit_code == 0 and "seen" in by_env.output
+
+
+def test_the_aws_cli_signs_with_a_profile(
+    api: ApiServer, cp: Any, credentials_file: TestKey
+) -> None:
+    aws = Path(sys.executable).with_name("aws")
+    if not aws.exists():
+        aws_path = shutil.which("aws")
+        if aws_path is None:
+            pytest.skip("the AWS CLI is not installed in the venv (awscli, in the dev extras)")
+        aws = Path(aws_path)
+    cp.create_pipeline(pipeline=definition("from-cli"))
+    out = subprocess.run(
+        [
+            *(str(aws), "--profile", "conveyor", "--endpoint-url", api.url),
+            *("codepipeline", "list-pipelines", "--output", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert out.returncode == 0, out.stderr
+    assert [p["name"] for p in json.loads(out.stdout)["pipelines"]] == ["from-cli"]
+
+
+def test_redis_keeps_replay_notes_briefly(api: ApiServer, cp: Any) -> None:
+    cp.list_pipelines()
+    notes = list(api.redis.scan_iter(redis_keys.seen_signature("*")))
+    assert notes
+    assert all(0 < api.redis.ttl(k) <= 600 for k in notes)

@@ -1,0 +1,55 @@
+"""Authorization's refusals, in AWS's words, naming the resource the request names."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.arns import Account
+from engine.auth.access import authorize, resource_arn
+from engine.auth.principals import Principal, Role
+from engine.auth.replay import replay_key
+from engine.auth.sigv4 import AccessDeniedError
+
+ACCOUNT = Account("eu-west-1", "444455556666")
+VIEWER = Principal("vera", frozenset({Role.VIEWER}))
+
+
+@pytest.mark.parametrize(
+    ("operation", "body", "resource"),
+    [
+        ("StartPipelineExecution", {"name": "p"}, "arn:aws:codepipeline:eu-west-1:444455556666:p"),
+        (
+            "PutApprovalResult",
+            {"pipelineName": "q"},
+            "arn:aws:codepipeline:eu-west-1:444455556666:q",
+        ),
+        ("CreatePipeline", {"pipeline": {"name": "new"}}, ACCOUNT.pipeline_arn("new")),
+        ("TagResource", {"resourceArn": ACCOUNT.webhook_arn("w")}, ACCOUNT.webhook_arn("w")),
+        ("PutWebhook", {"webhook": {"name": "w"}}, None),
+        ("StartPipelineExecution", None, None),
+        ("StartPipelineExecution", {"name": 5}, None),
+    ],
+)
+def test_the_resource_is_the_one_the_request_names(
+    operation: str, body: dict[str, object] | None, resource: str | None
+) -> None:
+    assert resource_arn(operation, body, ACCOUNT) == resource
+    with pytest.raises(AccessDeniedError) as exc:
+        authorize(VIEWER, operation, body, ACCOUNT)
+    expected = (
+        "User: arn:aws:iam::444455556666:user/vera is not authorized to perform: "
+        f"codepipeline:{operation}"
+    )
+    assert exc.value.message == expected + (f" on resource: {resource}" if resource else "")
+    assert (exc.value.aws_code, exc.value.status) == ("AccessDeniedException", 400)
+
+
+def test_reads_are_allowed_to_a_viewer() -> None:
+    authorize(VIEWER, "GetPipelineState", {"name": "p"}, ACCOUNT)
+
+
+def test_a_call_is_its_signature_and_its_per_call_headers() -> None:
+    sig = "a" * 64
+    assert replay_key(sig, ("id-1", "attempt=1")) != replay_key(sig, ("id-2", "attempt=1"))
+    assert replay_key(sig, ("id-1", "attempt=1")) != replay_key(sig, ("id-1", "attempt=2"))
+    assert replay_key(sig, (None, None)) == replay_key(sig, (None, None))
