@@ -1,9 +1,11 @@
-"""The HTTP API: CodePipeline's JSON 1.1 protocol, plus two small REST extras.
+"""The HTTP API: CodePipeline's JSON 1.1 and smithy RPC v2 CBOR protocols, plus REST extras.
 
 ``POST /`` with ``X-Amz-Target: CodePipeline_20150709.<Operation>`` is what boto3 and the AWS
-CLI send, so pointing them at Conveyor (``endpoint_url=``) is all a user changes. Errors are
-HTTP 400 ``{"__type": <CodePipeline error name>, "message": ...}``, mapped from the engine's
-error tree by type (``ConveyorError.aws_code``), never by message text.
+CLI send, so pointing them at Conveyor (``endpoint_url=``) is all a user changes.
+``POST /service/CodePipeline_20150709/operation/<Operation>`` is the same operation in RPC v2
+CBOR (:mod:`engine.api.wire`). Errors are HTTP 400 ``{"__type": <CodePipeline error name>,
+"message": ...}``, mapped from the engine's error tree by type (``ConveyorError.aws_code``),
+never by message text.
 
 Authentication is out of scope for now: SigV4 ``Authorization`` headers are accepted and
 ignored, so any access key works. Put the API behind a proxy that authenticates if it must
@@ -17,9 +19,8 @@ stream, for dashboards and tests that want to watch without polling every execut
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
+from collections.abc import Callable
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,40 +28,22 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.api.operations import OPERATIONS
 from engine.api.paging import PageTokens
-from engine.api.parsing import BodyLimits, ProtocolError, parse_body, read_body
-from engine.api.validation import TARGET_PREFIX, check_input, known_operations
+from engine.api.parsing import BodyLimits, ProtocolError, read_body
+from engine.api.validation import check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
 from engine.api.webhooks_api import install as install_webhooks_v1
+from engine.api.wire import CBOR, JSON, Wire
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
 from engine.webhooks import WebhookConfig
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_EVENTS_PER_READ = 1000
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(
-        content=json.dumps(body, separators=(",", ":")),
-        status_code=status,
-        media_type=CONTENT_TYPE,
-    )
-
-
-def _error(code: str, message: str, status: int = 400) -> Response:
-    return _json({"__type": code, "message": message}, status)
-
-
-def _operation(target: str | None) -> str:
-    prefix = f"{TARGET_PREFIX}."
-    if not target or not target.startswith(prefix):
-        raise ProtocolError(
-            "UnknownOperationException", f"missing or foreign X-Amz-Target {target!r}"
-        )
-    name = target[len(prefix) :]
+def _operation(name: str) -> str:
     if name not in OPERATIONS:
         why = "is not supported by Conveyor" if name in known_operations() else "does not exist"
         raise ProtocolError("UnknownOperationException", f"operation {name} {why}")
@@ -68,12 +51,19 @@ def _operation(target: str | None) -> str:
 
 
 def _call(
-    service: Service, tokens: PageTokens, operation: str, raw: bytes, limits: BodyLimits
+    service: Service,
+    tokens: PageTokens,
+    operation: str,
+    raw: bytes,
+    limits: BodyLimits,
+    wire: Wire = JSON,
 ) -> Response:
     """Parse, check and run one operation (in a worker thread: the service blocks on Redis,
-    and parsing a large body should not hold up the event loop)."""
+    and parsing a large body should not hold up the event loop). ``wire`` is the protocol
+    the request came in: only decoding the body and encoding the reply depend on it."""
+    _error = wire.error
     try:
-        body = parse_body(raw, limits)
+        body = wire.parse(raw, limits)
     except ProtocolError as exc:
         return _error(exc.code, exc.message, exc.status)
     problems = check_input(operation, body)
@@ -81,7 +71,7 @@ def _call(
         return _error("ValidationException", problems.message())
     try:
         body = tokens.open(operation, body)
-        return _json(tokens.seal(operation, OPERATIONS[operation](service, body)))
+        return wire.reply(operation, tokens.seal(operation, OPERATIONS[operation](service, body)))
     except ServiceUnavailableError as exc:
         return _error(exc.aws_code, exc.message, 503)
     except StoreError as exc:
@@ -111,20 +101,30 @@ def create_app(
     install_webhooks(app, service, webhooks)
     install_webhooks_v1(app, service, webhooks)
 
-    @app.post("/")
-    async def codepipeline(request: Request) -> Response:
+    async def serve(request: Request, wire: Wire, name: Callable[[], str]) -> Response:
+        """One API request in either protocol: ``name`` reads the operation from it."""
         try:
-            operation = _operation(request.headers.get("x-amz-target"))
+            operation = _operation(name())
             raw = await read_body(
                 request.headers.get("content-length"), request.stream(), body_limits
             )
         except ProtocolError as exc:
-            reply = _error(exc.code, exc.message, exc.status)
+            reply = wire.error(exc.code, exc.message, exc.status)
             if exc.status == 413:
                 reply.headers["Connection"] = "close"  # the rest of the body is not read
             return reply
         API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
-        return await run_in_threadpool(_call, service, tokens, operation, raw, body_limits)
+        return await run_in_threadpool(_call, service, tokens, operation, raw, body_limits, wire)
+
+    @app.post("/")
+    async def codepipeline(request: Request) -> Response:
+        return await serve(request, JSON, lambda: JSON.operation(request.headers))
+
+    @app.post("/service/{service_name}/operation/{operation}")
+    async def codepipeline_cbor(request: Request, service_name: str, operation: str) -> Response:
+        return await serve(
+            request, CBOR, lambda: CBOR.operation(request.headers, service_name, operation)
+        )
 
     @app.get("/health")
     def health() -> dict[str, bool]:
