@@ -11,8 +11,14 @@ Each protocol only reads a request's routing headers, decodes a body into the JS
 dict the operations take, and encodes a reply; checking, running, paging and error mapping
 are shared (``engine.api.app._call``).
 
-A CBOR request may leave Content-Type out (its path already says which protocol it
-speaks), but any other value than ``application/cbor`` is refused.
+Content types: JSON requests must say ``application/x-amz-json-1.1`` or ``-1.0`` (AWS's
+JSON services take either; the AWS CLI and boto3 send 1.1, and parameters such as
+``; charset=utf-8`` are ignored, as smithy's protocol tests require). Any other or a missing
+Content-Type is refused with ``UnknownOperationException`` (400), which is how AWS answers
+a request it cannot route: its front end picks the protocol by media type, so a body it
+cannot read as JSON never reaches an operation. A CBOR request may leave Content-Type out
+(its path already says which protocol it speaks), but any other value than
+``application/cbor`` is refused the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from engine.api.parsing import BodyLimits, ProtocolError, parse_body
 from engine.api.validation import TARGET_PREFIX, service_model
 
 JSON_MEDIA_TYPE = "application/x-amz-json-1.1"
+JSON_MEDIA_TYPES = frozenset({JSON_MEDIA_TYPE, "application/x-amz-json-1.0"})
 # Absolute shape ids for CBOR's ``__type``: the model's own errors live in the service's
 # namespace; protocol-level ones (SerializationException, UnknownOperationException,
 # InternalFailure...) in the namespace AWS's front end uses for them.
@@ -81,7 +88,15 @@ class JsonWire(Wire):
     media_type = JSON_MEDIA_TYPE
 
     def operation(self, headers: Headers) -> str:
-        """The operation a JSON 1.1 request names."""
+        """The operation a JSON 1.1 request names (refused if its media type is wrong)."""
+        kind = media_type(headers)
+        if kind not in JSON_MEDIA_TYPES:
+            raise ProtocolError(
+                "UnknownOperationException",
+                f"Content-Type {headers.get('content-type')!r} is not served here: JSON "
+                f"requests send {JSON_MEDIA_TYPE} with X-Amz-Target; smithy RPC v2 CBOR "
+                "requests POST application/cbor to /service/<service>/operation/<operation>",
+            )
         target = headers.get("x-amz-target")
         prefix = f"{TARGET_PREFIX}."
         if not target or not target.startswith(prefix):
