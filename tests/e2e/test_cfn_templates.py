@@ -81,10 +81,13 @@ def test_template_extras_are_carried_out_by_the_client(
     ]
 
     # RestartExecutionOnUpdate: an update starts an execution of the new version.
-    assert cp.list_pipeline_executions(pipelineName="cfn")["pipelineExecutionSummaries"] == []
+    def runs() -> set[str]:
+        summaries = cp.list_pipeline_executions(pipelineName="cfn")["pipelineExecutionSummaries"]
+        return {s["pipelineExecutionId"] for s in summaries}
+
+    before = runs()
     client.update_pipeline(write(tmp_path, template("cfn", RestartExecutionOnUpdate=True)))
-    (run_,) = cp.list_pipeline_executions(pipelineName="cfn")["pipelineExecutionSummaries"]
-    eid = run_["pipelineExecutionId"]
+    (eid,) = runs() - before
     execution = cp.get_pipeline_execution(pipelineName="cfn", pipelineExecutionId=eid)
     assert execution["pipelineExecution"]["pipelineVersion"] == 2
 
