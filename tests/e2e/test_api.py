@@ -371,9 +371,13 @@ def test_approval_happy_path(api: ApiServer, cp: Any) -> None:
     assert compiled["output"]["outputVariables"] == {"IMAGE": "app:1"}
 
     execution = cp.get_pipeline_execution(pipelineName="demo", pipelineExecutionId=eid)
-    assert execution["pipelineExecution"]["artifactRevisions"] == [
-        {"name": "SourceOut", "revisionId": "v-123", "revisionSummary": "first upload"}
-    ]
+    [revision] = execution["pipelineExecution"]["artifactRevisions"]
+    assert isinstance(revision.pop("created"), datetime)  # when the source action took it
+    assert revision == {
+        "name": "SourceOut",
+        "revisionId": "v-123",
+        "revisionSummary": "first upload",
+    }
 
     approved = cp.put_approval_result(
         pipelineName="demo",
