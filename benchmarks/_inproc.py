@@ -75,6 +75,7 @@ class InProcess:
             s3_secret_access_key=bench.s3.secret_key,
             s3_region=bench.s3.region,
             workdir=bench.env["CONVEYOR_WORKDIR"],
+            start_on_create=False,
         )
         self.rt = RecordingRuntime(settings)
         self.rt.pending = []

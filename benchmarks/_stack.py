@@ -211,6 +211,8 @@ def bench_stack(keep: bool = False) -> Iterator[Bench]:
             **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
             **devstack.service_env(redis_svc, s3_svc),
             "CONVEYOR_WORKDIR": str(workdir / "scratch"),
+            # Each run starts the executions it times; none on CreatePipeline.
+            "CONVEYOR_START_ON_CREATE": "false",
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p

@@ -9,19 +9,23 @@ turns one into a line a person can read.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import boto3
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
 )
+from botocore.httpsession import URLLib3Session
 
 from engine.definition import (
     Template,
@@ -146,15 +150,13 @@ class ConveyorClient:
         return dict(out["pipeline"])
 
     def update_pipeline(self, definition: Definition) -> dict[str, Any]:
-        """UpdatePipeline; a template's transitions are disabled and its Tags set as on
-        create, and RestartExecutionOnUpdate starts an execution of the new version."""
+        """UpdatePipeline; a template's transitions are disabled as on create, and
+        RestartExecutionOnUpdate starts an execution of the new version. Tags are not
+        changed by it (as on AWS: they are TagResource's), so they are left out."""
         template = load_template(definition)
         out: dict[str, Any] = self.cp.update_pipeline(pipeline=template.declaration)
         name = out["pipeline"]["name"]
         self._disable_inbound(name, template)
-        if template.tags:
-            arn = self.cp.get_pipeline(name=name)["metadata"]["pipelineArn"]
-            self.cp.tag_resource(resourceArn=arn, tags=list(template.tags))
         if template.restart_on_update:
             self.cp.start_pipeline_execution(name=name)
         return dict(out["pipeline"])
@@ -206,6 +208,14 @@ class ConveyorClient:
         return self._all(
             "list_pipeline_executions", "pipelineExecutionSummaries", pipelineName=name
         )
+
+    def created_execution(self, name: str) -> str | None:
+        """The id of the execution CreatePipeline started, if the server started one (AWS
+        does; Conveyor unless CONVEYOR_START_ON_CREATE is off)."""
+        for summary in self.list_executions(name):
+            if (summary.get("trigger") or {}).get("triggerType") == "CreatePipeline":
+                return str(summary["pipelineExecutionId"])
+        return None
 
     def stop_execution(
         self, name: str, execution_id: str, *, abandon: bool = False, reason: str | None = None
@@ -371,6 +381,49 @@ class ConveyorClient:
             token=token or self.find_token(name, stage, action),
         )
         return _epoch(out.get("approvedAt")) or time.time()
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        pipeline: str | None = None,
+        principal: str | None = None,
+        operation: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the audit log (``GET /audit``, admins only): ``records`` (each with
+        its stream ``id``), ``cursor`` (pass it back as ``after``/``before``) and ``more``.
+        Oldest first after ``after``; otherwise newest first."""
+        query = {"after": after, "before": before, "limit": str(limit), "pipeline": pipeline}
+        query |= {"principal": principal, "operation": operation}
+        return self._rest_get("/audit", {k: v for k, v in query.items() if v is not None})
+
+    def _rest_get(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+        """GET one of Conveyor's REST extras, signed by the boto3 client's own signer (its
+        credentials, region and SigV4), sent by botocore's HTTP session."""
+        url = self.endpoint_url.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
+        request = AWSRequest(method="GET", url=url)
+        self.cp._request_signer.sign("GetAuditLog", request)
+        reply = URLLib3Session().send(request.prepare())
+        try:
+            body = json.loads(reply.content or b"{}")
+        except ValueError:
+            body = {}
+        if reply.status_code >= 400 or not isinstance(body, dict):
+            error = body if isinstance(body, dict) else {}
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": str(error.get("__type") or reply.status_code),
+                        "Message": str(error.get("message") or reply.content[:200]),
+                    }
+                },
+                "GetAuditLog",
+            )
+        return body
 
     # ------------------------------------------------------------------ helpers
 

@@ -129,6 +129,13 @@ class InvalidApprovalTokenError(ExecutionError):
     aws_code = "InvalidApprovalTokenException"
 
 
+class AccessDeniedError(ConveyorError):
+    """The caller is known but may not do this: an approver list that does not name them,
+    separation of duties, a role that does not allow the operation."""
+
+    aws_code = "AccessDeniedException"
+
+
 class ApprovalAlreadyCompletedError(ExecutionError):
     aws_code = "ApprovalAlreadyCompletedException"
 
@@ -203,6 +210,18 @@ class InvalidJobStateError(ConveyorError):
 
 class InvalidNonceError(ConveyorError):
     aws_code = "InvalidNonceException"
+
+
+class InvalidClientTokenError(ConveyorError):
+    aws_code = "InvalidClientTokenException"
+
+
+class ActionTypeNotFoundError(NotFoundError):
+    aws_code = "ActionTypeNotFoundException"
+
+
+class RequestFailedError(ConveyorError):
+    aws_code = "RequestFailedException"
 
 
 class OutputVariablesSizeExceededError(ConveyorError):

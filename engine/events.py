@@ -43,6 +43,10 @@ def build(state: ExecutionState, emit: Emit, now: float, account: Account) -> di
         }
         if act is not None:
             detail["action-execution-id"] = act.action_execution_id
+            if act.approved_by:
+                # Conveyor's addition: who answered the approval (their ARN), as
+                # lastUpdatedBy / updatedBy show it. AWS's events do not carry it.
+                detail["updated-by"] = act.approved_by
             if act.result and act.result.error_message:
                 detail["execution-result"] = {
                     "external-execution-summary": act.result.error_message,

@@ -143,6 +143,9 @@ class ActionState(Record):
     name: str
     # How long the action may run (timeoutInMinutes, else its provider's AWS default).
     timeout_minutes: int
+    # The Celery queue its attempts go to, when not its provider's own: the job-worker
+    # queue, for actions of Custom and ThirdParty types job workers run.
+    queue: str | None = None
     # The current run's id; a stage retry starts a new run with a new id.
     action_execution_id: str | None = None
     run: int = 0  # runs started so far (0: never started)
@@ -324,6 +327,7 @@ def new_execution(
     artifact_bucket: str,
     variables: dict[str, str],
     timeout_minutes: Callable[[ActionDeclaration], int],
+    queue_of: Callable[[ActionDeclaration], str | None] | None = None,
     now: float = 0.0,
     trigger_type: TriggerType = TriggerType.START_PIPELINE_EXECUTION,
     trigger_detail: str | None = None,
@@ -340,7 +344,12 @@ def new_execution(
         StageState(
             name=s.name,
             actions=[
-                ActionState(stage=s.name, name=a.name, timeout_minutes=timeout_minutes(a))
+                ActionState(
+                    stage=s.name,
+                    name=a.name,
+                    timeout_minutes=timeout_minutes(a),
+                    queue=queue_of(a) if queue_of is not None else None,
+                )
                 for a in s.actions
             ],
         )

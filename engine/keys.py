@@ -12,6 +12,11 @@ ENGINE_TASK = "conveyor.engine.advance"
 COMMANDS_RULE_QUEUE = "conveyor.rule.commands"
 # LambdaInvoke rules run their handler on invoke workers, like a Lambda action.
 LAMBDA_RULE_QUEUE = "conveyor.rule.lambdainvoke"
+# CodeBuild rules run the buildspec runner on build workers, like a CodeBuild action.
+CODEBUILD_RULE_QUEUE = "conveyor.rule.codebuild"
+# Actions of job-worker action types (Custom, ThirdParty) wait for their job workers on
+# invoke workers, whatever their category (waiting is all such a task does).
+JOB_WORKER_QUEUE = "conveyor.custom.jobworker"
 
 POOLS: dict[str, tuple[str, ...]] = {
     "engine": ("engine",),
@@ -117,6 +122,38 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+def job_queue(action_type: str) -> str:
+    """List: ids of the queued jobs of one job-worker action type (``Owner/Category/
+    Provider/Version``), oldest first, waiting for PollForJobs."""
+    return f"{PREFIX}:jobs:queue:{action_type}"
+
+
+def job_claims(action_type: str) -> str:
+    """Sorted set: claimed, unacknowledged jobs of one action type -> when the claim ends
+    (ms, Redis clock); an ended claim goes back to the queue."""
+    return f"{PREFIX}:jobs:claims:{action_type}"
+
+
+# Hash: ``Owner/Category/Provider/Version`` -> a job-worker action type's record (JSON).
+ACTION_TYPES = f"{PREFIX}:action-types"
+
+
+def action_type_tags(type_key: str) -> str:
+    """Hash: tag key -> value of one custom action type."""
+    return f"{PREFIX}:action-type:{type_key}:tags"
+
+
+def artifact_credentials(access_key_id: str) -> str:
+    """String with TTL: what one job's temporary artifact credentials may do (JSON)."""
+    return f"{PREFIX}:s3-credentials:{access_key_id}"
+
+
+def action_progress(action_execution_id: str) -> str:
+    """String with TTL: the ``executionDetails`` a job worker reported with its last
+    continuation (summary, externalExecutionId, percentComplete), shown while the action runs."""
+    return f"{PREFIX}:action-progress:{action_execution_id}"
+
+
 def job_done(job_id: str) -> str:
     """List: pushed once when the job's result is recorded, to wake its waiting worker."""
     return f"{PREFIX}:job:{job_id}:done"
@@ -126,6 +163,8 @@ def job_done(job_id: str) -> str:
 
 EVENTS = f"{PREFIX}:events"  # stream of EventBridge-shaped events
 CAS_RETRIES = f"{PREFIX}:stats:cas_retries"  # counter: compare-and-set conflicts
+AUDIT = f"{PREFIX}:audit"  # stream: one record per API request that changed or was refused
+AUDIT_FAILURES = f"{PREFIX}:stats:audit_failures"  # counter: audit records not written
 
 # ---------------------------------------------------------------------------- webhooks
 

@@ -15,6 +15,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
+from engine.approvals import ApprovalPolicy
+from engine.auth.principals import Principal
 from engine.execution import ActionResult, ExecutionState, RetryMode, TriggerType
 from engine.ids import task_id
 from engine.records import Record
@@ -77,7 +79,11 @@ class ApprovalAnswered(_Event):
     token: str
     approved: bool
     summary: str = ""
-    answered_by: str | None = None
+    answered_by: str | None = None  # the ARN recorded as lastUpdatedBy / updatedBy
+    # Who answers and under which rules (engine.approvals); None: not checked (Conveyor's
+    # own answers, and tests of the scheduler alone).
+    principal: Principal | None = None
+    policy: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
 
     def execution_ids(self) -> tuple[str, ...]:
         return (self.execution_id,) if self.execution_id else ()

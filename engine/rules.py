@@ -15,26 +15,30 @@ shell commands and the LambdaInvoke rule a function, so they run on workers
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from engine.cron import CronError, in_window, load_zone, next_window_start, parse_cron
 from engine.errors import Problem
-from engine.keys import COMMANDS_RULE_QUEUE, LAMBDA_RULE_QUEUE
+from engine.keys import CODEBUILD_RULE_QUEUE, COMMANDS_RULE_QUEUE, LAMBDA_RULE_QUEUE
 from engine.records import Declaration
 from engine.variables import Lookup, has_reference, substitute
 from providers.base import ProviderConfig
 
 __all__ = [
     "ALLOWED_RESULTS",
+    "NOT_RUNNABLE",
     "RULE_TYPES",
+    "CloudWatchAlarmConfig",
+    "CodeBuildRuleConfig",
     "CommandsConfig",
     "Condition",
     "ConditionKind",
@@ -220,6 +224,44 @@ class CommandsConfig(ProviderConfig):
     ``commands`` field."""
 
 
+def _flag(value: Any) -> Any:
+    """CodePipeline configuration values are strings; YAML authors write booleans."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+Flag = Annotated[Literal["true", "false"] | None, BeforeValidator(_flag)]
+
+
+class CodeBuildRuleConfig(ProviderConfig):
+    """The CodeBuild rule: configured like a CodeBuild action, run by the same buildspec
+    runner on a build worker (which checks EnvironmentVariables fully when the rule runs)."""
+
+    ProjectName: str = Field(min_length=1)
+    PrimarySource: str | None = None
+    EnvironmentVariables: str | None = None
+    BatchEnabled: Flag = None
+    CombineArtifacts: Flag = None
+
+    @field_validator("EnvironmentVariables")
+    @classmethod
+    def _env_list(cls, value: str | None) -> str | None:
+        if value is None or _deferred(value):
+            return value
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"EnvironmentVariables is not valid JSON: {exc}") from None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ValueError("EnvironmentVariables must be a JSON list of {name, value, type}")
+        return value
+
+
+class CloudWatchAlarmConfig(ProviderConfig):
+    AlarmName: str = Field(min_length=1)
+    AlarmStates: str | None = None
+    WaitTime: str | None = None
+
+
 # ---------------------------------------------------------------------------- catalogue
 
 
@@ -243,9 +285,15 @@ class _RuleSpec:
     # Where a worker-run rule is sent; whether the rule takes ``commands``.
     queue: str = COMMANDS_RULE_QUEUE
     takes_commands: bool = False
+    # AWS documents it but this installation cannot run it: ListRuleTypes lists it, marked
+    # so, and CreatePipeline refuses a definition that uses it.
+    runnable: bool = True
 
     def describe(self) -> dict[str, Any]:
-        """This rule type in botocore's ``RuleType`` shape (ListRuleTypes)."""
+        """This rule type in botocore's ``RuleType`` shape (ListRuleTypes). The shape has no
+        member for "not runnable here"; each configuration property's ``description`` (the
+        one free-text member) starts with :data:`NOT_RUNNABLE` instead."""
+        note = "" if self.runnable else NOT_RUNNABLE
         return {
             "id": {"category": "Rule", "owner": "AWS", "provider": self.provider, "version": "1"},
             "ruleConfigurationProperties": [
@@ -255,7 +303,7 @@ class _RuleSpec:
                     "key": p.key,
                     "secret": False,
                     "queryable": p.queryable,
-                    "description": p.description,
+                    "description": note + p.description,
                     "type": "String",
                 }
                 for p in self.properties
@@ -266,6 +314,9 @@ class _RuleSpec:
             },
         }
 
+
+# How ListRuleTypes marks a rule type AWS documents that this installation cannot run.
+NOT_RUNNABLE = "Not supported by this installation (CreatePipeline refuses this rule type). "
 
 _SPECS: dict[str, _RuleSpec] = {
     spec.provider: spec
@@ -332,6 +383,50 @@ _SPECS: dict[str, _RuleSpec] = {
             5,
             on_worker=True,
             queue=LAMBDA_RULE_QUEUE,
+        ),
+        _RuleSpec(
+            "CodeBuild",
+            CodeBuildRuleConfig,
+            (
+                _Property(
+                    "ProjectName",
+                    True,
+                    "The build project: builds run the primary source's buildspec locally.",
+                    key=True,
+                ),
+                _Property(
+                    "PrimarySource",
+                    False,
+                    "The input artifact holding the buildspec; required with several inputs.",
+                ),
+                _Property(
+                    "EnvironmentVariables",
+                    False,
+                    "A JSON list of {name, value, type} handed to the build, as for the action.",
+                ),
+                _Property(
+                    "BatchEnabled", False, "Accepted; the local runner runs one build, not a batch."
+                ),
+                _Property("CombineArtifacts", False, "Accepted; the rule keeps no artifacts."),
+            ),
+            1,
+            5,
+            on_worker=True,
+            queue=CODEBUILD_RULE_QUEUE,
+        ),
+        _RuleSpec(
+            "CloudWatchAlarm",
+            CloudWatchAlarmConfig,
+            (
+                _Property("AlarmName", True, "The CloudWatch alarm to watch.", key=True),
+                _Property(
+                    "AlarmStates", False, "The alarm states the rule watches for: ALARM, OK..."
+                ),
+                _Property("WaitTime", False, "Minutes to allow for a state change."),
+            ),
+            0,
+            0,
+            runnable=False,
         ),
     )
 }
@@ -441,10 +536,20 @@ def _check_rules(condition: Condition, result: str | None, cp: str) -> list[Prob
 
 def _check_rule(rule: RuleDeclaration, rp: str) -> list[Problem]:
     spec = rule_type(rule.rule_type_id)
+    runnable = ", ".join(sorted(p for p, s in _SPECS.items() if s.runnable))
     if spec is None:
-        known = ", ".join(sorted(_SPECS))
         return [
-            Problem(f"{rp}.ruleTypeId", f"unknown rule type {rule.rule_type_id} (known: {known})")
+            Problem(
+                f"{rp}.ruleTypeId", f"unknown rule type {rule.rule_type_id} (known: {runnable})"
+            )
+        ]
+    if not spec.runnable:
+        return [
+            Problem(
+                f"{rp}.ruleTypeId",
+                f"rule type {rule.rule_type_id} is not supported by this installation "
+                f"(ListRuleTypes marks it so; rule types that run here: {runnable})",
+            )
         ]
     problems: list[Problem] = []
     try:
@@ -474,10 +579,27 @@ def _check_rule(rule: RuleDeclaration, rp: str) -> list[Problem]:
                 Problem(f"{rp}.inputArtifacts[{ii}].name", f"artifact '{art.name}' is listed twice")
             )
         seen.add(art.name)
+    if spec.config is CodeBuildRuleConfig:
+        problems.extend(_check_primary_source(rule, rp))
     timeout = rule.timeout_in_minutes
     if timeout is not None and not 5 <= timeout <= 86400:
         problems.append(Problem(f"{rp}.timeoutInMinutes", "must be between 5 and 86400"))
     return problems
+
+
+def _check_primary_source(rule: RuleDeclaration, rp: str) -> list[Problem]:
+    """As for a CodeBuild action: PrimarySource names one of the inputs, and is required
+    when there are several (the buildspec is read from it)."""
+    primary = rule.configuration.get("PrimarySource")
+    names = [a.name for a in rule.input_artifacts]
+    where = f"{rp}.configuration.PrimarySource"
+    if primary is None:
+        if len(names) > 1:
+            return [Problem(where, f"required with several input artifacts ({', '.join(names)})")]
+        return []
+    if not _deferred(primary) and primary not in names:
+        return [Problem(where, f"'{primary}' is not one of the rule's input artifacts {names}")]
+    return []
 
 
 def check_commands(
@@ -522,14 +644,26 @@ def _config_problems(exc: PydanticValidationError, prefix: str) -> list[Problem]
 
 @dataclass(frozen=True)
 class RuleOutcome:
-    """One rule run: CodePipeline's RuleExecution ``status`` and ``summary``."""
+    """One rule run: CodePipeline's RuleExecution ``status`` and ``summary``.
 
-    status: Literal["Succeeded", "Failed"]
+    ``InProgress`` is a rule that cannot decide yet and holds its stage (a DeploymentWindow
+    outside its window): it is judged again at ``retry_at`` (epoch seconds)."""
+
+    status: Literal["Succeeded", "Failed", "InProgress"]
     summary: str
+    retry_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.status == "InProgress") != (self.retry_at is not None):
+            raise ValueError("a rule in progress, and only one, says when to look again")
 
     @property
     def succeeded(self) -> bool:
         return self.status == "Succeeded"
+
+    @property
+    def waiting(self) -> bool:
+        return self.status == "InProgress"
 
 
 class _Unresolved(Exception):
@@ -549,7 +683,9 @@ def _resolve(value: str, variables: Lookup) -> str:
 
 
 def evaluate(rule: RuleDeclaration, *, now: float, variables: Lookup) -> RuleOutcome:
-    """Run a rule that needs no worker, at ``now`` (epoch seconds).
+    """Run a rule that needs no worker, at ``now`` (epoch seconds). A DeploymentWindow
+    outside its window is ``InProgress`` until the window next opens (``retry_at``); one
+    that never opens again fails.
 
     ``variables`` is called with each reference's namespace and name (``"SourceVariables",
     "Branch"``; ``"variables", "env"``; ``"codepipeline", "PipelineExecutionId"``) and
@@ -603,12 +739,15 @@ def _deployment_window(config: DeploymentWindowConfig, now: float) -> RuleOutcom
     if in_window(config.Cron, config.TimeZone, now):
         return RuleOutcome("Succeeded", f"inside deployment window {where}")
     opens = next_window_start(config.Cron, config.TimeZone, now)
-    after = (
-        f"; it next opens at {datetime.fromtimestamp(opens, zone).strftime('%Y-%m-%d %H:%M')}"
-        if opens is not None
-        else "; it does not open again"
+    if opens is None:
+        return RuleOutcome("Failed", f"outside deployment window {where}; it does not open again")
+    # AWS holds the stage until the window opens rather than failing it.
+    at = datetime.fromtimestamp(opens, zone).strftime("%Y-%m-%d %H:%M")
+    return RuleOutcome(
+        "InProgress",
+        f"waiting for deployment window {where}: it opens at {at}",
+        retry_at=opens,
     )
-    return RuleOutcome("Failed", f"outside deployment window {where}{after}")
 
 
 def _clip(text: str, limit: int = 200) -> str:

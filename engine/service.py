@@ -7,13 +7,19 @@ refusal onto CodePipeline's error for it. Reads go straight to the store.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine import keys
+from engine.approvals import policy_from_tags
+from engine.auth.context import current
+from engine.auth.identity import caller_arn
 from engine.definition import ActionDeclaration, PipelineDeclaration, normalize, validate
 from engine.errors import (
+    AccessDeniedError,
     ActionNotFoundError,
     ApprovalAlreadyCompletedError,
     ConcurrentExecutionsLimitError,
@@ -41,6 +47,7 @@ from engine.execution import (
     TriggerType,
     new_execution,
 )
+from engine.keys import JOB_WORKER_QUEUE
 from engine.messages import (
     ApprovalAnswered,
     ConditionOverridden,
@@ -54,6 +61,7 @@ from engine.messages import (
 from engine.run import PipelineRun, TransitionState
 from engine.scheduler import Decision, RejectionCode
 from engine.store import PipelineRecord, Store
+from providers.job_worker import JOB_WORKER_OWNERS, provider_class
 from providers.registry import Registry
 
 # How each refusal of ``decide`` reaches the client.
@@ -73,9 +81,12 @@ _ERRORS: dict[RejectionCode, type[ConveyorError]] = {
     RejectionCode.CONDITION_NOT_OVERRIDABLE: ConditionNotOverridableError,
     RejectionCode.APPROVAL_ALREADY_COMPLETED: ApprovalAlreadyCompletedError,
     RejectionCode.INVALID_APPROVAL_TOKEN: InvalidApprovalTokenError,
+    RejectionCode.ACCESS_DENIED: AccessDeniedError,
 }
 
 __all__ = ["PipelineRecord", "Service", "StageView"]
+
+log = logging.getLogger("conveyor.service")
 
 # Starts built again after losing a race to an UpdatePipeline before one is given up.
 MAX_STALE_STARTS = 5
@@ -101,24 +112,61 @@ class Service:
         default_bucket: str,
         ensure_bucket: Callable[[str], None] | None = None,
         minute_seconds: float = 60.0,
+        start_on_create: bool = False,
     ) -> None:
+        """``start_on_create``: CreatePipeline starts the first execution, as on AWS. The
+        API's runtime passes CONVEYOR_START_ON_CREATE (on by default); a Service built by
+        hand (tests, tools) starts nothing it was not asked to."""
         self.store = store
         self.registry = registry
         self.default_bucket = default_bucket
         self.ensure_bucket = ensure_bucket
         self.minute_seconds = minute_seconds
+        self.start_on_create = start_on_create
 
     # ------------------------------------------------------------------ pipelines
 
     def create_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
-        decl = validate(normalize(raw), self.registry)
+        decl = self._validate(raw)
         self._ensure_store(decl)
-        return self.store.definitions.create(decl)
+        rec = self.store.definitions.create(decl)
+        if self.start_on_create:
+            self._first_execution(rec.declaration.name)
+        return rec
+
+    def _first_execution(self, name: str) -> None:
+        """AWS starts a new pipeline at once. The pipeline exists whatever happens here, so
+        a start that is refused (a DeletePipeline raced it) is logged, not reported: the
+        CreatePipeline itself succeeded."""
+        try:
+            self.start_execution(name, trigger_type=TriggerType.CREATE_PIPELINE)
+        except ConveyorError as exc:
+            log.warning(
+                "pipeline %s was created but its first execution did not start: %s", name, exc
+            )
 
     def update_pipeline(self, raw: dict[str, Any]) -> PipelineRecord:
-        decl = validate(normalize(raw), self.registry)
+        decl = self._validate(raw)
         self._ensure_store(decl)
         return self.store.definitions.update(decl)
+
+    def _validate(self, raw: dict[str, Any]) -> PipelineDeclaration:
+        return validate(normalize(raw), self.action_registry(), region=self.store.account.region)
+
+    def action_registry(self) -> Registry:
+        """The built-in providers plus the job-worker action types declared now (Custom,
+        ThirdParty): what a definition may use."""
+        return self.registry.extended(
+            provider_class(r.job_worker_type()) for r in self.store.action_types.live()
+        )
+
+    def queue_of(self, action: ActionDeclaration) -> str | None:
+        """The job-worker queue for an action no built-in provider runs (a declared Custom or
+        ThirdParty type, checked when the definition was); None: its provider's queue."""
+        t = action.action_type_id
+        if self.registry.get(t) is None and t.owner in JOB_WORKER_OWNERS:
+            return JOB_WORKER_QUEUE
+        return None
 
     def _ensure_store(self, decl: PipelineDeclaration) -> None:
         if self.ensure_bucket is not None:
@@ -168,6 +216,7 @@ class Service:
                 artifact_bucket=self.bucket_of(rec.declaration),
                 variables=variables or {},
                 timeout_minutes=self.timeout_minutes,
+                queue_of=self.queue_of,
                 trigger_type=trigger_type,
                 trigger_detail=trigger_detail,
                 source_revisions=source_revisions,
@@ -334,9 +383,13 @@ class Service:
         *,
         approved: bool,
         summary: str = "",
-        answered_by: str | None = None,
     ) -> float:
-        """Answer an approval; returns when the answer was applied (Redis's clock)."""
+        """Answer an approval as the request's principal (:func:`engine.auth.context.current`),
+        under the pipeline's approver lists and separation of duties (its tags; judged with
+        the answer, inside the compare-and-set). The principal's ARN is recorded as who
+        answered (none when Conveyor itself answers, outside a request). Returns when the
+        answer was applied (Redis's clock)."""
+        principal = current().principal
         event = ApprovalAnswered(
             execution_id=self.store.runs.approval_owner(name, token),
             stage=stage,
@@ -344,7 +397,9 @@ class Service:
             token=token,
             approved=approved,
             summary=summary,
-            answered_by=answered_by,
+            answered_by=caller_arn(self.store.account),
+            principal=principal,
+            policy=policy_from_tags(self.store.tags.get(keys.pipeline_tags(name))),
         )
         decision = self._apply(name, event)
         return decision.run.clock

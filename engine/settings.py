@@ -42,13 +42,30 @@ class Settings(BaseSettings):
     # Lambda-style handlers report job results there, Invoke/CodePipeline starts pipelines
     # there. Defaults to api_host:api_port.
     api_url: str | None = None
+    # Job workers (custom actions): a job PollForJobs handed out that is not acknowledged
+    # (AcknowledgeJob) within this long goes back to the queue, with a new nonce; and where
+    # job workers and Lambda-style handlers reach the S3 gateway their job's artifact
+    # credentials work with (default: the API's /s3).
+    job_ack_timeout_seconds: float = Field(default=60.0, gt=0)
+    s3_gateway_url: str | None = None
     # Bounded work per API request: a larger body is refused (413) before it is read in
     # full; JSON nested deeper, or an integer literal longer, is refused (400).
     api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     api_max_json_depth: int = Field(default=64, ge=8)
     api_max_int_digits: int = Field(default=32, ge=20)
+    # The audit log (engine.audit): the Redis stream conveyor:audit keeps about
+    # audit_max_entries records; audit_file (JSON lines, appended, fsync'd per record
+    # unless audit_fsync is false) keeps them all. Reads that succeed are recorded only
+    # with audit_reads.
+    audit_file: Path | None = None
+    audit_max_entries: int = Field(default=1_000_000, ge=1000)
+    audit_fsync: bool = True
+    audit_reads: bool = False
     # Versions of one pipeline kept; UpdatePipeline drops the oldest beyond this.
     max_pipeline_versions: int = Field(default=100, ge=1)
+    # CreatePipeline starts the pipeline's first execution (trigger type CreatePipeline), as
+    # on AWS. Off: a new pipeline waits for StartPipelineExecution or a trigger.
+    start_on_create: bool = True
 
     # Leases: a worker renews every lease_seconds/3; the sweep re-dispatches after expiry.
     # A dispatched attempt no worker claimed within this long is sent again, too.
@@ -116,6 +133,8 @@ class Settings(BaseSettings):
         "secrets_file",
         "build_cache_dir",
         "webhook_public_url",
+        "audit_file",
+        "s3_gateway_url",
         mode="before",
     )
     @classmethod
@@ -145,6 +164,10 @@ class Settings(BaseSettings):
     @property
     def api_endpoint(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def s3_gateway_endpoint(self) -> str:
+        return self.s3_gateway_url or f"{self.api_endpoint.rstrip('/')}/s3"
 
 
 def with_credentials(url: str, username: str | None, password: str | None) -> str:

@@ -4,7 +4,8 @@ AWS's rules for CodePipeline tags: at most 50 per resource; a key is 1-128 chara
 value 0-256; both use letters, numbers, spaces and ``_ . : / = + - @``; keys starting with
 ``aws:`` (any case) are reserved for AWS and can be neither added nor removed. Lengths are
 also in botocore's model (checked before this runs); the rest is checked here, with the
-errors the model declares (``InvalidTagsException``, ``TooManyTagsException``).
+errors the model declares (``InvalidTagsException``, ``TooManyTagsException``). Keys under
+``conveyor:`` configure approvals and are checked by :mod:`engine.approvals`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from engine.approvals import check_policy_tag, is_policy_key
 from engine.errors import InvalidTagsError, TooManyTagsError
 
 MAX_TAGS = 50
@@ -32,7 +34,9 @@ def tags_of(items: Sequence[Mapping[str, Any]]) -> dict[str, str]:
         check_key(key, where)
         if len(value) > MAX_VALUE:
             raise InvalidTagsError(f"{where}.value: at most {MAX_VALUE} characters")
-        if _ALLOWED.fullmatch(value) is None:
+        if is_policy_key(key):  # Conveyor's own (approvers may be comma-separated)
+            check_policy_tag(key, value, where)
+        elif _ALLOWED.fullmatch(value) is None:
             raise InvalidTagsError(
                 f"{where}.value: only letters, numbers, spaces and _ . : / = + - @ are allowed"
             )

@@ -3,7 +3,8 @@
 It starts Redis, an S3 endpoint, the engine and provider workers, beat, the HTTP API and
 Flower (``workers.stack.run_dev_stack``), creates the buckets the pipeline names, uploads
 ``examples/app`` zipped as the source object, creates the pipeline from
-``examples/reference-pipeline.json`` through the API, runs it with live progress, stops at
+``examples/reference-pipeline.json`` through the API, follows the execution that creating it
+started (as CreatePipeline does on AWS) with live progress, stops at
 the manual approval and prints the command a person would run to answer it, then approves
 (or waits for you to), and shows where the artifacts and the deployed files are.
 
@@ -431,18 +432,38 @@ class Demo:
         self.say(f"    version id {out.get('VersionId') or '-'}")
         return app_version
 
-    def create_pipeline(self) -> None:
+    def create_pipeline(self) -> bool:
+        """Create the pipeline (update it if a Redis you run yourself has it already);
+        whether it was created, which on AWS, and here by default, starts an execution."""
         self.step(f"Creating pipeline {self.layout.name} from {_shown(self.definition)}")
+        created = True
         try:
             decl = self.client.create_pipeline(self.declaration)
             self.say(f"    created (version {decl.get('version', 1)})")
         except ClientError as exc:
             if error_code(exc) != "PipelineNameInUseException":
                 raise
+            created = False
             decl = self.client.update_pipeline(self.declaration)  # a Redis you run yourself
             self.say(f"    already existed: updated to version {decl.get('version')}")
         if self.layout.artifact_bucket:
             self.say(f"    artifact store s3://{self.layout.artifact_bucket}")
+        return created
+
+    def start_execution(self, created: bool) -> str:
+        """Follow the execution CreatePipeline started; start one only when there is none
+        (the pipeline already existed, or the server does not start on create)."""
+        name = self.layout.name
+        execution_id = self.client.created_execution(name) if created else None
+        if execution_id is not None:
+            self.step(f"CreatePipeline started execution {execution_id} (as on AWS)")
+            return execution_id
+        # Not client.start_execution(name): it sends ``variables=[]``, which botocore rejects
+        # (minimum length 1); boto3 directly, with no variables at all, is what a user does.
+        out = self.client.cp.start_pipeline_execution(name=name)
+        execution_id = str(out["pipelineExecutionId"])
+        self.step(f"Started execution {execution_id}")
+        return execution_id
 
     def watch(
         self,
@@ -591,13 +612,8 @@ class Demo:
     def run(self) -> None:
         self.prepare_buckets()
         self.upload_source()
-        self.create_pipeline()
+        execution_id = self.start_execution(self.create_pipeline())
         name = self.layout.name
-        # Not client.start_execution(name): it sends ``variables=[]``, which botocore rejects
-        # (minimum length 1); boto3 directly, with no variables at all, is what a user does.
-        out = self.client.cp.start_pipeline_execution(name=name)
-        execution_id = str(out["pipelineExecutionId"])
-        self.step(f"Started execution {execution_id}")
         progress = Progress(self.console, name, self.started)
         with progress:
             snap = self.watch(

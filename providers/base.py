@@ -104,6 +104,9 @@ class JobOutcome:
     output_variables: dict[str, str] = field(default_factory=dict)
     failure_type: str | None = None
     message: str | None = None
+    # PutJobSuccessResult's currentRevision (a source action's): its revision and summary.
+    revision: str | None = None
+    revision_summary: str | None = None
 
 
 class JobChannel(Protocol):
@@ -126,6 +129,14 @@ class JobChannel(Protocol):
         """No answer is wanted any more: later results for the job are refused."""
         ...
 
+    def credentials(
+        self, reads: list[ArtifactObject], writes: list[ArtifactObject]
+    ) -> dict[str, str]:
+        """Temporary artifact credentials (CodePipeline's ``AWSSessionCredentials``:
+        accessKeyId, secretAccessKey, sessionToken) that can read only ``reads`` and write
+        only ``writes``, through Conveyor's S3 gateway, for as long as these jobs live."""
+        ...
+
 
 @dataclass
 class Job:
@@ -138,7 +149,8 @@ class Job:
     attempt: int
     configuration: Any  # an instance of the provider's Config model
     variables: dict[str, str]
-    # artifact name -> directory holding its extracted contents (in declaration order)
+    # artifact name -> directory holding its extracted contents (in declaration order),
+    # for providers that need the contents (``Provider.needs_contents``)
     inputs: dict[str, Path]
     # artifact name -> empty directory the provider fills; the worker zips and uploads it
     outputs: dict[str, Path]
@@ -190,6 +202,14 @@ class Job:
     # fills them from its settings.
     pipeline_arn: str | None = None
     account_id: str = DEFAULT_ACCOUNT_ID
+    # Conveyor's S3 gateway, where the temporary artifact credentials of jobs work (for the
+    # code a ``uses_artifact_locations`` provider runs); the worker fills it from settings.
+    s3_gateway_url: str | None = None
+
+    # artifact name -> the artifact object as its producer stored it, byte for byte (a zip
+    # or anything an S3 source held), for providers that do not need the contents (a
+    # Deploy/S3 without Extract publishes it as it is); then ``inputs`` is empty.
+    input_files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def primary_input(self) -> Path | None:
@@ -216,6 +236,10 @@ class Result:
     # straight from the object store): the worker checks them against the artifact limits
     # and uploads them byte for byte instead of zipping the output directory.
     ready_outputs: dict[str, Path] = field(default_factory=dict)
+    # Output artifacts that are a file exactly as the provider got it (an S3 source's
+    # object): stored byte for byte, whatever it holds. Not checked as a zip (consumers that
+    # need the contents unpack it and say so if they cannot); only the size limit applies.
+    verbatim_outputs: dict[str, Path] = field(default_factory=dict)
 
 
 class Provider(ABC):
@@ -240,6 +264,14 @@ class Provider(ABC):
     # Compute actions (Commands) take the declaration's ``commands``, ``outputVariables``,
     # ``environmentVariables`` and output ``files``; no other action may carry them.
     takes_commands: ClassVar[bool] = False
+
+    @classmethod
+    def needs_contents(cls, config: Any) -> bool:
+        """Whether the action reads its input artifacts' files (``Job.inputs``, unpacked by
+        the worker with the hardened extraction) rather than the artifact objects as stored
+        (``Job.input_files``). Most do; a Deploy/S3 without Extract does not. An input that
+        is not a zip fails an action that needs its contents, naming the artifact."""
+        return True
 
     @abstractmethod
     def run(self, job: Job) -> Result:

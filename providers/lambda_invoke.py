@@ -8,8 +8,10 @@ and a context like Lambda's. The handler answers as on AWS, through boto3's code
 client, which its environment points at Conveyor's API (``AWS_ENDPOINT_URL_CODEPIPELINE``):
 PutJobSuccessResult, with a continuation token to be called again for long work, or
 PutJobFailureResult. Artifacts stay in the artifact store: inputs are the objects earlier
-actions wrote, outputs are keys the handler uploads to itself, with the store's keys from
-``artifactCredentials`` and ``AWS_ENDPOINT_URL_S3``.
+actions wrote, outputs are keys the handler uploads to itself, with the temporary
+``artifactCredentials`` of its job (they read only its inputs and write only its outputs,
+through Conveyor's S3 gateway at ``AWS_ENDPOINT_URL_S3``; the store's own keys never reach
+a handler).
 
 The same loop serves the LambdaInvoke stage-condition rule (:func:`run_function`).
 """
@@ -46,6 +48,7 @@ from providers.base import (
     Result,
     S3Access,
 )
+from providers.job_data import artifact, pipeline_context
 
 RUNTIME = Path(__file__).with_name("lambda_runtime.py")
 LOG_NAME = "function-log"
@@ -153,6 +156,11 @@ class Invocation:
     action_type: dict[str, str] | None = None
     # The installation's account id (the job event's accountId).
     account_id: str = DEFAULT_ACCOUNT_ID
+    # Conveyor's S3 gateway (CONVEYOR_S3_GATEWAY_URL), where ``credentials`` work.
+    s3_gateway: str | None = None
+    # The jobs' temporary artifact credentials (AWSSessionCredentials); issued through the
+    # job channel by run_function when not given.
+    credentials: dict[str, str] | None = None
 
 
 @dataclass
@@ -199,6 +207,7 @@ class LambdaInvoke(Provider):
             ),
             action_type=self.action_type.model_dump(mode="json"),
             account_id=job.account_id,
+            s3_gateway=job.s3_gateway_url,
         )
         log_path = job.workdir / f"{LOG_NAME}.log"
         with log_path.open("a", encoding="utf-8") as log:
@@ -212,30 +221,6 @@ class LambdaInvoke(Provider):
             output_variables=outcome.output_variables,
             attachments={LOG_NAME: log_path},
         )
-
-
-def pipeline_context(
-    pipeline: str,
-    execution_id: str,
-    stage: str,
-    action: str,
-    *,
-    pipeline_arn: str | None,
-    action_execution_id: str | None = None,
-) -> dict[str, Any]:
-    """CodePipeline's ``pipelineContext`` of a job (a rule's name stands in its action's)."""
-    action_context = {"name": action}
-    if action_execution_id:
-        action_context["actionExecutionId"] = action_execution_id
-    context: dict[str, Any] = {
-        "pipelineName": pipeline,
-        "stage": {"name": stage},
-        "action": action_context,
-    }
-    if pipeline_arn:
-        context["pipelineArn"] = pipeline_arn
-    context["pipelineExecutionId"] = execution_id
-    return context
 
 
 def run_function(
@@ -252,6 +237,8 @@ def run_function(
     if not inv.api_endpoint:
         # Without it the handler's boto3 would send its job results to AWS itself.
         raise ActionFailed("no API endpoint for handlers to report to: set CONVEYOR_API_URL")
+    if inv.credentials is None:
+        inv.credentials = jobs.credentials(list(inv.inputs.values()), list(inv.outputs.values()))
     give_up = _give_up_at(inv.deadline)
     token: str | None = None
     calls = 0
@@ -333,31 +320,16 @@ def job_data(inv: Invocation, continuation_token: str | None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "actionConfiguration": {"configuration": configuration},
         "pipelineContext": inv.pipeline_context,
-        "inputArtifacts": [_artifact(n, o) for n, o in inv.inputs.items()],
-        "outputArtifacts": [_artifact(n, o) for n, o in inv.outputs.items()],
-        # The store's own keys: there is no STS here to mint temporary ones, so the session
-        # token is empty (boto3 then signs without one).
-        "artifactCredentials": {
-            "accessKeyId": inv.s3.access_key_id,
-            "secretAccessKey": inv.s3.secret_access_key,
-            "sessionToken": "",
-        },
+        "inputArtifacts": [artifact(n, o) for n, o in inv.inputs.items()],
+        "outputArtifacts": [artifact(n, o) for n, o in inv.outputs.items()],
+        # Temporary, scoped to this action's artifacts (never the store's own keys).
+        "artifactCredentials": dict(inv.credentials or {}),
     }
     if inv.action_type is not None:
         data["actionTypeId"] = inv.action_type
     if continuation_token is not None:
         data["continuationToken"] = continuation_token
     return data
-
-
-def _artifact(name: str, obj: ArtifactObject) -> dict[str, Any]:
-    artifact: dict[str, Any] = {
-        "name": name,
-        "location": {"type": "S3", "s3Location": {"bucketName": obj.bucket, "objectKey": obj.key}},
-    }
-    if obj.revision is not None:
-        artifact["revision"] = obj.revision
-    return artifact
 
 
 # The members of JobData a Lambda's event carries (AWS's example event); GetJobDetails has
@@ -387,13 +359,15 @@ def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, 
     """The environment of the handler's process: the worker's, without its settings and
     identity, plus what a Lambda's boto3 needs to reach Conveyor and the artifact store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(HIDDEN_PREFIXES)}
+    credentials = inv.credentials or {}
     env.update(
         {
-            "AWS_ACCESS_KEY_ID": inv.s3.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": inv.s3.secret_access_key,
+            "AWS_ACCESS_KEY_ID": credentials.get("accessKeyId", ""),
+            "AWS_SECRET_ACCESS_KEY": credentials.get("secretAccessKey", ""),
+            "AWS_SESSION_TOKEN": credentials.get("sessionToken", ""),
             "AWS_REGION": inv.s3.region,
             "AWS_DEFAULT_REGION": inv.s3.region,
-            "AWS_ENDPOINT_URL_S3": inv.s3.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": gateway_url(inv.s3_gateway, inv.api_endpoint),
             "AWS_LAMBDA_FUNCTION_NAME": _bare_name(inv.function_name),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
@@ -407,6 +381,11 @@ def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, 
     else:
         env.pop("PYTHONPATH", None)
     return env
+
+
+def gateway_url(configured: str | None, api_endpoint: str | None) -> str:
+    """Where the jobs' artifact credentials work: the S3 gateway, by default under the API."""
+    return configured or f"{(api_endpoint or '').rstrip('/')}/s3"
 
 
 def _call(

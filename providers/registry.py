@@ -30,6 +30,15 @@ class Registry:
     def __iter__(self) -> Iterator[type[Provider]]:
         return iter(self._by_key.values())
 
+    def extended(self, providers: Iterable[type[Provider]]) -> Registry:
+        """This registry plus ``providers`` (job-worker action types declared at run time);
+        a type a built-in already runs keeps its built-in."""
+        out = Registry(self)
+        for p in providers:
+            if out.get(p.action_type) is None:
+                out.register(p)
+        return out
+
     def load_entry_points(self) -> None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             self.register(ep.load())

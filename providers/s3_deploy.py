@@ -1,4 +1,7 @@
-"""Deploy/AWS/S3/1: publish the input artifact to a bucket, extracted or as one zip.
+"""Deploy/AWS/S3/1: publish the input artifact to a bucket, extracted or as it is.
+
+Without Extract the artifact object is written under ObjectKey byte for byte, as AWS does
+(a zip stays that very zip; an S3 source's tarball stays that tarball).
 
 Like CodePipeline, the target bucket must already exist: creating it here would hide a
 typo in ``BucketName`` behind a brand-new, empty, possibly public bucket.
@@ -7,6 +10,7 @@ typo in ``BucketName`` behind a brand-new, empty, possibly public bucket.
 from __future__ import annotations
 
 import mimetypes
+import zipfile
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -31,12 +35,7 @@ from providers.base import (
     Result,
 )
 from providers.s3_source import bool_string
-from providers.ziputil import (
-    MAX_BYTES_SETTING,
-    MAX_FILES_SETTING,
-    UnsafeArchiveError,
-    zip_dir,
-)
+from providers.ziputil import MAX_BYTES_SETTING, MAX_FILES_SETTING
 
 CannedAcl = Literal[
     "private",
@@ -127,24 +126,31 @@ class S3Deploy(Provider):
     max_inputs = 1
     default_timeout_minutes = 90  # AWS: "Amazon S3 deployment action: 90 minutes"
 
+    @classmethod
+    def needs_contents(cls, config: Any) -> bool:
+        """Without Extract the artifact object itself is published, byte for byte."""
+        return bool(config.Extract == "true")
+
     def run(self, job: Job) -> Result:
         config: S3DeployConfig = job.configuration
-        source = job.primary_input
-        if source is None:
-            raise ActionFailed("Deploy/S3 needs one input artifact")
         client = s3_client(job.s3)
         bucket = config.BucketName
         base_args = _upload_args(config)
 
         if config.Extract == "false":
+            # As on AWS: the artifact as its producer stored it, under ObjectKey.
+            artifact = next(iter(job.input_files.values()), None)
+            if artifact is None:
+                raise ActionFailed("Deploy/S3 needs one input artifact")
             key = config.ObjectKey or ""  # validated: present when not extracting
             _check_key(key, "ObjectKey")
-            archive = self._package(job, source)
-            self._put(
-                client, job, archive, bucket, key, {**base_args, "ContentType": "application/zip"}
-            )
+            kind = "application/zip" if zipfile.is_zipfile(artifact) else "application/octet-stream"
+            self._put(client, job, artifact, bucket, key, {**base_args, "ContentType": kind})
             return Result(summary=f"Deployed s3://{bucket}/{key}")
 
+        source = job.primary_input
+        if source is None:
+            raise ActionFailed("Deploy/S3 needs one input artifact")
         prefix = (config.ObjectKey or "").strip("/")
         _check_key(prefix, "ObjectKey")
         files = _files(source)
@@ -172,25 +178,6 @@ class S3Deploy(Provider):
                 record.flush()
         target = f"s3://{bucket}/{prefix + '/' if prefix else ''}"
         return Result(summary=f"Deployed {len(files)} files to {target}")
-
-    @staticmethod
-    def _package(job: Job, source: Path) -> Path:
-        """The input zipped once per attempt (a retried try reuses it), within the limits."""
-        archive = job.workdir / "s3-deploy.zip"
-        if archive.exists():
-            return archive
-        partial = archive.with_suffix(".zip.part")
-        try:
-            zip_dir(
-                source,
-                partial,
-                max_bytes=job.max_artifact_bytes,
-                max_files=job.max_artifact_files,
-            )
-        except UnsafeArchiveError as exc:
-            raise ActionFailed(f"cannot package the input artifact: {exc}") from exc
-        partial.replace(archive)
-        return archive
 
     @staticmethod
     def _put(

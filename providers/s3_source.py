@@ -1,14 +1,16 @@
 """Source/AWS/S3/1: an object in a bucket becomes the pipeline's source artifact.
 
-Like CodePipeline's S3 source, the object is usually a zip whose contents are the source;
-its version id (or, in an unversioned bucket, its ETag) is the revision. The object is
+Like CodePipeline's S3 source, the output artifact is the object exactly as stored: usually
+a zip whose contents are the source, but whatever it is (a tarball, a single file) it is
+handed on byte for byte, never unpacked and re-zipped here. Actions that need the contents
+unpack it themselves. Its version id (or, in an unversioned bucket, its ETag) is the
+revision. The object is
 read once with ``head_object`` and then fetched by that exact version, so a concurrent
 upload cannot give the execution a revision id that does not match its files.
 """
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -31,7 +33,7 @@ from providers.base import (
     ProviderConfig,
     Result,
 )
-from providers.ziputil import MAX_BYTES_SETTING, UnsafeArchiveError, extract_zip
+from providers.ziputil import MAX_BYTES_SETTING
 
 # CodePipeline puts an optional human summary of the revision in this user metadata key.
 REVISION_SUMMARY_METADATA = "codepipeline-artifact-revision-summary"
@@ -70,7 +72,6 @@ class S3Source(Provider):
         config: S3SourceConfig = job.configuration
         bucket, key = config.S3Bucket, config.S3ObjectKey
         where = f"s3://{bucket}/{key}"
-        (output,) = job.outputs.values()
         client = s3_client(job.s3)
         # One GET: its response names the version (and ETag) of exactly the bytes it
         # carries, so the revision recorded always matches the files. A pinned revision (a
@@ -83,11 +84,10 @@ class S3Source(Provider):
         if version == "null":  # an object written before versioning was turned on
             version = None
         etag = str(got.get("ETag", "")).strip('"') or None
-        is_zip = key.lower().endswith(".zip")
         size = got.get("ContentLength")
-        if not is_zip and isinstance(size, int) and size > job.max_artifact_bytes:
+        if isinstance(size, int) and size > job.max_artifact_bytes:
             body.close()
-            # Placed as-is, the object is the artifact: refuse it before fetching its bytes.
+            # The object is the artifact: refuse it before fetching its bytes.
             raise ActionFailed(
                 f"{where} is {size} bytes; the limit is {job.max_artifact_bytes} bytes "
                 f"({MAX_BYTES_SETTING})"
@@ -104,28 +104,15 @@ class S3Source(Provider):
             raise to_failure(exc, f"downloading {where}", job.s3.endpoint_url) from exc
         finally:
             body.close()
-
-        if is_zip:
-            if not zipfile.is_zipfile(download):
-                raise ActionFailed(f"{where} has a .zip key but is not a zip archive")
-            try:
-                stats = extract_zip(
-                    download,
-                    output,
-                    max_bytes=job.max_artifact_bytes,
-                    max_files=job.max_artifact_files,
-                )
-            except UnsafeArchiveError as exc:
-                raise ActionFailed(f"refusing to extract {where}: {exc}") from exc
-            download.unlink()
-            job.log.write(f"Extracted {stats.files} entries ({stats.bytes} bytes)\n")
-        else:
-            download.replace(output / name)
-            job.log.write(f"Placed {name} as-is (not a .zip)\n")
+        job.log.write(
+            f"Fetched {download.stat().st_size} bytes; the artifact is the object as is\n"
+        )
 
         variables = {"ETag": etag, "VersionId": version, "BucketName": bucket, "ObjectKey": key}
         summary = (got.get("Metadata") or {}).get(REVISION_SUMMARY_METADATA)
+        (output_name,) = job.outputs
         return Result(
+            verbatim_outputs={output_name: download},
             summary=f"Fetched {where}",
             revision_id=version or etag,
             revision_summary=summary,

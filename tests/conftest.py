@@ -36,6 +36,10 @@ TEST_TIMINGS = {
     "CONVEYOR_OUTBOX_GRACE_SECONDS": "3",
 }
 
+# Most tests create a pipeline and then start the execution they watch: the stacks they
+# spawn do not start one on CreatePipeline (tests of that turn it on themselves).
+TEST_DEFAULTS = {"CONVEYOR_START_ON_CREATE": "false"}
+
 SPAWNED = pytest.StashKey[list[Service]]()
 LOG_TAIL_LINES = 60
 
@@ -126,7 +130,7 @@ def private_redis(tmp_path: Path) -> Iterator[Service]:
 @pytest.fixture(scope="session")
 def settings_env(redis_service: Service, s3_service: Service) -> dict[str, str]:
     """``CONVEYOR_*`` variables for processes the tests start (state on db 0, broker db 1)."""
-    return {**devstack.service_env(redis_service, s3_service), **TEST_TIMINGS}
+    return {**devstack.service_env(redis_service, s3_service), **TEST_TIMINGS, **TEST_DEFAULTS}
 
 
 def _foreign_conveyor_vars(environ: Mapping[str, str], keep: Mapping[str, str]) -> list[str]:

@@ -31,9 +31,9 @@ def pool_queues(pool: str, registry: Registry) -> list[str]:
     queues = [keys.ENGINE_QUEUE] if "engine" in wanted else []
     queues += [q for q, cat in provider_queues(registry).items() if cat in wanted]
     if "build" in wanted:
-        queues.append(keys.COMMANDS_RULE_QUEUE)
+        queues += [keys.COMMANDS_RULE_QUEUE, keys.CODEBUILD_RULE_QUEUE]
     if "invoke" in wanted:
-        queues.append(keys.LAMBDA_RULE_QUEUE)
+        queues += [keys.LAMBDA_RULE_QUEUE, keys.JOB_WORKER_QUEUE]
     return queues
 
 
@@ -43,7 +43,9 @@ def make_app(settings: Settings, registry: Registry) -> Celery:
         keys.ENGINE_QUEUE,
         *provider_queues(registry),
         keys.COMMANDS_RULE_QUEUE,
+        keys.CODEBUILD_RULE_QUEUE,
         keys.LAMBDA_RULE_QUEUE,
+        keys.JOB_WORKER_QUEUE,
     ]
     app.conf.update(
         # kombu's Redis transport with one client object per channel (workers.transport).

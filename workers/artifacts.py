@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from engine.errors import ArtifactError
 from engine.settings import Settings
 from providers.ziputil import (
     CHUNK_SIZE,
+    MAX_BYTES_SETTING,
     UnsafeArchiveError,
     check_zip,
     extract_zip,
@@ -45,6 +47,7 @@ PART_SIZE = 8 * 1024 * 1024
 PARALLEL_UPLOADS = 2
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
 ZIP_CONTENT_TYPE = "application/zip"
+OCTET_STREAM = "application/octet-stream"
 
 _MISSING_CODES = frozenset(
     {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "ResourceNotFound"}
@@ -72,6 +75,7 @@ class Packed:
     path: Path
     sha256: str
     size: int
+    content_type: str = "application/zip"
 
 
 class ArtifactRef(BaseModel):
@@ -309,10 +313,23 @@ class ArtifactStore:
             raise ArtifactError(f"cannot store output artifact {name!r}: {exc}") from exc
         return Packed(path=archive, sha256=sha256_file(archive), size=archive.stat().st_size)
 
+    def package_verbatim(self, path: Path, *, name: str) -> Packed:
+        """A file a provider hands over as the artifact itself (an S3 source's object):
+        stored byte for byte, whatever it holds, so it is not checked as a zip; only the
+        size limit applies. Whoever needs its contents unpacks it (:meth:`unpack`)."""
+        size = path.stat().st_size
+        if size > self.max_bytes:
+            raise ArtifactError(
+                f"cannot store output artifact {name!r}: it is {size} bytes; the limit is "
+                f"{self.max_bytes} bytes ({MAX_BYTES_SETTING})"
+            )
+        kind = ZIP_CONTENT_TYPE if zipfile.is_zipfile(path) else OCTET_STREAM
+        return Packed(path=path, sha256=sha256_file(path), size=size, content_type=kind)
+
     def upload_packed(self, packed: Packed, bucket: str, key: str) -> ArtifactRef:
         """Upload an archive made by :meth:`package_dir` (as often as it takes)."""
         return self.upload_file(
-            packed.path, bucket, key, content_type=ZIP_CONTENT_TYPE, sha256=packed.sha256
+            packed.path, bucket, key, content_type=packed.content_type, sha256=packed.sha256
         )
 
     def upload_file(
@@ -389,28 +406,46 @@ class ArtifactStore:
         )
         return ref, digest.hexdigest()
 
-    def download_to_dir(self, ref: ArtifactRef, directory: Path) -> None:
-        """Fetch, verify and safely extract one artifact into ``directory``.
+    def download_verified(self, ref: ArtifactRef, dest: Path) -> None:
+        """Fetch one artifact to ``dest`` byte for byte, and check it is what was stored.
 
         The expected digest is the one in ``ref`` (recorded by the uploader and kept by the
         engine), falling back to the object's metadata for refs made without one. The
         metadata alone proves little, since whoever can rewrite the object can rewrite it.
-        The archive lands beside ``directory`` and is removed once extracted.
         """
         where = s3_url(ref.bucket, ref.key)
+        fetched, actual = self.fetch(ref.bucket, ref.key, dest, ref.version_id)
+        expected = ref.sha256 or fetched.sha256
+        if expected is not None and actual != expected:
+            raise ArtifactError(
+                f"artifact {where} is corrupt or was modified: "
+                f"SHA-256 {actual} does not match the recorded {expected}"
+            )
+
+    def unpack(self, archive: Path, directory: Path, *, name: str, where: str) -> None:
+        """Extract a downloaded artifact into ``directory`` with the hardened extraction,
+        within the limits. Artifacts move byte for byte, so one may not be a zip at all (an
+        S3 source's tarball): that is said plainly, naming the artifact."""
+        if not zipfile.is_zipfile(archive):
+            raise ArtifactError(
+                f"input artifact {name!r} ({where}) is not a zip archive, so its contents "
+                "cannot be unpacked; actions that read an artifact's files (builds, Commands, "
+                "deploys with Extract) need a zip"
+            )
+        try:
+            extract_zip(archive, directory, max_bytes=self.max_bytes, max_files=self.max_files)
+        except UnsafeArchiveError as exc:
+            raise ArtifactError(f"refusing to extract artifact {where}: {exc}") from exc
+
+    def download_to_dir(self, ref: ArtifactRef, directory: Path, *, name: str = "") -> None:
+        """Fetch, verify and safely extract one artifact into ``directory`` (``name`` is the
+        artifact's, for messages). The archive lands beside ``directory`` and is removed
+        once extracted."""
         directory.parent.mkdir(parents=True, exist_ok=True)
         archive = directory.parent / f".{directory.name}.download.zip"
         try:
-            fetched, actual = self.fetch(ref.bucket, ref.key, archive, ref.version_id)
-            expected = ref.sha256 or fetched.sha256
-            if expected is not None and actual != expected:
-                raise ArtifactError(
-                    f"artifact {where} is corrupt or was modified: "
-                    f"SHA-256 {actual} does not match the recorded {expected}"
-                )
-            try:
-                extract_zip(archive, directory, max_bytes=self.max_bytes, max_files=self.max_files)
-            except UnsafeArchiveError as exc:
-                raise ArtifactError(f"refusing to extract artifact {where}: {exc}") from exc
+            self.download_verified(ref, archive)
+            where = s3_url(ref.bucket, ref.key)
+            self.unpack(archive, directory, name=name or directory.name, where=where)
         finally:
             archive.unlink(missing_ok=True)

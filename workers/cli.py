@@ -142,6 +142,8 @@ def api(host: str | None, port: int | None) -> None:
 
     from engine.api import create_app
     from engine.api.parsing import BodyLimits
+    from engine.api.s3_gateway import Gateway, Upstream
+    from engine.audit import AuditConfig, AuditLog
     from engine.webhooks import WebhookConfig, WebhookConfigError
     from workers.runtime import Runtime
 
@@ -156,8 +158,22 @@ def api(host: str | None, port: int | None) -> None:
     except WebhookConfigError as exc:
         raise click.ClickException(exc.message) from None
     rt = Runtime(settings)
+    try:  # an audit file that cannot be written stops the API here, not at a request
+        audit = AuditLog(rt.service.store.r, settings.account, AuditConfig.from_settings(settings))
+    except OSError as exc:
+        raise click.ClickException(f"CONVEYOR_AUDIT_FILE: {exc}") from None
+    gateway = Gateway(
+        rt.store.credentials,
+        Upstream(
+            settings.s3_endpoint_url,
+            settings.s3_access_key_id,
+            settings.s3_secret_access_key,
+            settings.s3_region,
+            settings.max_artifact_bytes,
+        ),
+    )
     uvicorn.run(
-        create_app(rt.service, webhooks, limits),
+        create_app(rt.service, webhooks, limits, audit, gateway),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",

@@ -10,9 +10,10 @@ at a terminal wants the reason, not a traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -139,8 +140,12 @@ pipelines = _group("pipelines", "Create, inspect and delete pipelines.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def pipelines_create(file: str) -> None:
     """Create a pipeline from a CodePipeline JSON/YAML file or a CloudFormation template."""
-    decl = _client().create_pipeline(file)
+    client = _client()
+    decl = client.create_pipeline(file)
     click.echo(f"created pipeline {decl['name']} (version {decl.get('version', 1)})")
+    started = client.created_execution(decl["name"])
+    if started is not None:
+        click.echo(f"started execution {started} (trigger CreatePipeline)")
 
 
 @pipelines.command("update")
@@ -590,9 +595,120 @@ def approvals_reject(name: str, stage: str, action: str, token: str | None, summ
     click.echo(f"rejected {name}/{stage}/{action}")
 
 
+# ---------------------------------------------------------------------------- audit
+
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_LAST_SEQUENCE = 2**64 - 1  # a stream id's sequence part is 64 bits
+
+
+def since_ms(text: str, now: float) -> int:
+    """``--since``: an ISO 8601 time (no zone: UTC) or a duration ago (``90s``, ``15m``,
+    ``2h``, ``7d``, ``1w``), as epoch milliseconds. ValueError says which forms work."""
+    text = text.strip()
+    found = _DURATION.match(text)
+    if found:
+        return int((now - int(found[1]) * _UNIT_SECONDS[found[2]]) * 1000)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: give an ISO 8601 time (2026-11-29T12:00:00Z) or a duration "
+            "ago (30s, 15m, 2h, 7d, 1w)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _audit_rows(records: list[dict[str, Any]], output: str) -> None:
+    if output == "json":
+        for r in records:
+            click.echo(json.dumps(r, separators=(",", ":")))
+        return
+    if not records:
+        return
+    table = _table("time", "principal", "operation", "target", "outcome", "request id", keep=3)
+    for r in records:
+        outcome = str(r.get("outcome"))
+        style = "green" if outcome == "ok" else "bold red"
+        table.add_row(
+            str(r.get("time", "")),
+            str(r.get("principal") or "-"),
+            str(r.get("operation", "")),
+            str(r.get("target") or ""),
+            Text(outcome, style=style),
+            str(r.get("request_id") or ""),
+        )
+    _console().print(table)
+
+
+@click.command("audit", cls=_Command)
+@click.option("--pipeline", help="Only records about this pipeline.")
+@click.option("--principal", help="Only records of this principal (name).")
+@click.option("--operation", help="Only this operation (PutApprovalResult, ...).")
+@click.option("--since", help="From this time: ISO 8601, or a duration ago (15m, 2h, 7d).")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records as they come.")
+@click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def audit(
+    pipeline: str | None,
+    principal: str | None,
+    operation: str | None,
+    since: str | None,
+    limit: int,
+    follow: bool,
+    output: str,
+) -> None:
+    """Who did what to which pipeline: the audit log (admins only). Without --since, the
+    latest LIMIT records; with it, the first LIMIT from then on. JSON output is one record
+    per line."""
+    client = _client()
+    filters = {"pipeline": pipeline, "principal": principal, "operation": operation}
+    records: list[dict[str, Any]] = []
+    if since is not None:
+        cursor = f"{since_ms(since, time.time()) - 1}-{_LAST_SEQUENCE}"
+        while len(records) < limit:
+            page = client.audit(after=cursor, limit=min(limit - len(records), 1000), **filters)
+            records += page["records"]
+            cursor = page["cursor"]
+            if not page["more"]:
+                break
+    else:
+        newest = client.audit(limit=1)["records"]
+        cursor = newest[0]["id"] if newest else "0"
+        before: str | None = None
+        while len(records) < limit:
+            page = client.audit(before=before, limit=min(limit - len(records), 1000), **filters)
+            records += page["records"]
+            before = page["cursor"]
+            if not page["more"]:
+                break
+        records.reverse()
+    _audit_rows(records, output)
+    if records:
+        cursor = max(cursor, records[-1]["id"], key=_stream_order)
+    while follow:
+        page = client.audit(after=cursor, limit=1000, **filters)
+        _audit_rows(page["records"], output)
+        cursor = page["cursor"]
+        if not page["more"]:
+            time.sleep(1.0)
+
+
+def _stream_order(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def register(cli: click.Group) -> None:
     """Add the client groups to the root command, with a root-level ``--endpoint`` too."""
     if not any(p.name == "endpoint" for p in cli.params):
         cli.params.append(_endpoint_option())
     for group in (pipelines, executions, stages, rules, approvals):
         cli.add_command(group)
+    if not any(p.name == "endpoint" for p in audit.params):
+        audit.params.append(_endpoint_option())
+    cli.add_command(audit)

@@ -9,11 +9,13 @@ provider succeeds, the object there is what is recorded, so it must exist by the
 
 from __future__ import annotations
 
+from engine.action_types import type_key
 from engine.definition import ActionDeclaration
 from engine.execution import ActionState, ExecutionState
-from providers.base import ActionFailed, ArtifactObject
+from providers.base import ActionFailed, ActionTypeId, ArtifactObject, Provider
+from providers.job_worker import JOB_WORKER_OWNERS, JobWorkerAction, provider_class
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key, s3_url
-from workers.jobs import RedisJobChannel
+from workers.jobs import JobQueue, RedisJobChannel
 from workers.runtime import Runtime
 
 
@@ -54,8 +56,10 @@ def job_channel(
     attempt: int,
     kind: str,
     deadline: float | None,
+    queue: JobQueue | None = None,
 ) -> RedisJobChannel:
-    """Jobs of this attempt of an action or rule ``name``, kept until its deadline."""
+    """Jobs of this attempt of an action or rule ``name``, kept until its deadline (queued
+    for job workers when ``queue`` says where)."""
     owner = {
         "pipeline": state.pipeline_name,
         "executionId": state.execution_id,
@@ -64,4 +68,30 @@ def job_channel(
         "attempt": attempt,
         "kind": kind,
     }
-    return RedisJobChannel(rt.store.jobs, owner, deadline)
+    return RedisJobChannel(
+        rt.store.jobs, owner, deadline, credentials=rt.store.credentials, queue=queue
+    )
+
+
+def job_queue(provider: type[Provider], configuration: dict[str, str]) -> JobQueue | None:
+    """Where a job-worker action's jobs wait: its action type's queue, filtered by the value
+    of its queryable property. None for every other provider."""
+    if not issubclass(provider, JobWorkerAction):
+        return None
+    spec = provider.spec
+    t = spec.action_type
+    queryable = spec.queryable
+    return JobQueue(
+        action_type=type_key(t.owner, t.category.value, t.provider, t.version),
+        query=configuration.get(queryable, "") if queryable else "",
+    )
+
+
+def declared_provider(rt: Runtime, action_type: ActionTypeId) -> type[Provider] | None:
+    """The provider of a job-worker action type declared in the store (a deleted one too,
+    so that its running actions finish); None for any other type."""
+    t = action_type
+    if t.owner not in JOB_WORKER_OWNERS:
+        return None
+    record = rt.store.action_types.get(type_key(t.owner, t.category.value, t.provider, t.version))
+    return provider_class(record.job_worker_type()) if record is not None else None

@@ -23,7 +23,14 @@ from engine.variables import MAX_OUTPUT_VARIABLES_BYTES, output_variables_size
 from providers.base import ActionFailed, Category, Job, Provider, Result, S3Access
 from workers.artifacts import ArtifactRef, ArtifactStore, artifact_key
 from workers.attempts import run_attempt
-from workers.located import input_locations, job_channel, output_locations, written_output
+from workers.located import (
+    declared_provider,
+    input_locations,
+    job_channel,
+    job_queue,
+    output_locations,
+    written_output,
+)
 from workers.retry import RetriesExhausted, Retry, RetryPolicy, retrying
 from workers.runtime import Runtime
 
@@ -54,7 +61,9 @@ def execute(
     act = state.action(stage, action)
     assert act is not None and act.action_execution_id is not None
     decl = state.action_decl(stage, action)
-    provider_cls = rt.registry.get(decl.action_type_id)
+    provider_cls = rt.registry.get(decl.action_type_id) or declared_provider(
+        rt, decl.action_type_id
+    )
     if provider_cls is None:
         return ActionResult(
             succeeded=False,
@@ -75,14 +84,27 @@ def execute(
             try:
                 config = provider_cls.Config.model_validate(act.resolved_configuration)
                 located = provider_cls.uses_artifact_locations  # its code reads S3 itself
+                # Artifacts travel byte for byte; an action that reads files unpacks them.
+                unpacked = provider_cls.needs_contents(config)
                 inputs: dict[str, Path] = {}
+                input_files: dict[str, Path] = {}
                 for loc in [] if located else act.input_artifacts:
                     ref = ArtifactRef(**loc.model_dump(exclude={"name"}))
-                    inputs[loc.name] = tmp / "in" / loc.name
+                    input_files[loc.name] = tmp / "in-objects" / loc.name
                     steps.run(
                         f"downloading input artifact {loc.name}",
-                        partial(_download, rt.artifacts, ref, inputs[loc.name]),
+                        partial(_download, rt.artifacts, ref, input_files[loc.name]),
                     )
+                    if unpacked:
+                        archive = input_files.pop(loc.name)
+                        inputs[loc.name] = tmp / "in" / loc.name
+                        rt.artifacts.unpack(
+                            archive,
+                            inputs[loc.name],
+                            name=loc.name,
+                            where=rt.artifacts.object_url(ref.bucket, ref.key),
+                        )
+                        archive.unlink()
                 out_dirs = {
                     a.name: tmp / "out" / a.name for a in decl.output_artifacts if not located
                 }
@@ -96,6 +118,7 @@ def execute(
                     configuration=config,
                     variables=dict(state.variables),
                     inputs=inputs,
+                    input_files=input_files,
                     outputs=out_dirs,
                     workdir=tmp / "work",
                     log=log_file,
@@ -108,6 +131,7 @@ def execute(
                     max_artifact_bytes=s.max_artifact_bytes,
                     max_artifact_files=s.max_artifact_files,
                     api_endpoint=s.api_endpoint,
+                    s3_gateway_url=s.s3_gateway_endpoint,
                     pipeline_arn=s.account.pipeline_arn(state.pipeline_name),
                     account_id=s.account_id,
                     inputs_disposable=True,
@@ -117,15 +141,22 @@ def execute(
                     ),
                     jobs=(
                         job_channel(
-                            rt, state, stage, action, attempt, WorkKind.ACTION, act.deadline
+                            rt,
+                            state,
+                            stage,
+                            action,
+                            attempt,
+                            WorkKind.ACTION,
+                            act.deadline,
+                            job_queue(provider_cls, act.resolved_configuration),
                         )
                         if located
                         else None
                     ),
                     action_execution_id=act.action_execution_id,
-                    input_revisions=_input_revisions(state, list(inputs)),
+                    input_revisions=input_revisions(state, [*inputs, *input_files]),
                     secrets_file=s.secrets_file,
-                    cache_root=Path(s.build_cache_dir or rt.scratch.root / "build-cache"),
+                    cache_root=build_cache_root(rt),
                     cache_max_bytes=s.build_cache_max_bytes,
                     commands=list(decl.commands or []),
                     output_variable_names=list(decl.output_variables or []),
@@ -141,7 +172,11 @@ def execute(
                     (tmp / "zip").mkdir()
                     for name, d in out_dirs.items():
                         # Zipped once; only the upload of that zip is retried.
-                        if name in res.ready_outputs:
+                        if name in res.verbatim_outputs:
+                            packed = rt.artifacts.package_verbatim(
+                                res.verbatim_outputs[name], name=name
+                            )
+                        elif name in res.ready_outputs:
                             packed = rt.artifacts.package_file(res.ready_outputs[name], name=name)
                         else:
                             packed = rt.artifacts.package_dir(
@@ -316,9 +351,9 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ActionFailed | ProviderError) and exc.retryable
 
 
-def _download(store: ArtifactStore, ref: ArtifactRef, directory: Path) -> None:
-    _fresh_dir(directory)
-    store.download_to_dir(ref, directory)
+def _download(store: ArtifactStore, ref: ArtifactRef, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    store.download_verified(ref, dest)
 
 
 def _run_provider(provider: Provider, job: Job) -> Result:
@@ -370,7 +405,12 @@ def _pinned_revision(state: ExecutionState, action: str) -> str | None:
     return None
 
 
-def _input_revisions(state: ExecutionState, artifacts: list[str]) -> dict[str, str]:
+def build_cache_root(rt: Runtime) -> Path:
+    """Where builds on this worker keep ``cache.paths`` between runs."""
+    return Path(rt.settings.build_cache_dir or rt.scratch.root / "build-cache")
+
+
+def input_revisions(state: ExecutionState, artifacts: list[str]) -> dict[str, str]:
     """Input artifact -> the revision its source action recorded on this execution (a commit
     id, an S3 version id); artifacts not made by a source action are left out."""
     producer: dict[str, str] = {}

@@ -46,13 +46,15 @@ class Runtime:
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(
+        store = Store.from_url(
             self.settings.redis_url,
             dispatcher=self.dispatch,
             claim_seconds=self.settings.lease_seconds,
             account=self.settings.account,
             max_pipeline_versions=self.settings.max_pipeline_versions,
         )
+        store.jobs.ack_timeout_seconds = self.settings.job_ack_timeout_seconds
+        return store
 
     @cached_property
     def artifacts(self) -> ArtifactStore:
@@ -115,6 +117,7 @@ class Runtime:
             default_bucket=self.settings.default_artifact_bucket,
             ensure_bucket=self.artifacts.ensure_bucket,
             minute_seconds=self.settings.minute_seconds,
+            start_on_create=self.settings.start_on_create,
         )
 
     def dispatch(self, d: Dispatch | Revoke) -> None:

@@ -64,6 +64,9 @@ def register_tasks(app: Celery, rt: Runtime) -> None:
     app.task(name=keys.ENGINE_TASK, **opts)(advance)
     for queue in provider_queues(rt.registry):
         app.task(name=queue, **opts)(run_provider_action)
-    # One body for both: the rule runner runs whichever kind of rule the attempt is.
-    app.task(name=keys.COMMANDS_RULE_QUEUE, **opts)(run_rule_task)
-    app.task(name=keys.LAMBDA_RULE_QUEUE, **opts)(run_rule_task)
+    # Actions of Custom and ThirdParty job-worker types: one task for them all, whose body
+    # hands the work to the type's job workers and waits (providers.job_worker).
+    app.task(name=keys.JOB_WORKER_QUEUE, **opts)(run_provider_action)
+    # One body for all: the rule runner runs whichever kind of rule the attempt is.
+    for queue in (keys.COMMANDS_RULE_QUEUE, keys.CODEBUILD_RULE_QUEUE, keys.LAMBDA_RULE_QUEUE):
+        app.task(name=queue, **opts)(run_rule_task)

@@ -14,26 +14,35 @@ not be open.
 REST extras: ``GET /health``, ``GET /events?after=<id>`` (the EventBridge-shaped event
 stream, for dashboards and tests that want to watch without polling every execution), and
 ``POST /webhooks/github|gitlab`` (git events starting pipelines: :mod:`engine.api.webhooks`),
-``POST /webhooks/v1/<id>`` (PutWebhook's webhooks: :mod:`engine.api.webhooks_api`).
+``POST /webhooks/v1/<id>`` (PutWebhook's webhooks: :mod:`engine.api.webhooks_api`), and
+``/s3/...`` (the S3 gateway job workers use with their job's artifact credentials:
+:mod:`engine.api.s3_gateway`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+import redis
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from engine.api.operations import OPERATIONS
 from engine.api.paging import PageTokens
 from engine.api.parsing import BodyLimits, ProtocolError, read_body
+from engine.api.s3_gateway import Gateway
+from engine.api.s3_gateway import install as install_s3_gateway
 from engine.api.validation import check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
 from engine.api.webhooks_api import install as install_webhooks_v1
 from engine.api.wire import CBOR, JSON, Wire
+from engine.audit import AUDIT_READ, AuditLog, Outcome
+from engine.auth.context import RequestContext, current
+from engine.auth.principals import Role
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
 from engine.webhooks import WebhookConfig
@@ -41,6 +50,7 @@ from engine.webhooks import WebhookConfig
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_READ = 1000
+MAX_AUDIT_PER_READ = 1000
 
 
 def _operation(name: str) -> str:
@@ -56,11 +66,46 @@ def _call(
     operation: str,
     raw: bytes,
     limits: BodyLimits,
+    audit: AuditLog,
     wire: Wire = JSON,
 ) -> Response:
-    """Parse, check and run one operation (in a worker thread: the service blocks on Redis,
-    and parsing a large body should not hold up the event loop). ``wire`` is the protocol
-    the request came in: only decoding the body and encoding the reply depend on it."""
+    """One operation, answered (:func:`_answer`) and then audited (in a worker thread: the
+    service blocks on Redis, and parsing a large body should not hold up the event loop).
+    ``wire`` is the protocol the request came in: only decoding the body and encoding the
+    reply depend on it."""
+    reply = _answer(service, tokens, operation, raw, limits, wire)
+    # ---- audit: one record of what the request did (engine.audit; never raises) ----
+    audit.record_call(
+        operation,
+        lambda: _body_or_none(raw, limits, wire),
+        _outcome(reply, wire),
+    )
+    return reply
+
+
+def _body_or_none(raw: bytes, limits: BodyLimits, wire: Wire) -> dict[str, Any] | None:
+    try:
+        return wire.parse(raw, limits)
+    except ProtocolError:
+        return None
+
+
+def _outcome(reply: Response, wire: Wire) -> Outcome:
+    if reply.status_code < 400 or wire is JSON:
+        return Outcome.of_reply(reply.status_code, bytes(reply.body))
+    code, message = wire.error_fields(bytes(reply.body))
+    return Outcome(reply.status_code, code, message)
+
+
+def _answer(
+    service: Service,
+    tokens: PageTokens,
+    operation: str,
+    raw: bytes,
+    limits: BodyLimits,
+    wire: Wire,
+) -> Response:
+    """Parse, check and run one operation."""
     _error = wire.error
     try:
         body = wire.parse(raw, limits)
@@ -86,20 +131,36 @@ def _call(
         )
 
 
+def request_context() -> RequestContext:
+    """The identity a REST request (``GET /audit``) is served for.
+
+    STUB for A1 / the merger: replace with the SigV4 ``authenticate`` dependency. Until
+    then it is whatever :func:`engine.auth.context.current` says (tests set it)."""
+    return current()
+
+
 def create_app(
-    service: Service, webhooks: WebhookConfig | None = None, limits: BodyLimits | None = None
+    service: Service,
+    webhooks: WebhookConfig | None = None,
+    limits: BodyLimits | None = None,
+    audit: AuditLog | None = None,
+    s3_gateway: Gateway | None = None,
 ) -> FastAPI:
     """The ASGI app for one :class:`Service`; serve it with uvicorn (``conveyor api``).
 
     ``webhooks`` configures the git webhook endpoints; without it they refuse every delivery.
-    ``limits`` bound what one request body may ask of the parser.
+    ``limits`` bound what one request body may ask of the parser. ``audit`` is where
+    requests are recorded (default: the Redis stream only, reads not recorded).
     """
+    audit_log = audit or AuditLog(service.store.r, service.store.account)
     body_limits = limits or BodyLimits()
     tokens = PageTokens(service.store.r)
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
     webhooks = webhooks or WebhookConfig()
     install_webhooks(app, service, webhooks)
     install_webhooks_v1(app, service, webhooks)
+    if s3_gateway is not None:  # job workers' artifact credentials (engine.api.s3_gateway)
+        install_s3_gateway(app, s3_gateway)
 
     async def serve(request: Request, wire: Wire, name: Callable[[], str]) -> Response:
         """One API request in either protocol: ``name`` reads the operation from it."""
@@ -112,9 +173,17 @@ def create_app(
             reply = wire.error(exc.code, exc.message, exc.status)
             if exc.status == 413:
                 reply.headers["Connection"] = "close"  # the rest of the body is not read
+            target = request.headers.get("x-amz-target", "") if wire is JSON else request.url.path
+            audit_log.record_refusal(
+                operation=target[:100] or None,
+                outcome=Outcome(exc.status, exc.code, exc.message),
+                source_ip=request.client.host if request.client else None,
+            )
             return reply
         API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
-        return await run_in_threadpool(_call, service, tokens, operation, raw, body_limits, wire)
+        return await run_in_threadpool(
+            _call, service, tokens, operation, raw, body_limits, audit_log, wire
+        )
 
     @app.post("/")
     async def codepipeline(request: Request) -> Response:
@@ -146,6 +215,38 @@ def create_app(
                 "events": [{"id": rid, "event": event} for rid, event in rows],
                 "last": rows[-1][0] if rows else after,
             }
+        )
+
+    @app.get("/audit")
+    def audit_records(
+        ctx: Annotated[RequestContext, Depends(request_context)],
+        after: str | None = Query(default=None, max_length=40),
+        before: str | None = Query(default=None, max_length=40),
+        limit: int = Query(default=100, ge=1, le=MAX_AUDIT_PER_READ),
+        pipeline: str | None = Query(default=None, max_length=100),
+        principal: str | None = Query(default=None, max_length=64),
+        operation: str | None = Query(default=None, max_length=100),
+    ) -> Response:
+        """Audit records, admins only: after stream id ``after`` oldest first, else before
+        ``before`` (or from the newest) newest first; pass ``cursor`` back to read on."""
+        query = {"after": after, "before": before, "pipeline": pipeline}
+        query |= {"principal": principal, "operation": operation}
+        query = {k: v for k, v in query.items() if v is not None}
+        if Role.ADMIN not in ctx.principal.roles:
+            message = f"principal '{ctx.principal.name}' may not read the audit log (admin only)"
+            audit_log.record_call(
+                AUDIT_READ, lambda: query, Outcome(403, "AccessDeniedException", message), ctx
+            )
+            return JSON.error("AccessDeniedException", message, 403)
+        try:
+            page = audit_log.read(limit=limit, **query)
+        except redis.ResponseError as exc:
+            return JSON.error("ValidationException", f"bad stream id: {exc}")
+        except redis.RedisError as exc:
+            return JSON.error("ServiceUnavailableException", f"Redis: {exc}", 503)
+        audit_log.record_call(AUDIT_READ, lambda: query, Outcome(200), ctx)
+        return JSON.reply(
+            AUDIT_READ, {"records": page.records, "cursor": page.cursor, "more": page.more}
         )
 
     return app

@@ -12,10 +12,13 @@ from typing import Any, TypeVar
 
 from engine import rules
 from engine.api import shapes
-from engine.api.jobs import JOB_OPERATIONS
+from engine.api.action_types_api import ACTION_TYPE_OPERATIONS
+from engine.api.jobs import JOB_OPERATIONS, with_progress
 from engine.api.revisions import REVISION_OPERATIONS
 from engine.api.tags import TAG_OPERATIONS, tag_pipeline
 from engine.api.webhooks_api import WEBHOOK_OPERATIONS
+from engine.approvals import STAGE_APPROVERS, check_stages
+from engine.auth.identity import caller_arn
 from engine.errors import ValidationError
 from engine.execution import ExecutionState, StageStatus
 from engine.service import Service
@@ -51,9 +54,19 @@ def _page(items: Sequence[T], body: Body, default: int = DEFAULT_PAGE) -> tuple[
 
 def create_pipeline(svc: Service, body: Body) -> Body:
     tags = tags_of(body.get("tags") or [])  # checked before anything is created
+    if any(k.startswith(STAGE_APPROVERS) for k in tags):  # before the pipeline exists
+        check_stages(tags, _stage_names(body["pipeline"]), str(body["pipeline"].get("name")))
     rec = svc.create_pipeline(body["pipeline"])
     tag_pipeline(svc, rec.declaration.name, tags)
     return {"pipeline": shapes.declaration(rec), "tags": tag_list(tags)}
+
+
+def _stage_names(declared: Body) -> set[str]:
+    """Stage names as sent (the declaration is validated later, with every problem)."""
+    stages = declared.get("stages")
+    if not isinstance(stages, list):
+        return set()
+    return {str(s.get("name")) for s in stages if isinstance(s, dict)}
 
 
 def update_pipeline(svc: Service, body: Body) -> Body:
@@ -91,10 +104,12 @@ def start_pipeline_execution(svc: Service, body: Body) -> Body:
         if v["name"] in variables:
             raise ValidationError(f"variables: {v['name']} is given more than once")
         variables[v["name"]] = v["value"]
-    # The same clientRequestToken returns the execution it started the first time.
+    # The same clientRequestToken returns the execution it started the first time. The
+    # starter's ARN is the trigger's detail, as on AWS (separation of duties reads it).
     state = svc.start_execution(
         body["name"],
         variables,
+        trigger_detail=caller_arn(svc.store.account),
         source_revisions=pinned,
         client_request_token=body.get("clientRequestToken") or None,
     )
@@ -134,7 +149,7 @@ def _succeeded_in(state: ExecutionState, stage: str) -> bool:
 
 def get_pipeline_state(svc: Service, body: Body) -> Body:
     rec, views, waiting = svc.pipeline_state(body["name"])
-    return shapes.pipeline_state(rec, views, waiting)
+    return with_progress(svc, shapes.pipeline_state(rec, views, waiting))
 
 
 def _filtered_execution(body: Body) -> str | None:
@@ -256,6 +271,7 @@ OPERATIONS: dict[str, Handler] = {
     "ListRuleTypes": list_rule_types,
     "ListRuleExecutions": list_rule_executions,
     **JOB_OPERATIONS,
+    **ACTION_TYPE_OPERATIONS,
     **TAG_OPERATIONS,
     **WEBHOOK_OPERATIONS,
     **REVISION_OPERATIONS,

@@ -505,6 +505,7 @@ def rule_execution_detail(s: ExecutionState, rr: RuleRun) -> dict[str, Any]:
             "input": inp,
         }
     )
-    if not rr.in_progress:
+    # A rule that waits (a closed DeploymentWindow) already says what for, and until when.
+    if not rr.in_progress or rr.summary:
         detail["output"] = {"executionResult": _prune({"externalExecutionSummary": rr.summary})}
     return detail

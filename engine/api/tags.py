@@ -2,9 +2,10 @@
 
 A resource is named by the ARN Conveyor handed out for it (GetPipeline's ``pipelineArn``,
 ListWebhooks' ``arn``), built by :mod:`engine.arns`: an ARN of another region or account
-names nothing here (``ResourceNotFoundException``). Custom action types are not built in
-Conveyor yet, so their ARNs (``...:actiontype:...``) are refused the same way, saying so.
-Tags also come with CreatePipeline and PutWebhook (:func:`tag_pipeline`, :func:`tag_webhook`).
+names nothing here (``ResourceNotFoundException``). Custom action types are tagged by their
+ARN (``...:actiontype:Custom/<Category>/<Provider>/<Version>``). Tags also come with
+CreatePipeline, PutWebhook and CreateCustomActionType (:func:`tag_pipeline`,
+:func:`tag_webhook`, :func:`tag_action_type`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import keys
+from engine.action_types import ActionTypeRecord
+from engine.approvals import STAGE_APPROVERS, check_stages
 from engine.arns import WEBHOOK_RESOURCE, Account, resource_of
-from engine.errors import InvalidArnError, InvalidNextTokenError, NotFoundError
+from engine.errors import (
+    InvalidArnError,
+    InvalidNextTokenError,
+    NotFoundError,
+    PipelineNotFoundError,
+)
 from engine.service import Service
 from engine.store.connection import redis_errors
 from engine.store.tags import Exists
@@ -32,6 +40,7 @@ class Taggable:
     watch: tuple[str, ...]  # what changes when the resource is created or deleted
     exists: Exists
     missing: str  # the message when it does not exist
+    pipeline: str | None = None  # the pipeline's name, when the resource is one
 
 
 def _pipeline(name: str, account: Account) -> Taggable:
@@ -41,6 +50,7 @@ def _pipeline(name: str, account: Account) -> Taggable:
         (key,),
         lambda p: bool(p.hexists(key, "current")),
         f"The pipeline '{name}' ({account.pipeline_arn(name)}) does not exist",
+        pipeline=name,
     )
 
 
@@ -50,6 +60,20 @@ def _webhook(name: str, account: Account) -> Taggable:
         (keys.WEBHOOKS,),
         lambda p: bool(p.hexists(keys.WEBHOOKS, name)),
         f"The webhook '{name}' ({account.webhook_arn(name)}) does not exist",
+    )
+
+
+def _action_type(type_key: str, account: Account) -> Taggable:
+    def exists(p: Any) -> bool:
+        raw = p.hget(keys.ACTION_TYPES, type_key)
+        return bool(raw) and not ActionTypeRecord.model_validate_json(raw).deleted
+
+    return Taggable(
+        keys.action_type_tags(type_key),
+        (keys.ACTION_TYPES,),
+        exists,
+        f"The action type '{type_key}' ({account.arn(ACTION_TYPE_RESOURCE + type_key)}) "
+        "does not exist",
     )
 
 
@@ -63,10 +87,10 @@ def _resource(arn: str, account: Account) -> Taggable:
             raise NotFoundError(f"The resource '{arn}' does not exist in this region and account")
         return _webhook(name, account)
     if resource.startswith(ACTION_TYPE_RESOURCE):
-        raise NotFoundError(
-            f"The resource '{arn}' does not exist: custom action types are not supported by "
-            "Conveyor yet, so they cannot be tagged"
-        )
+        type_key = resource[len(ACTION_TYPE_RESOURCE) :]
+        if account.arn(resource) != arn or type_key.count("/") != 3:
+            raise NotFoundError(f"The resource '{arn}' does not exist in this region and account")
+        return _action_type(type_key, account)
     if ":" in resource or "/" in resource:
         raise InvalidArnError(
             f"'{arn}' names no pipeline, webhook or action type: a pipeline's ARN ends in "
@@ -78,6 +102,12 @@ def _resource(arn: str, account: Account) -> Taggable:
 
 
 def _add(svc: Service, target: Taggable, tags: Mapping[str, str]) -> None:
+    if target.pipeline is not None and any(k.startswith(STAGE_APPROVERS) for k in tags):
+        try:
+            decl = svc.get_pipeline(target.pipeline).declaration
+        except PipelineNotFoundError:
+            raise NotFoundError(target.missing) from None
+        check_stages(tags, {s.name for s in decl.stages}, target.pipeline)
     svc.store.tags.add(
         target.key, tags, watch=target.watch, exists=target.exists, missing=target.missing
     )
@@ -93,6 +123,12 @@ def tag_webhook(svc: Service, name: str, tags: Mapping[str, str]) -> None:
     """PutWebhook's ``tags``: added to the webhook's (an update keeps the others)."""
     if tags:
         _add(svc, _webhook(name, svc.store.account), tags)
+
+
+def tag_action_type(svc: Service, type_key: str, tags: Mapping[str, str]) -> None:
+    """CreateCustomActionType's ``tags``, once the type exists."""
+    if tags:
+        _add(svc, _action_type(type_key, svc.store.account), tags)
 
 
 def webhook_tags(svc: Service, name: str) -> list[dict[str, str]]:

@@ -27,6 +27,7 @@ import json
 from functools import cache
 from typing import Any, ClassVar
 
+import cbor2
 from fastapi.responses import Response
 from starlette.datastructures import Headers
 
@@ -75,6 +76,10 @@ class Wire:
         )
 
     def _encode_error(self, body: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def error_fields(self, content: bytes) -> tuple[str, str]:
+        """The error name and message of an error reply this protocol encoded."""
         raise NotImplementedError
 
     def _response(self, content: bytes, status: int) -> Response:
@@ -157,6 +162,10 @@ class CborWire(Wire):
 
     def _encode_error(self, body: dict[str, Any]) -> bytes:
         return cbor.encode_body(None, body)
+
+    def error_fields(self, content: bytes) -> tuple[str, str]:
+        body = cbor2.loads(content)
+        return str(body["__type"]).rsplit("#", 1)[-1], str(body.get("message", ""))
 
     def error_type(self, code: str) -> str:
         ours = code in _model_errors()

@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import ValidationError as PydanticValidationError
 
 from engine import awsmodel, rules
+from engine.action_types import described
+from engine.arns import DEFAULT_REGION
 from engine.definition.model import (
     ARTIFACT_RE,
     IGNORED_TOP_LEVEL,
@@ -85,7 +87,9 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
+def validate(
+    raw: Mapping[str, Any], registry: Registry, *, region: str = DEFAULT_REGION
+) -> PipelineDeclaration:
     """Return the declaration, or raise DefinitionError listing every problem with its path.
 
     Two phases: shape (pydantic: types, required fields) then rules (``check``). Every
@@ -93,7 +97,7 @@ def validate(raw: Mapping[str, Any], registry: Registry) -> PipelineDeclaration:
     declaration, so a definition with type errors reports those first.
     """
     decl, limits = _shape(raw)
-    problems = _merged(check(decl, registry), limits)
+    problems = _merged(check(decl, registry, region=region), limits)
     if problems:
         raise DefinitionError(problems)
     return decl
@@ -155,7 +159,9 @@ def _merged(problems: list[Problem], limits: list[Problem]) -> list[Problem]:
 NAME_RULE = "must be 1-100 characters of A-Za-z0-9.@-_"
 
 
-def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
+def check(
+    decl: PipelineDeclaration, registry: Registry, *, region: str = DEFAULT_REGION
+) -> list[Problem]:
     """The structural rules CodePipeline enforces, as a pure function."""
     problems: list[Problem] = []
 
@@ -285,7 +291,7 @@ def check(decl: PipelineDeclaration, registry: Registry) -> list[Problem]:
                     )
                     if msg:
                         add(f"{ap}.configuration.{key}", msg)
-            problems.extend(_check_provider(action, ap, registry))
+            problems.extend(_check_provider(action, ap, registry, region))
             problems.extend(_check_compute(action, ap, registry, decl.pipeline_type))
     problems.extend(_check_triggers(decl))
     return problems
@@ -352,6 +358,11 @@ CODEPIPELINE_ACTION_TYPES = frozenset(
 )
 
 
+def aws_region_name(region: str) -> str:
+    """A region as AWS's messages name it: ``us-east-1`` is ``US_EAST_1``."""
+    return region.upper().replace("-", "_")
+
+
 def _missing_provider(action_type: ActionTypeId, registry: Registry) -> str:
     """Why no provider runs ``action_type``, and what the person could write instead."""
     same_category = sorted(
@@ -365,6 +376,11 @@ def _missing_provider(action_type: ActionTypeId, registry: Registry) -> str:
     )
     if action_type.key() in CODEPIPELINE_ACTION_TYPES:
         return f"action type {action_type} is not supported by this installation yet{runs}"
+    if action_type.owner == "Custom":
+        return (
+            f"custom action type {action_type} does not exist: create it with "
+            "CreateCustomActionType first"
+        )
     namesakes = [
         str(p.action_type)
         for p in registry
@@ -376,10 +392,20 @@ def _missing_provider(action_type: ActionTypeId, registry: Registry) -> str:
     return f"unknown action type {action_type}{runs}"
 
 
-def _check_provider(action: ActionDeclaration, ap: str, registry: Registry) -> list[Problem]:
+def _check_provider(
+    action: ActionDeclaration, ap: str, registry: Registry, region: str
+) -> list[Problem]:
     provider = registry.get(action.action_type_id)
     if provider is None:
-        return [Problem(f"{ap}.actionTypeId", _missing_provider(action.action_type_id, registry))]
+        t = action.action_type_id
+        return [
+            Problem(
+                f"{ap}.actionTypeId",
+                _missing_provider(t, registry),
+                f"{described(t.owner, t.category.value, t.provider, t.version)} in action "
+                f"'{action.name}' is not available in region '{aws_region_name(region)}'",
+            )
+        ]
     problems: list[Problem] = []
     try:
         provider.Config.model_validate(action.configuration)

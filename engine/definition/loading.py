@@ -374,6 +374,13 @@ def split_template(declaration: Mapping[str, Any]) -> Template:
         if isinstance(name, str) and isinstance(reason, str):
             transitions.append((name, reason))
     raw_tags = declaration.get("tags") or []
+    if isinstance(raw_tags, list):  # CloudFormation takes `Value: true` for "true"; so do we
+        raw_tags = [
+            {k: _cfn_scalar(v, "Tags", problems) for k, v in t.items()}
+            if isinstance(t, Mapping)
+            else t
+            for t in raw_tags
+        ]
     awsmodel.check(awsmodel.shape("TagList"), raw_tags, "Tags", found)
     restart = declaration.get("restartExecutionOnUpdate", False)
     if restart not in (True, False, "true", "false"):

@@ -10,7 +10,7 @@ from engine import rules as rule_engine
 from engine.execution import ExecutionState, RuleRun, RuleStatus, StageState
 from engine.ids import rule_execution_id
 from engine.messages import Dispatch, Revoke, WorkKind
-from engine.rules import Condition, ConditionKind
+from engine.rules import Condition, ConditionKind, RuleDeclaration
 from engine.scheduler.context import Ctx
 
 # A Commands rule's default timeout, as for CodeBuild-run rules on AWS.
@@ -111,9 +111,32 @@ def start_rules(c: Ctx, ex: ExecutionState, st: StageState, kind: ConditionKind)
                 rr.attempt = 1
                 c.dispatch(rule_dispatch(ex, rr))
             else:
-                outcome = rule_engine.evaluate(rule, now=c.now, variables=ex.lookup)
-                rr.status = RuleStatus(outcome.status)
-                rr.summary = outcome.summary
+                judge(c, ex, rr, rule)
+
+
+def judge(c: Ctx, ex: ExecutionState, rr: RuleRun, rule: RuleDeclaration) -> None:
+    """Evaluate a rule the engine decides itself. One that cannot decide yet (a closed
+    DeploymentWindow) stays in progress, holding its stage, with its deadline at the moment
+    to look again: the execution's timer fires then (``recheck_due``)."""
+    outcome = rule_engine.evaluate(rule, now=c.now, variables=ex.lookup)
+    rr.status = RuleStatus(outcome.status)
+    rr.summary = outcome.summary
+    rr.deadline = outcome.retry_at
+    rr.last_update_time = c.now
+
+
+def recheck_due(c: Ctx, ex: ExecutionState, st: StageState) -> bool:
+    """At a timer: judge again every engine rule whose moment came (a window that may have
+    opened), and fail every worker rule past its deadline (its worker died or its report
+    was lost: it must not hold the stage forever). Whether any rule was looked at."""
+    due = [r for r in st.rules if r.in_progress and r.deadline is not None and r.deadline <= c.now]
+    for rr in due:
+        rule = ex.stage_decl(st.name).rule(rr.kind, rr.condition, rr.rule)
+        if rule is not None and not rule_engine.needs_worker(rule):
+            judge(c, ex, rr, rule)
+        else:
+            finish_rule(c, rr, RuleStatus.FAILED, "the rule timed out before it reported a result")
+    return bool(due)
 
 
 def finish_rule(c: Ctx, rr: RuleRun, status: RuleStatus, summary: str | None) -> None:
@@ -126,19 +149,20 @@ def finish_rule(c: Ctx, rr: RuleRun, status: RuleStatus, summary: str | None) ->
 def abandon_rules(
     c: Ctx, ex: ExecutionState, st: StageState, *, summary: str | None = None
 ) -> None:
-    """Abandon every rule still running in the stage and tell its worker to stop (only
-    worker-run rules are ever still running: the engine's own settle at once)."""
+    """Abandon every rule still running in the stage and tell the worker running it, if
+    one does, to stop (an engine rule waiting for its window has no worker: attempt 0)."""
     for rr in st.rules:
         if rr.in_progress:
-            c.revoke(
-                Revoke(
-                    execution_id=ex.execution_id,
-                    stage=st.name,
-                    action=rr.rule_execution_id,
-                    attempt=rr.attempt,
-                    work=WorkKind.RULE,
+            if rr.attempt > 0:
+                c.revoke(
+                    Revoke(
+                        execution_id=ex.execution_id,
+                        stage=st.name,
+                        action=rr.rule_execution_id,
+                        attempt=rr.attempt,
+                        work=WorkKind.RULE,
+                    )
                 )
-            )
             finish_rule(c, rr, RuleStatus.ABANDONED, summary or rr.summary)
 
 

@@ -61,6 +61,8 @@ class RejectionCode(StrEnum):
     CONDITION_NOT_OVERRIDABLE = "ConditionNotOverridable"
     APPROVAL_ALREADY_COMPLETED = "ApprovalAlreadyCompleted"
     INVALID_APPROVAL_TOKEN = "InvalidApprovalToken"
+    # An approver list that does not name the caller, or separation of duties.
+    ACCESS_DENIED = "AccessDenied"
 
 
 @dataclass(frozen=True)

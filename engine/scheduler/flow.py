@@ -197,7 +197,7 @@ def action_dispatch(ex: ExecutionState, act: ActionState) -> Dispatch:
         stage=act.stage,
         action=act.name,
         attempt=act.attempt,
-        queue=provider_queue(t.category.value, t.provider),
+        queue=act.queue or provider_queue(t.category.value, t.provider),
     )
 
 
@@ -392,7 +392,12 @@ def start_rollback(
             StageState(
                 name=s.name,
                 actions=[
-                    ActionState(stage=s.name, name=a.name, timeout_minutes=a.timeout_minutes)
+                    ActionState(
+                        stage=s.name,
+                        name=a.name,
+                        timeout_minutes=a.timeout_minutes,
+                        queue=a.queue,
+                    )
                     for a in s.actions
                 ],
             )

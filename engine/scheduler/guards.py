@@ -81,4 +81,6 @@ def current_rule(
     rr = st.rule_run(rule_execution_id) if st is not None else None
     if rr is None or not rr.in_progress or (attempt is not None and rr.attempt != attempt):
         return None
+    if attempt is not None and attempt < 1:
+        return None  # attempt 0: an engine rule, which no worker runs or reports on
     return rr

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from engine.approvals import approval_refusal, starter
 from engine.execution import (
     ActionResult,
     ExecutionState,
@@ -137,6 +138,10 @@ def approval_answered(c: Ctx, e: ApprovalAnswered) -> None:
             RejectionCode.INVALID_APPROVAL_TOKEN,
             f"the token is not valid for {e.stage}.{e.action}",
         )
+    if e.principal is not None:
+        refusal = approval_refusal(e.principal, e.policy, e.stage, starter(ex))
+        if refusal is not None:
+            raise Rejected(RejectionCode.ACCESS_DENIED, refusal)
     if not act.in_progress or ex.status.terminal:
         raise Rejected(
             RejectionCode.APPROVAL_ALREADY_COMPLETED,
@@ -206,18 +211,7 @@ def timer_fired(c: Ctx, e: TimerFired) -> None:
     if ex.status.terminal or ex.current_stage < 0:
         return
     current = ex.stages[ex.current_stage]
-    late = [
-        rr
-        for rr in current.rules
-        if rr.in_progress and rr.deadline is not None and rr.deadline <= c.now
-    ]
-    for rr in late:
-        # A worker-run rule whose result never came (its worker died, or the report was
-        # lost) fails instead of holding the stage forever.
-        conditions.finish_rule(
-            c, rr, RuleStatus.FAILED, "the rule timed out before it reported a result"
-        )
-    if late:
+    if conditions.recheck_due(c, ex, current):
         flow.conditions_progress(c, ex, current)
 
 

@@ -6,6 +6,8 @@
 * :mod:`.leases` — leases, claim deadlines and timers, judged by Redis's clock.
 * :mod:`.events` — the EventBridge-shaped event stream.
 * :mod:`.jobs` — jobs of CodePipeline's job API (Lambda-style handlers answer them).
+* :mod:`.action_types` — job-worker action types (CreateCustomActionType, UpdateActionType).
+* :mod:`.credentials` — the temporary artifact credentials handed to job workers.
 * :mod:`.tags` — resource tags; :mod:`.webhooks` — PutWebhook's webhooks.
 * :mod:`.connection` — the client, and Redis errors translated to the error tree.
 
@@ -20,7 +22,9 @@ from engine.arns import DEFAULT_ACCOUNT, Account
 from engine.execution import ActionResult
 from engine.messages import Event, WorkItem, completion
 from engine.scheduler import Decision
+from engine.store.action_types import ActionTypeStore
 from engine.store.connection import connect
+from engine.store.credentials import CredentialStore
 from engine.store.definitions import MAX_VERSIONS, Definitions, PipelineRecord
 from engine.store.events import EventLog
 from engine.store.jobs import JobStore
@@ -70,6 +74,8 @@ class Store:
         self.leases = Leases(client)
         self.events = EventLog(client)
         self.jobs = JobStore(client, account_id=account.account_id)
+        self.action_types = ActionTypeStore(client)
+        self.credentials = CredentialStore(client)
         self.tags = TagStore(client)
         self.webhooks = WebhookStore(client)
 

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from engine.api.operations import OPERATIONS
+from engine.api.validation import known_operations
 from engine.execution import ActionResult, ArtifactLocation
 from engine.messages import ActionCompleted
 from tests.e2e.api_support import BUCKET, definition
@@ -421,9 +423,11 @@ def test_protocol_errors(api: ApiServer) -> None:
     assert (status, body["__type"]) == (400, "UnknownOperationException")
     assert headers["content-type"] == "application/x-amz-json-1.1"
 
-    status, _, body = raw(api, "CreateCustomActionType", "{}")
-    assert (status, body["__type"]) == (400, "UnknownOperationException")
-    assert "not supported" in body["message"]
+    unsupported = sorted(known_operations() - set(OPERATIONS))
+    if unsupported:  # an operation of the model Conveyor does not serve (yet)
+        status, _, body = raw(api, unsupported[0], "{}")
+        assert (status, body["__type"]) == (400, "UnknownOperationException")
+        assert "not supported" in body["message"]
 
     status, _, body = raw(api, None, "{}")
     assert (status, body["__type"]) == (400, "UnknownOperationException")

@@ -122,7 +122,7 @@ def test_unknown_and_foreign_resources(cp: Any) -> None:
     with pytest.raises(ClientError) as err:
         cp.tag_resource(resourceArn=action_type, tags=[{"key": "a", "value": "b"}])
     assert code_of(err) == "ResourceNotFoundException"
-    assert "custom action types" in message_of(err)
+    assert "action type 'Custom/Build/Mine/1'" in message_of(err)  # never created
     with pytest.raises(ClientError) as err:
         cp.list_tags_for_resource(resourceArn=pipeline_arn("stage/odd"))
     assert code_of(err) == "InvalidArnException"

@@ -269,7 +269,7 @@ def test_transitions_and_watching_a_waiting_execution(
 def test_rules_commands_and_a_skipped_stage(api: ApiServer, conveyor: click.Group) -> None:
     out = run(conveyor, api, "rules", "types")
     assert out.exit_code == 0, out.output
-    for provider in ("VariableCheck", "DeploymentWindow", "Commands", "LambdaInvoke"):
+    for provider in ("VariableCheck", "DeploymentWindow", "Commands", "LambdaInvoke", "CodeBuild"):
         assert provider in out.output
     out = run(conveyor, api, "rules", "types", "--json")
     assert {t["id"]["provider"] for t in json.loads(out.output)} == {
@@ -277,6 +277,8 @@ def test_rules_commands_and_a_skipped_stage(api: ApiServer, conveyor: click.Grou
         "DeploymentWindow",
         "Commands",
         "LambdaInvoke",
+        "CodeBuild",
+        "CloudWatchAlarm",
     }
 
     decl = definition("demo", approval=False)

@@ -39,6 +39,7 @@ def demo_env(settings_env: Mapping[str, str], workdir: Path, **extra: str) -> di
         if not k.startswith(("CONVEYOR_", "DEMO_")) or k.startswith("CONVEYOR_TEST_")
     }
     env.update(settings_env)
+    env["CONVEYOR_START_ON_CREATE"] = "true"  # as a newcomer runs it: the product's default
     env.update(
         CI="true",
         PYTHONUNBUFFERED="1",
@@ -146,6 +147,9 @@ def test_demo_runs_the_reference_pipeline_non_interactively(run_demo: StartDemo)
     assert f'{approve} --summary "looks good"' in out
     assert "execution: Succeeded" in out
     assert "Succeeded in " in out
+    # It follows the execution CreatePipeline started instead of starting a second one.
+    assert "==> CreatePipeline started execution " in out
+    assert "==> Started execution" not in out
     # Where things are: artifacts in the artifact bucket, the site in production.
     assert "s3://conveyor-demo-artifacts/conveyor-reference/BuildOutput/" in out
     assert "s3://conveyor-demo-production/" in out

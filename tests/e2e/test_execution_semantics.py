@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import threading
+import time
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -783,48 +784,102 @@ def _window_stage(cron: str) -> dict[str, Any]:
     )
 
 
-def test_deployment_window_before_entry_fails_a_closed_stage_and_passes_an_open_one(
+def _window_rule(cp: Any, name: str, eid: str) -> dict[str, Any]:
+    [rule] = cp.list_rule_executions(pipelineName=name, filter={"pipelineExecutionId": eid})[
+        "ruleExecutionDetails"
+    ]
+    assert (rule["pipelineExecutionId"], rule["stageName"], rule["ruleName"]) == (
+        eid,
+        "Release",
+        "Window",
+    )
+    return dict(rule)
+
+
+def _held(cp: Any, name: str, eid: str) -> dict[str, Any]:
+    """Wait until the Release stage is held by its waiting window rule; that rule."""
+
+    def waiting() -> dict[str, Any] | None:
+        rules = cp.list_rule_executions(pipelineName=name, filter={"pipelineExecutionId": eid})
+        for rule in rules["ruleExecutionDetails"]:
+            if rule["status"] == "InProgress" and rule.get("output"):
+                return dict(rule)
+        return None
+
+    return wait_for(waiting, 60, interval=0.3, message=f"{name} never waited for its window")
+
+
+def test_deployment_window_holds_a_closed_stage_and_passes_an_open_one(
     stack: Stack, marks: Path
 ) -> None:
+    """As AWS's rule reference describes: a closed window holds the stage, in progress,
+    until the window opens (or the condition is overridden); it does not fail it. A window
+    that never opens again does fail it."""
     cp = stack.codepipeline()
     files = {"buildspec.yml": buildspec(marks), "step-mark.sh": 'touch "$MARKS/$STEP-$EID"\n'}
+    now = datetime.now(UTC)
+    if now.second > 45:  # leave the next test minute enough room to be seen closed first
+        time.sleep(61 - now.second)
+        now = datetime.now(UTC)
     # Only minute (now + 30) of each hour: closed for the next 29 minutes at least.
-    closed_minute = (datetime.now(UTC).minute + 30) % 60
+    closed_minute = (now.minute + 30) % 60
     closed = create(
         stack,
         pipeline(unique("closed"), unique("src"), _window_stage(f"* {closed_minute} * * * ?")),
         files,
     )
+    # Opens at the next minute: the stage moves on by itself when the window opens.
+    soon = create(
+        stack,
+        pipeline(
+            unique("soon"), unique("src"), _window_stage(f"* {(now.minute + 1) % 60} * * * ?")
+        ),
+        files,
+    )
     opened = create(
         stack, pipeline(unique("open"), unique("src"), _window_stage("* * * * * ?")), files
     )
-    shut, ran = start(cp, closed), start(cp, opened)
-    assert finish(cp, closed, shut) == "Failed"
-    assert finish(cp, opened, ran) == "Succeeded"
-
-    summary = execution(cp, closed, shut)["statusSummary"]
-    assert "entry condition not met" in summary and "Window" in summary, summary
-    assert "outside deployment window" in summary, summary
-    assert set(by_action(cp, closed, shut)) == {("Source", "Fetch")}
-    assert not (marks / f"mark-{shut}").exists()
-    [rule] = cp.list_rule_executions(pipelineName=closed)["ruleExecutionDetails"]
-    assert (rule["pipelineExecutionId"], rule["stageName"], rule["ruleName"]) == (
-        shut,
-        "Release",
-        "Window",
+    never = create(
+        stack, pipeline(unique("never"), unique("src"), _window_stage("* * * * * ? 1999")), files
     )
-    assert rule["status"] == "Failed"
-    assert "next opens" in rule["output"]["executionResult"]["externalExecutionSummary"]
-    release = stage_state(cp, closed, "Release")
-    assert release["latestExecution"]["status"] == "Failed"
-    assert release["beforeEntryConditionState"]["latestExecution"]["status"] == "Failed"
+    shut, later, ran, gone = start(cp, closed), start(cp, soon), start(cp, opened), start(cp, never)
 
+    # Held: the execution and the stage in progress, the rule waiting and saying until when.
+    rule = _held(cp, closed, shut)
+    summary = rule["output"]["executionResult"]["externalExecutionSummary"]
+    assert summary.startswith("waiting for deployment window"), summary
+    assert ": it opens at " in summary, summary
+    assert execution(cp, closed, shut)["status"] == "InProgress"
+    release = stage_state(cp, closed, "Release")
+    assert release["latestExecution"]["status"] == "InProgress"
+    assert release["beforeEntryConditionState"]["latestExecution"]["status"] == "InProgress"
+    assert set(by_action(cp, closed, shut)) == {("Source", "Fetch")}
+    _held(cp, soon, later)
+
+    # Overriding the entry condition lets the held execution in at once.
+    cp.override_stage_condition(
+        pipelineName=closed,
+        stageName="Release",
+        pipelineExecutionId=shut,
+        conditionType="BEFORE_ENTRY",
+    )
+    assert finish(cp, closed, shut) == "Succeeded"
+    assert (marks / f"mark-{shut}").exists()
+    assert _window_rule(cp, closed, shut)["status"] == "Abandoned"
+
+    # Time moves: the window opens and the held stage goes on by itself.
+    assert finish(cp, soon, later, timeout=120) == "Succeeded"
+    assert _window_rule(cp, soon, later)["status"] == "Succeeded"
+
+    assert finish(cp, opened, ran) == "Succeeded"
     assert (marks / f"mark-{ran}").exists()
-    [rule] = cp.list_rule_executions(pipelineName=opened, filter={"pipelineExecutionId": ran})[
-        "ruleExecutionDetails"
-    ]
-    assert (rule["ruleName"], rule["status"]) == ("Window", "Succeeded")
+    assert (_window_rule(cp, opened, ran)["status"]) == "Succeeded"
     assert by_action(cp, opened, ran)[("Release", "Ship")]["status"] == "Succeeded"
+
+    assert finish(cp, never, gone) == "Failed"
+    failed = execution(cp, never, gone)["statusSummary"]
+    assert "entry condition not met" in failed and "does not open again" in failed, failed
+    assert _window_rule(cp, never, gone)["status"] == "Failed"
 
 
 def test_list_rule_types_describes_the_rules_conditions_can_use(stack: Stack) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from engine.store.credentials import CredentialStore
 from engine.store.jobs import JobStatus, JobStore
 from providers.base import S3Access
 from providers.lambda_invoke import FunctionResult, Invocation, LambdaSettings, run_function
@@ -53,7 +54,7 @@ def test_the_handlers_process_group_is_killed(
     tmp_path: Path, redis_client: redis.Redis, ending: str
 ) -> None:
     store = JobStore(redis_client)
-    channel = RedisJobChannel(store, {"name": "t"}, None)
+    channel = RedisJobChannel(store, {"name": "t"}, None, credentials=CredentialStore(redis_client))
     cancelled = threading.Event()
     deadline = time.time() + (300 if ending == "stopped" else 4)
     results: list[FunctionResult] = []

@@ -62,6 +62,7 @@ def make_job(
     config: dict[str, Any],
     *,
     inputs: dict[str, Path] | None = None,
+    input_files: dict[str, Path] | None = None,
     outputs: tuple[str, ...] = (),
 ) -> Job:
     out = {}
@@ -79,11 +80,22 @@ def make_job(
         configuration=provider.Config.model_validate(config),
         variables={},
         inputs=inputs or {},
+        input_files=input_files or {},
         outputs=out,
         workdir=work,
         log=io.StringIO(),
         s3=access,
     )
+
+
+def output_object(result: Any, name: str = "SourceOutput") -> bytes:
+    """The output artifact a source handed over byte for byte."""
+    return bytes(result.verbatim_outputs[name].read_bytes())
+
+
+def zip_files(data: bytes) -> dict[str, str]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {n: zf.read(n).decode() for n in zf.namelist()}
 
 
 def files_under(root: Path) -> dict[str, str]:
@@ -101,10 +113,11 @@ def source_job(tmp_path: Path, access: S3Access, bucket: str, key: str) -> Job:
 def test_source_zip_in_unversioned_bucket(
     tmp_path: Path, access: S3Access, s3: Any, bucket: str
 ) -> None:
+    body = zip_bytes({"buildspec.yml": "version: 0.2\n", "src/main.py": "print(1)\n"})
     put = s3.put_object(
         Bucket=bucket,
         Key="app.zip",
-        Body=zip_bytes({"buildspec.yml": "version: 0.2\n", "src/main.py": "print(1)\n"}),
+        Body=body,
         Metadata={"codepipeline-artifact-revision-summary": "release 1.2"},
     )
     job = source_job(tmp_path, access, bucket, "app.zip")
@@ -115,10 +128,8 @@ def test_source_zip_in_unversioned_bucket(
     assert result.revision_id == etag
     assert result.revision_summary == "release 1.2"
     assert result.output_variables == {"ETag": etag, "BucketName": bucket, "ObjectKey": "app.zip"}
-    assert files_under(job.outputs["SourceOutput"]) == {
-        "buildspec.yml": "version: 0.2\n",
-        "src/main.py": "print(1)\n",
-    }
+    assert output_object(result) == body  # the object itself, not unpacked and re-zipped
+    assert files_under(job.outputs["SourceOutput"]) == {}
     assert job.configuration.PollForSourceChanges == "false"
 
 
@@ -135,25 +146,35 @@ def test_source_versioned_bucket_uses_current_version(
     assert result.revision_id == second["VersionId"]
     assert result.output_variables["VersionId"] == second["VersionId"]
     assert result.output_variables["ETag"] == second["ETag"].strip('"')
-    assert files_under(job.outputs["SourceOutput"]) == {"v.txt": "two"}
+    assert zip_files(output_object(result)) == {"v.txt": "two"}
 
 
-def test_source_plain_file_is_placed_as_is(
-    tmp_path: Path, access: S3Access, s3: Any, bucket: str
+@pytest.mark.parametrize(
+    ("key", "body"),
+    [
+        ("config/settings.json", b'{"a": 1}'),
+        ("release.tar.gz", bytes(range(256)) * 7),
+        ("looks-like.zip", b"not a zip at all"),  # refused by nobody: it is what was stored
+        ("evil.zip", zip_bytes({"../../escape": "x"})),  # unpacked (and refused) by consumers
+    ],
+)
+def test_source_object_is_the_artifact_byte_for_byte(
+    tmp_path: Path, access: S3Access, s3: Any, bucket: str, key: str, body: bytes
 ) -> None:
-    s3.put_object(Bucket=bucket, Key="config/settings.json", Body=b'{"a": 1}')
-    job = source_job(tmp_path, access, bucket, "config/settings.json")
-    S3Source().run(job)
-    assert files_under(job.outputs["SourceOutput"]) == {"settings.json": '{"a": 1}'}
-
-
-def test_source_unsafe_zip_is_refused(
-    tmp_path: Path, access: S3Access, s3: Any, bucket: str
-) -> None:
-    s3.put_object(Bucket=bucket, Key="evil.zip", Body=zip_bytes({"../../escape": "x"}))
-    with pytest.raises(ActionFailed, match="escape"):
-        S3Source().run(source_job(tmp_path, access, bucket, "evil.zip"))
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    result = S3Source().run(source_job(tmp_path, access, bucket, key))
+    assert output_object(result) == body
     assert not (tmp_path / "escape").exists()
+
+
+def test_source_object_over_the_size_limit_is_refused_before_download(
+    tmp_path: Path, access: S3Access, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="big.bin", Body=b"x" * 2048)
+    job = source_job(tmp_path, access, bucket, "big.bin")
+    job.max_artifact_bytes = 1024
+    with pytest.raises(ActionFailed, match="2048 bytes; the limit is 1024 bytes"):
+        S3Source().run(job)
 
 
 def test_source_missing_key_and_bucket(
@@ -219,17 +240,26 @@ def test_deploy_extract_true_without_prefix(
     assert keys == ["css/app.css", "index.html"]
 
 
-def test_deploy_extract_false_uploads_one_zip(
-    tmp_path: Path, access: S3Access, s3: Any, bucket: str
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (zip_bytes({"index.html": "<h1>hi</h1>", "css/app.css": "body {}"}), "application/zip"),
+        (b"\x1f\x8b\x08 a tarball, or anything", "application/octet-stream"),
+    ],
+)
+def test_deploy_extract_false_writes_the_artifact_unchanged(
+    tmp_path: Path, access: S3Access, s3: Any, bucket: str, data: bytes, content_type: str
 ) -> None:
     config = {"BucketName": bucket, "Extract": "false", "ObjectKey": "releases/site.zip"}
-    job = make_job(tmp_path, access, S3Deploy, config, inputs={"BuildOutput": site(tmp_path)})
+    artifact = tmp_path / "artifact"
+    artifact.write_bytes(data)
+    assert not S3Deploy.needs_contents(S3Deploy.Config.model_validate(config))
+    job = make_job(tmp_path, access, S3Deploy, config, input_files={"BuildOutput": artifact})
     S3Deploy().run(job)
 
-    body = s3.get_object(Bucket=bucket, Key="releases/site.zip")["Body"].read()
-    with zipfile.ZipFile(io.BytesIO(body)) as zf:
-        assert sorted(zf.namelist()) == ["css/app.css", "index.html"]
-        assert zf.read("index.html") == b"<h1>hi</h1>"
+    got = s3.get_object(Bucket=bucket, Key="releases/site.zip")
+    assert got["Body"].read() == data
+    assert got["ContentType"] == content_type
 
 
 def test_deploy_missing_bucket_fails_without_creating_it(
@@ -289,8 +319,15 @@ def test_deploy_key_with_a_line_break_fails_before_anything_is_written(
     root = site(tmp_path)
     if culprit.startswith("file"):
         (root / "zz-bad\nname.html").write_text("x")  # sorted last: the others come first
+    archive = tmp_path / "artifact.zip"
+    archive.write_bytes(zip_bytes({"index.html": "x"}))
     job = make_job(
-        tmp_path, access, S3Deploy, {"BucketName": bucket, **config}, inputs={"BuildOutput": root}
+        tmp_path,
+        access,
+        S3Deploy,
+        {"BucketName": bucket, **config},
+        inputs={"BuildOutput": root},
+        input_files={"BuildOutput": archive},
     )
     with pytest.raises(ActionFailed, match=f"{culprit} .* contains a line break"):
         S3Deploy().run(job)

@@ -23,8 +23,10 @@ drops every record as the store does. Around each call it checks:
   InProgress); outside PARALLEL at most one occupant and nobody waiting behind a newer one;
   finished executions are in no lane and run nothing; running actions are in the running
   group with a deadline and a dispatch (approvals with a token); worker rules in progress
-  have a deadline and a dispatch; action execution ids are unique, derived from the run
-  number and never change; a rollback execution runs its one stage; at most 50 active.
+  have a deadline and a dispatch, and the only engine rule in progress is a DeploymentWindow
+  waiting for its window, with a deadline (its timer) and no dispatch; action execution ids
+  are unique, derived from the run number and never change; a rollback execution runs its
+  one stage; at most 50 active.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engine.approvals import ApprovalPolicy
+from engine.auth.principals import Principal
 from engine.definition import ActionDeclaration, PipelineDeclaration, check
 from engine.definition.model import ExecutionMode
 from engine.execution import (
@@ -465,7 +469,7 @@ class World:
             )
             for st in ex.stages
             for rr in st.rules
-            if rr.in_progress
+            if rr.in_progress and rr.attempt > 0  # a waiting window rule runs nowhere
         }
         return out
 
@@ -531,6 +535,7 @@ class World:
         token: str | None = None,
         execution_id: str | None = None,
         now: float | None = None,
+        trigger_detail: str | None = None,
     ) -> Decision:
         """StartPipelineExecution of the current pipeline version; a repeated
         clientRequestToken reaches ``decide`` with its owner, as the store's token index
@@ -549,6 +554,7 @@ class World:
             variables=dict(variables or {}),
             timeout_minutes=timeout_minutes,
             client_request_token=token,
+            trigger_detail=trigger_detail,
         )
         at = self.tick() if now is None else now
         owner = self.tokens.get(token) if token is not None else None
@@ -614,7 +620,15 @@ class World:
         return self.answer_with(act.stage, act.name, act.approval_token, approved, now=now)
 
     def answer_with(
-        self, stage: str, action: str, token: str, approved: bool, *, now: float | None = None
+        self,
+        stage: str,
+        action: str,
+        token: str,
+        approved: bool,
+        *,
+        now: float | None = None,
+        principal: Principal | None = None,
+        policy: ApprovalPolicy | None = None,
     ) -> Decision:
         """PutApprovalResult as the service sends it: the execution is the one the token
         index names (None for a token no execution issued)."""
@@ -630,6 +644,8 @@ class World:
                 approved=approved,
                 summary="looks good" if approved else "not today",
                 answered_by="tester",
+                principal=principal,
+                policy=policy or ApprovalPolicy(),
             )
         )
 
@@ -680,12 +696,30 @@ class World:
                 for gate in [a for a in self.ex(eid).running() if a.approval_token is not None]:
                     self.answer(gate, True)
                     progressed = True
+            if not progressed:
+                progressed = self._wait_for_windows()
             assert progressed, "executions are stuck with nothing running: " + "; ".join(
                 _where(ex) for ex in self.active()
             )
         assert not self.run.active, f"executions never finished: {self.run.active}"
         for name, lane in self.run.lanes.items():
             assert lane.idle, f"lane {name} not empty after every execution finished: {lane}"
+
+    def _wait_for_windows(self) -> bool:
+        """Time passes to the earliest closed deployment window's opening, and its timer
+        fires: a held stage moves on when its window opens. Whether one was waiting."""
+        waiting = [
+            (rr.deadline, ex.execution_id)
+            for ex in self.active()
+            for rr in _running_rules(ex)
+            if rr.attempt == 0 and rr.deadline is not None
+        ]
+        if not waiting:
+            return False
+        due, eid = min(waiting)
+        self.now = max(self.now, due)
+        self.step(TimerFired(now=self.now, execution_id=eid))
+        return True
 
     # ------------------------------------------------------------------ the oracle
 
@@ -841,6 +875,14 @@ class World:
         act = ex.action(event.stage, event.action) if ex is not None else None
         if ex is None or act is None or act.approval_token != event.token:
             return _refuse(RejectionCode.INVALID_APPROVAL_TOKEN)
+        if event.principal is not None:
+            name, policy = event.principal.name, event.policy
+            listed = policy.stage_approvers.get(event.stage, policy.approvers)
+            started_by = ex.trigger_detail or ""
+            if (listed is not None and name not in listed) or (
+                policy.separation_of_duties and started_by.endswith(f":user/{name}")
+            ):
+                return _refuse(RejectionCode.ACCESS_DENIED)
         if not act.in_progress or ex.status.terminal:
             return _refuse(RejectionCode.APPROVAL_ALREADY_COMPLETED)
         return Expect()
@@ -1261,6 +1303,10 @@ class World:
             assert rr.stage == current.name and current.evaluating is rr.kind, (
                 f"rule {rr.rule} runs while {current.name} evaluates {current.evaluating}"
             )
+            if rr.attempt == 0:  # the engine's own: only a closed window waits, timed
+                assert rr.provider == "DeploymentWindow", f"engine rule {rr.rule} left running"
+                assert rr.deadline is not None, f"window {rr.rule} waits with no timer"
+                continue
             assert rr.provider == "Commands", f"engine rule {rr.rule} left in progress"
             assert rr.deadline is not None, f"worker rule {rr.rule} runs without a deadline"
             key = WorkItem(PIPELINE, eid, rr.stage, rr.rule_execution_id, rr.attempt, WorkKind.RULE)

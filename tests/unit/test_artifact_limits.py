@@ -135,24 +135,51 @@ def run_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: FakeS3, key:
     return S3Source().run(job(tmp_path, config))
 
 
-def test_s3_source_refuses_a_zip_bomb_past_the_byte_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("body", [BOMB, MANY], ids=["bomb", "many-files"])
+def test_s3_source_hands_on_the_object_and_its_consumers_refuse_to_unpack_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: bytes
 ) -> None:
-    with pytest.raises(ActionFailed) as info:
-        run_source(tmp_path, monkeypatch, FakeS3({"app.zip": BOMB}), "app.zip")
-    assert "refusing to extract s3://src/app.zip" in info.value.message
-    assert "expands to 2000000 bytes" in info.value.message
-    assert f"the limit is {MAX_BYTES} bytes (CONVEYOR_MAX_ARTIFACT_BYTES)" in info.value.message
+    """The source does not unpack (its artifact is the object as stored); the limits hold
+    where an action unpacks it, and the refusal names the limit and the artifact."""
+    result = run_source(tmp_path, monkeypatch, FakeS3({"app.zip": body}), "app.zip")
+    assert result.verbatim_outputs["Out"].read_bytes() == body
+    assert list((tmp_path / "out").iterdir()) == []  # nothing unpacked
+    store = ArtifactStore(Settings(max_artifact_files=MAX_FILES, max_artifact_bytes=MAX_BYTES))
+    with pytest.raises(ArtifactError) as info:
+        store.unpack(
+            result.verbatim_outputs["Out"],
+            tmp_path / "in",
+            name="SourceOutput",
+            where="s3://artifacts/p/SourceOutput/x",
+        )
+    assert "refusing to extract artifact s3://artifacts/p/SourceOutput/x" in info.value.message
+    assert "(CONVEYOR_MAX_ARTIFACT_" in info.value.message
     assert not info.value.retryable
-    assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_s3_source_refuses_too_many_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ActionFailed) as info:
-        run_source(tmp_path, monkeypatch, FakeS3({"app.zip": MANY}), "app.zip")
-    assert f"archive has {MAX_FILES + 5} entries" in info.value.message
-    assert f"the limit is {MAX_FILES} files (CONVEYOR_MAX_ARTIFACT_FILES)" in info.value.message
-    assert list((tmp_path / "out").iterdir()) == []
+def test_unpacking_an_artifact_that_is_not_a_zip_names_it(tmp_path: Path) -> None:
+    tarball = tmp_path / "release.tar.gz"
+    tarball.write_bytes(b"\x1f\x8b\x08\x00 not a zip")
+    with pytest.raises(ArtifactError) as info:
+        ArtifactStore(Settings()).unpack(tarball, tmp_path / "in", name="Src", where="s3://b/k")
+    assert info.value.message.startswith("input artifact 'Src' (s3://b/k) is not a zip archive")
+    assert not (tmp_path / "in").exists()
+
+
+def test_the_worker_refuses_to_store_a_verbatim_output_over_the_byte_limit(
+    tmp_path: Path,
+) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (MAX_BYTES + 1))
+    store = ArtifactStore(Settings(max_artifact_files=MAX_FILES, max_artifact_bytes=MAX_BYTES))
+    with pytest.raises(ArtifactError) as info:
+        store.package_verbatim(big, name="SourceOutput")
+    assert info.value.message.startswith("cannot store output artifact 'SourceOutput'")
+    assert f"the limit is {MAX_BYTES} bytes (CONVEYOR_MAX_ARTIFACT_BYTES)" in info.value.message
+    within = tmp_path / "ok.bin"
+    within.write_bytes(b"\x00" * 10)
+    packed = store.package_verbatim(within, name="SourceOutput")
+    assert (packed.size, packed.content_type) == (10, "application/octet-stream")
 
 
 def test_s3_source_refuses_a_big_plain_object_before_fetching_it(
@@ -164,15 +191,6 @@ def test_s3_source_refuses_a_big_plain_object_before_fetching_it(
     assert f"is {MAX_BYTES + 1} bytes; the limit is {MAX_BYTES} bytes" in info.value.message
     assert "CONVEYOR_MAX_ARTIFACT_BYTES" in info.value.message
     assert s3.body.read == 0 and s3.body.closed  # refused on its headers, body never read
-
-
-def test_s3_source_within_the_limits_extracts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    files = {f"f{i}.txt": b"x" * 1000 for i in range(MAX_FILES)}
-    result = run_source(tmp_path, monkeypatch, FakeS3({"app.zip": zip_of(files)}), "app.zip")
-    assert result.succeeded
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
 
 
 # --- CodeBuild -----------------------------------------------------------------------------
@@ -216,14 +234,13 @@ def deploy_input(tmp_path: Path, files: int, size: int = 1) -> Path:
     return d
 
 
-@pytest.mark.parametrize("extract", ["true", "false"])
 def test_s3_deploy_refuses_an_input_over_the_file_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extract: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s3 = FakeS3()
     monkeypatch.setattr(s3_deploy, "s3_client", lambda access: s3)
     src = deploy_input(tmp_path, MAX_FILES + 1)
-    config = S3DeployConfig(BucketName="site", Extract=extract, ObjectKey="app.zip")
+    config = S3DeployConfig(BucketName="site", Extract="true")
     with pytest.raises(ActionFailed) as info:
         S3Deploy().run(job(tmp_path, config, inputs={"BuildOutput": src}, outputs={}))
     assert f"the limit is {MAX_FILES} files (CONVEYOR_MAX_ARTIFACT_FILES)" in info.value.message

@@ -179,7 +179,7 @@ def test_env_example_lists_every_setting_with_a_valid_value(tmp_path: Path) -> N
         if getattr(settings, name) != field.default
     }
     # The password file is a deployment's own, and its password goes into the Redis URLs.
-    deployment_own = {"broker_url", "workdir", "redis_password_file", "redis_url"}
+    deployment_own = {"broker_url", "workdir", "redis_password_file", "redis_url", "audit_file"}
     assert differs <= deployment_own | {"webhook_secret_file"}, differs
     assert settings.redis_url == "redis://:pw@127.0.0.1:6379/0"
 

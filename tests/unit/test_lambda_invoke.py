@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from providers.base import ActionFailed, ArtifactObject, JobOutcome, S3Access
+from providers.job_data import pipeline_context
 from providers.lambda_invoke import (
     Invocation,
     LambdaConfig,
@@ -19,11 +20,13 @@ from providers.lambda_invoke import (
     event,
     handler_environment,
     job_data,
-    pipeline_context,
     run_function,
 )
 
 S3 = S3Access("http://s3.local:9000", "AKID", "SECRET", "eu-west-1")
+
+
+CREDENTIALS = {"accessKeyId": "ASIAJOB", "secretAccessKey": "JOBSECRET", "sessionToken": "T"}
 
 
 def _invocation(**overrides: object) -> Invocation:
@@ -45,6 +48,8 @@ def _invocation(**overrides: object) -> Invocation:
             pipeline_arn="arn:aws:codepipeline:eu-west-1:444455556666:p",
         ),
         action_type={"category": "Invoke", "owner": "AWS", "provider": "Lambda", "version": "1"},
+        s3_gateway="http://api.local:8484/s3",
+        credentials=CREDENTIALS,
     )
     for key, value in overrides.items():
         setattr(inv, key, value)
@@ -135,11 +140,8 @@ def test_the_event_is_the_one_codepipeline_sends_a_lambda() -> None:
                 },
             }
         ],
-        "artifactCredentials": {
-            "accessKeyId": "AKID",
-            "secretAccessKey": "SECRET",
-            "sessionToken": "",
-        },
+        # The job's own temporary credentials, never the store's keys (AKID/SECRET).
+        "artifactCredentials": CREDENTIALS,
     }
     # The job's own data (GetJobDetails) has more than the event shows.
     assert data["pipelineContext"]["pipelineArn"] == "arn:aws:codepipeline:eu-west-1:444455556666:p"
@@ -162,11 +164,12 @@ def test_the_handler_environment_points_boto3_at_conveyor_and_hides_the_worker(
     monkeypatch.setenv("HOME", "/home/worker")
     env = handler_environment(_invocation(), LambdaSettings(path="/opt/functions"))
     assert not [k for k in env if k.startswith("CONVEYOR_")]
-    assert "AWS_SESSION_TOKEN" not in env and "AWS_PROFILE" not in env
+    assert env["AWS_SESSION_TOKEN"] == "T" and "AWS_PROFILE" not in env
     assert env["HOME"] == "/home/worker"
     assert env["AWS_ENDPOINT_URL_CODEPIPELINE"] == "http://api.local:8484"
-    assert env["AWS_ENDPOINT_URL_S3"] == "http://s3.local:9000"
-    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("AKID", "SECRET")
+    # The S3 gateway, with the job's scoped credentials: not the store's endpoint and keys.
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://api.local:8484/s3"
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("ASIAJOB", "JOBSECRET")
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_LAMBDA_FUNCTION_NAME"] == "deploy"
     assert env["PYTHONPATH"] == "/opt/functions"
@@ -185,6 +188,11 @@ class _NoJobs:
 
     def close(self, job_id: str) -> None:
         raise AssertionError("no job should be closed")
+
+    def credentials(
+        self, reads: list[ArtifactObject], writes: list[ArtifactObject]
+    ) -> dict[str, str]:
+        raise AssertionError("no credentials should be issued")
 
 
 def test_no_api_endpoint_fails_before_the_function_runs() -> None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from engine.cron import CronError, in_window, next_window_start, parse_cron, quartz_weekday
 from engine.rules import (
     ALLOWED_RESULTS,
+    NOT_RUNNABLE,
     RULE_TYPES,
     ConditionKind,
     Conditions,
@@ -147,12 +148,68 @@ def test_rule_types_match_botocore_list_rule_types_output() -> None:
     shape = model.operation_model("ListRuleTypes").output_shape
     report = ParamValidator().validate({"ruleTypes": RULE_TYPES}, shape)
     assert not report.has_errors(), report.generate_report()
+    # AWS's rule reference: CloudWatchAlarm, CodeBuild, Commands, DeploymentWindow,
+    # LambdaInvoke, VariableCheck.
     assert {t["id"]["provider"] for t in RULE_TYPES} == {
         "VariableCheck",
         "DeploymentWindow",
         "Commands",
         "LambdaInvoke",
+        "CodeBuild",
+        "CloudWatchAlarm",
     }
+
+
+def test_rule_types_not_runnable_here_are_marked_and_refused() -> None:
+    marked = {
+        t["id"]["provider"]
+        for t in RULE_TYPES
+        if t["ruleConfigurationProperties"]
+        and all(p["description"].startswith(NOT_RUNNABLE) for p in t["ruleConfigurationProperties"])
+    }
+    assert marked == {"CloudWatchAlarm"}
+    alarm = rule("CloudWatchAlarm", configuration={"AlarmName": "errors"})
+    (message,) = problems(one("FAIL", alarm)).values()
+    assert message.startswith(
+        "rule type Rule/AWS/CloudWatchAlarm/1 is not supported by this installation"
+    )
+    assert "CodeBuild" in message and "CloudWatchAlarm, " not in message
+
+
+def test_codebuild_rule_declaration() -> None:
+    rp = "stages[1].beforeEntry.conditions[0].rules[0]"
+    src = [{"name": "SourceOutput"}]
+    ok = rule("CodeBuild", configuration={"ProjectName": "gate"}, inputArtifacts=src)
+    assert problems(one("FAIL", ok)) == {}
+    assert needs_worker(RuleDeclaration.model_validate(ok))
+    assert worker_queue("CodeBuild") == "conveyor.rule.codebuild"
+    two = [*src, {"name": "Tools"}]
+    assert problems(one("FAIL", rule("CodeBuild", configuration={}, inputArtifacts=src))) == {
+        f"{rp}.configuration.ProjectName": "required"
+    }
+    assert problems(one("FAIL", rule("CodeBuild", configuration={"ProjectName": "p"}))) == {
+        f"{rp}.inputArtifacts": "CodeBuild takes 1 to 5 input artifacts, got 0"
+    }
+    several = rule("CodeBuild", configuration={"ProjectName": "p"}, inputArtifacts=two)
+    assert problems(one("FAIL", several)) == {
+        f"{rp}.configuration.PrimarySource": "required with several input artifacts "
+        "(SourceOutput, Tools)"
+    }
+    wrong = rule(
+        "CodeBuild",
+        configuration={"ProjectName": "p", "PrimarySource": "Nope"},
+        inputArtifacts=two,
+    )
+    assert problems(one("FAIL", wrong)) == {
+        f"{rp}.configuration.PrimarySource": "'Nope' is not one of the rule's input artifacts "
+        "['SourceOutput', 'Tools']"
+    }
+    bad_env = rule(
+        "CodeBuild",
+        configuration={"ProjectName": "p", "EnvironmentVariables": "{"},
+        inputArtifacts=src,
+    )
+    assert list(problems(one("FAIL", bad_env))) == [f"{rp}.configuration.EnvironmentVariables"]
 
 
 def test_needs_worker() -> None:
@@ -249,8 +306,8 @@ def test_one_to_five_rules_with_unique_names() -> None:
 
 def test_unknown_rule_types() -> None:
     rp = "stages[1].beforeEntry.conditions[0].rules[0]"
-    found = problems(one("FAIL", rule("CloudWatchAlarm")))
-    assert found[f"{rp}.ruleTypeId"].startswith("unknown rule type Rule/AWS/CloudWatchAlarm/1")
+    found = problems(one("FAIL", rule("SlackVote")))
+    assert found[f"{rp}.ruleTypeId"].startswith("unknown rule type Rule/AWS/SlackVote/1")
     v2 = rule("VariableCheck") | {
         "ruleTypeId": {"category": "Rule", "provider": "VariableCheck", "version": "2"}
     }
@@ -399,11 +456,17 @@ def test_deployment_window_in_its_time_zone() -> None:
     assert inside.summary == (
         "inside deployment window '* * 9-17 ? * MON-FRI' (Europe/Berlin) at 2024-07-01 09:30"
     )
+    # Outside: AWS holds the stage until the window opens, so the rule waits, in progress.
     outside = evaluate(r, now=epoch("2024-07-01T06:59"), variables=no_vars)
-    assert outside.status == "Failed"
-    assert outside.summary.endswith("at 2024-07-01 08:59; it next opens at 2024-07-01 09:00")
+    assert outside.status == "InProgress" and outside.waiting
+    assert outside.retry_at == epoch("2024-07-01T07:00")
+    assert outside.summary == (
+        "waiting for deployment window '* * 9-17 ? * MON-FRI' (Europe/Berlin) at "
+        "2024-07-01 08:59: it opens at 2024-07-01 09:00"
+    )
     weekend = evaluate(r, now=epoch("2024-07-06T10:00", "Europe/Berlin"), variables=no_vars)
-    assert weekend.summary.endswith("it next opens at 2024-07-08 09:00")
+    assert weekend.summary.endswith("it opens at 2024-07-08 09:00")
+    assert weekend.retry_at == epoch("2024-07-08T09:00", "Europe/Berlin")
 
 
 def test_deployment_window_defaults_to_utc_and_can_never_open() -> None:
@@ -411,6 +474,7 @@ def test_deployment_window_defaults_to_utc_and_can_never_open() -> None:
     assert evaluate(r, now=epoch("2024-07-01T09:59"), variables=no_vars).succeeded
     never = RuleDeclaration.model_validate(window("* * * 30 FEB ?"))
     outcome = evaluate(never, now=epoch("2024-07-01T09:59"), variables=no_vars)
+    assert outcome.status == "Failed" and outcome.retry_at is None
     assert outcome.summary.endswith("; it does not open again")
 
 
@@ -606,13 +670,17 @@ def test_cron_matches_brute_force_reference(
     assert in_window(cron, zone, when) == expected
 
 
-@settings(max_examples=150, deadline=None)
-@given(
+# A cron open at some minutes of some hours of every day, and a moment this century.
+daily_windows = given(
     minutes=fields(0, 59),
     hours=fields(0, 23),
     zone=st.sampled_from(ZONES),
     when=st.integers(int(epoch("2000-01-01T00:00")), int(epoch("2100-01-01T00:00"))),
 )
+
+
+@settings(max_examples=150, deadline=None)
+@daily_windows
 def test_next_window_start_is_the_first_matching_minute(
     minutes: tuple[str, Any], hours: tuple[str, Any], zone: str, when: int
 ) -> None:
@@ -649,3 +717,24 @@ def test_last_day_and_last_weekday(day: date) -> None:
         d for d in range(day.day + 1, last + 1) if date(day.year, day.month, d).weekday() < 5
     ]
     assert in_window("* * * LW * ?", "UTC", noon) == (not later_weekdays)
+
+
+@settings(max_examples=150, deadline=None)
+@daily_windows
+def test_a_deployment_window_rule_passes_inside_and_waits_outside_never_failing(
+    minutes: tuple[str, Any], hours: tuple[str, Any], zone: str, when: int
+) -> None:
+    """The decision behind holding a stage: inside the window the rule succeeds; outside it
+    waits, to be judged again exactly when the window next opens; a window that opens every
+    day never fails the rule."""
+    cron = f"* {minutes[0]} {hours[0]} * * ?"
+    r = RuleDeclaration.model_validate(window(cron, zone))
+    outcome = evaluate(r, now=float(when), variables=no_vars)
+    if in_window(cron, zone, when):
+        assert outcome.succeeded and outcome.retry_at is None
+    else:
+        assert outcome.waiting
+        assert outcome.retry_at == next_window_start(cron, zone, when)
+        assert outcome.retry_at is not None and outcome.retry_at > when
+        again = evaluate(r, now=outcome.retry_at, variables=no_vars)
+        assert again.succeeded

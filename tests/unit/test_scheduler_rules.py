@@ -10,9 +10,12 @@ rollbacks, execution modes, leases, timers, deletion and the sweep's view of wha
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
+from engine.approvals import ApprovalPolicy
+from engine.auth.principals import Principal, Role
 from engine.definition.model import ExecutionMode
 from engine.execution import (
     ActionState,
@@ -21,6 +24,7 @@ from engine.execution import (
     ExecutionStatus,
     ExecutionType,
     RetryMode,
+    RuleRun,
     RuleStatus,
     StageState,
     StageStatus,
@@ -57,9 +61,9 @@ from engine.scheduler import (
 from tests.unit.scheduler_world import (
     BIG,
     PIPELINE,
+    STAGES,
     CondSpec,
     FailureSpec,
-    RuleKind,
     Shape,
     StageSpec,
     World,
@@ -468,6 +472,35 @@ def approval_with_the_token_of_an_earlier_run() -> Decision:
     return w.answer_with("Approve", "Gate", old, True)
 
 
+ALICE = Principal("alice", frozenset({Role.APPROVER}))
+
+
+def approval_by_someone_not_listed() -> Decision:
+    """The stage's approver list does not name the principal."""
+    w = world()
+    eid = start(w)
+    w.drive(eid, until="Approve")
+    [(_, gate)] = w.approvals()
+    assert gate.approval_token is not None
+    policy = ApprovalPolicy(stage_approvers={"Approve": frozenset({"bob"})})
+    return w.answer_with(
+        "Approve", "Gate", gate.approval_token, True, principal=ALICE, policy=policy
+    )
+
+
+def approval_by_the_starter_under_separation_of_duties() -> Decision:
+    w = world()
+    d = w.start(PROD, trigger_detail="arn:aws:iam::111122223333:user/alice")
+    assert d.subject is not None
+    w.drive(d.subject, until="Approve")
+    [(_, gate)] = w.approvals()
+    assert gate.approval_token is not None
+    policy = ApprovalPolicy(separation_of_duties=True)
+    return w.answer_with(
+        "Approve", "Gate", gate.approval_token, True, principal=ALICE, policy=policy
+    )
+
+
 REFUSALS: list[tuple[RejectionCode, Callable[[], Decision]]] = [
     (RejectionCode.PIPELINE_NOT_FOUND, pipeline_deleted_then_started),
     (RejectionCode.PIPELINE_NOT_FOUND, pipeline_deleted_then_transition_enabled),
@@ -499,6 +532,8 @@ REFUSALS: list[tuple[RejectionCode, Callable[[], Decision]]] = [
     (RejectionCode.APPROVAL_ALREADY_COMPLETED, approval_answered_twice),
     (RejectionCode.INVALID_APPROVAL_TOKEN, approval_with_an_unknown_token),
     (RejectionCode.INVALID_APPROVAL_TOKEN, approval_with_the_token_of_an_earlier_run),
+    (RejectionCode.ACCESS_DENIED, approval_by_someone_not_listed),
+    (RejectionCode.ACCESS_DENIED, approval_by_the_starter_under_separation_of_duties),
 ]
 
 
@@ -978,18 +1013,90 @@ def test_before_entry_variable_check(env: str, result: str, status: StageStatus)
     assert ex.status is (ExecutionStatus.FAILED if failed else ExecutionStatus.SUCCEEDED)
 
 
-@pytest.mark.parametrize(
-    ("window", "entered"),
-    [("window-open", True), ("window-closed", False), ("window-mornings", False)],
-)
-def test_a_deployment_window_gates_the_stage(window: RuleKind, entered: bool) -> None:
-    w = world(Deploy=StageSpec(before_entry=CondSpec("FAIL", (window,))))
+def test_an_open_deployment_window_lets_the_stage_in() -> None:
+    w = world(Deploy=StageSpec(before_entry=CondSpec("FAIL", ("window-open",))))
+    eid = start(w)
+    w.drive(eid)
+    assert action_state(w.ex(eid), "Deploy", "D").status is not None
+    assert w.ex(eid).status is ExecutionStatus.SUCCEEDED
+
+
+def test_a_window_that_never_opens_again_fails_the_stage() -> None:
+    w = world(Deploy=StageSpec(before_entry=CondSpec("FAIL", ("window-closed",))))
     eid = start(w)
     w.drive(eid)
     ex = w.ex(eid)
-    assert (action_state(ex, "Deploy", "D").status is not None) == entered
-    if not entered:
-        assert "outside deployment window" in (ex.status_summary or "")
+    assert action_state(ex, "Deploy", "D").status is None
+    assert ex.status is ExecutionStatus.FAILED
+    assert "it does not open again" in (ex.status_summary or "")
+
+
+def _held_at_window(w: World, eid: str) -> RuleRun:
+    """The Deploy stage is held, in progress, by its waiting window rule."""
+    ex = w.ex(eid)
+    assert ex.status is ExecutionStatus.IN_PROGRESS
+    assert stage_status(w, eid, "Deploy") is StageStatus.IN_PROGRESS
+    assert action_state(ex, "Deploy", "D").status is None
+    (rr,) = ex.stages[STAGES.index("Deploy")].rules
+    assert rr.status is RuleStatus.IN_PROGRESS
+    assert rr.summary is not None and rr.summary.startswith("waiting for deployment window")
+    return rr
+
+
+def test_a_closed_deployment_window_holds_the_stage_until_it_opens() -> None:
+    """AWS holds the stage rather than failing it; the execution's timer looks again when
+    the window opens (the world's clock starts at 22:13 UTC, mornings open at 00:00)."""
+    w = world(Deploy=StageSpec(before_entry=CondSpec("FAIL", ("window-mornings",))))
+    eid = start(w)
+    w.drive(eid)
+    rr = _held_at_window(w, eid)
+    opens = rr.deadline
+    assert opens is not None and opens == w.ex(eid).next_deadline()
+    assert datetime.fromtimestamp(opens, UTC).strftime("%H:%M:%S") == "00:00:00"
+    assert "it opens at 2023-11-15 00:00" in (rr.summary or "")
+    # Early: nothing changes; no work is dispatched for a rule the engine decides.
+    assert not w.step(TimerFired(now=opens - 1, execution_id=eid)).changed
+    assert not w.running_work()
+    d = w.step(TimerFired(now=opens, execution_id=eid))
+    assert any(isinstance(e, Dispatch) and e.action == "D" for e in d.effects)
+    (rr,) = w.ex(eid).stages[STAGES.index("Deploy")].rules
+    assert rr.status is RuleStatus.SUCCEEDED and rr.deadline is None
+    assert rr.summary is not None and rr.summary.startswith("inside deployment window")
+    w.drive(eid)
+    assert w.ex(eid).status is ExecutionStatus.SUCCEEDED
+
+
+def test_a_window_closed_again_when_the_timer_fires_waits_for_the_next_opening() -> None:
+    w = world(Deploy=StageSpec(before_entry=CondSpec("FAIL", ("window-mornings",))))
+    eid = start(w)
+    w.drive(eid)
+    opens = _held_at_window(w, eid).deadline
+    assert opens is not None
+    late = opens + 13 * 3600  # the sweep was down all morning: 13:00, closed again
+    w.step(TimerFired(now=late, execution_id=eid))
+    rr = _held_at_window(w, eid)
+    assert rr.deadline == opens + 24 * 3600
+
+
+@pytest.mark.parametrize("how", ["override", "stop"])
+def test_a_held_stage_is_released_by_an_override_or_a_stop(how: str) -> None:
+    w = world(Deploy=StageSpec(before_entry=CondSpec("FAIL", ("window-mornings",))))
+    eid = start(w)
+    w.drive(eid)
+    _held_at_window(w, eid)
+    if how == "override":
+        d = w.step(
+            ConditionOverridden(
+                now=w.tick(), execution_id=eid, stage="Deploy", condition_type="BEFORE_ENTRY"
+            )
+        )
+        assert any(isinstance(e, Dispatch) and e.action == "D" for e in d.effects)
+    else:
+        d = w.step(StopRequested(now=w.tick(), execution_id=eid))
+        assert w.ex(eid).status is ExecutionStatus.STOPPED
+    assert not any(isinstance(e, Revoke) for e in d.effects)  # no worker ever ran it
+    (rr,) = w.ex(eid).stages[STAGES.index("Deploy")].rules
+    assert rr.status is RuleStatus.ABANDONED
 
 
 def test_overriding_an_entry_gate_starts_the_stage() -> None:
