@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +29,14 @@ from botocore.exceptions import (
 )
 from botocore.httpsession import URLLib3Session
 
-from engine.definition import parse_document, read_text
+from engine.definition import (
+    Template,
+    check_shape,
+    normalize,
+    parse_document,
+    read_text,
+    split_template,
+)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8484"
 ENDPOINT_ENV = "CONVEYOR_API_URL"
@@ -67,35 +74,31 @@ def default_endpoint() -> str:
 PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/conveyor"
 
 
-def load_definition(definition: Definition) -> dict[str, Any]:
-    """A dict is used as is; a path is parsed as JSON, YAML or a CloudFormation template.
+def load_template(definition: Definition) -> Template:
+    """A dict, or a file parsed as JSON, YAML or a CloudFormation template, as the
+    declaration CreatePipeline takes plus what a template says beside it
+    (DisableInboundStageTransitions, Tags, RestartExecutionOnUpdate).
 
-    A missing ``roleArn`` is filled in so definitions written for Conveyor need none.
+    A missing ``roleArn`` is filled in so definitions written for Conveyor need none. The
+    declaration's shape is checked here (:func:`check_shape`), so a key botocore's model
+    lacks is refused with its path in Conveyor's words before boto3 sees it.
     """
     if isinstance(definition, dict):
-        raw = definition
+        raw = normalize(definition)
     else:
         path = Path(definition)
         raw = parse_document(read_text(path), source=str(path))
-    return raw if raw.get("roleArn") else {**raw, "roleArn": PLACEHOLDER_ROLE_ARN}
+    template = split_template(raw)
+    decl = template.declaration
+    if not decl.get("roleArn"):
+        decl = {**decl, "roleArn": PLACEHOLDER_ROLE_ARN}
+    check_shape(decl)
+    return replace(template, declaration=decl)
 
 
-def _without_tags(declaration: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-    """The declaration without its ``tags`` (not a PipelineDeclaration member), and them."""
-    rest = {k: v for k, v in declaration.items() if k != "tags"}
-    tags = declaration.get("tags")
-    if not isinstance(tags, list):
-        return rest, []
-    # CloudFormation takes `Value: true` (YAML's boolean) for "true"; so do we.
-    return rest, [
-        {k: _cfn_text(v) for k, v in t.items()} if isinstance(t, dict) else t for t in tags
-    ]
-
-
-def _cfn_text(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if isinstance(value, int | float) else value
+def load_definition(definition: Definition) -> dict[str, Any]:
+    """The declaration alone (see :func:`load_template` for the rest of a template)."""
+    return load_template(definition).declaration
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -179,20 +182,31 @@ class ConveyorClient:
     # ------------------------------------------------------------------ pipelines
 
     def create_pipeline(self, definition: Definition) -> dict[str, Any]:
-        """CreatePipeline; tags in the definition (CloudFormation's ``Tags``) become the
-        request's ``tags`` (approver lists, separation of duties: engine.approvals)."""
-        pipeline, tags = _without_tags(load_definition(definition))
-        out: dict[str, Any] = self.cp.create_pipeline(
-            pipeline=pipeline, **({"tags": tags} if tags else {})
-        )
+        """CreatePipeline, then what the template says beside the declaration: its Tags go
+        with the create, and each of its DisableInboundStageTransitions becomes a
+        DisableStageTransition (Inbound, with the template's Reason) right after it, as
+        CloudFormation does. Everything is checked before the pipeline is created."""
+        template = load_template(definition)
+        extra: dict[str, Any] = {"tags": list(template.tags)} if template.tags else {}
+        out: dict[str, Any] = self.cp.create_pipeline(pipeline=template.declaration, **extra)
+        self._disable_inbound(out["pipeline"]["name"], template)
         return dict(out["pipeline"])
 
     def update_pipeline(self, definition: Definition) -> dict[str, Any]:
-        """UpdatePipeline; tags in the definition are not changed by it (as on AWS: they are
-        TagResource's), so they are left out."""
-        pipeline, _ = _without_tags(load_definition(definition))
-        out: dict[str, Any] = self.cp.update_pipeline(pipeline=pipeline)
+        """UpdatePipeline; a template's transitions are disabled as on create, and
+        RestartExecutionOnUpdate starts an execution of the new version. Tags are not
+        changed by it (as on AWS: they are TagResource's), so they are left out."""
+        template = load_template(definition)
+        out: dict[str, Any] = self.cp.update_pipeline(pipeline=template.declaration)
+        name = out["pipeline"]["name"]
+        self._disable_inbound(name, template)
+        if template.restart_on_update:
+            self.cp.start_pipeline_execution(name=name)
         return dict(out["pipeline"])
+
+    def _disable_inbound(self, name: str, template: Template) -> None:
+        for stage, reason in template.disabled_transitions:
+            self.disable_transition(name, stage, reason)
 
     def get_pipeline(self, name: str, version: int | None = None) -> dict[str, Any]:
         """The GetPipeline response: ``{"pipeline": ..., "metadata": ...}``."""

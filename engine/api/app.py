@@ -1,9 +1,11 @@
-"""The HTTP API: CodePipeline's JSON 1.1 protocol, plus two small REST extras.
+"""The HTTP API: CodePipeline's JSON 1.1 and smithy RPC v2 CBOR protocols, plus REST extras.
 
 ``POST /`` with ``X-Amz-Target: CodePipeline_20150709.<Operation>`` is what boto3 and the AWS
-CLI send, so pointing them at Conveyor (``endpoint_url=``) is all a user changes. Errors are
-HTTP 400 ``{"__type": <CodePipeline error name>, "message": ...}``, mapped from the engine's
-error tree by type (``ConveyorError.aws_code``), never by message text.
+CLI send, so pointing them at Conveyor (``endpoint_url=``) is all a user changes.
+``POST /service/CodePipeline_20150709/operation/<Operation>`` is the same operation in RPC v2
+CBOR (:mod:`engine.api.wire`). Errors are HTTP 400 ``{"__type": <CodePipeline error name>,
+"message": ...}``, mapped from the engine's error tree by type (``ConveyorError.aws_code``),
+never by message text.
 
 Every request is authenticated with AWS Signature Version 4 (:mod:`engine.api.auth`,
 :mod:`engine.auth`): the keys are the principals file's and the settings', a replayed
@@ -22,8 +24,8 @@ stream, for dashboards and tests that want to watch without polling every execut
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -42,13 +44,14 @@ from engine.api.auth import (
 )
 from engine.api.operations import OPERATIONS
 from engine.api.paging import PageTokens
-from engine.api.parsing import BodyLimits, ProtocolError, parse_body, read_body
+from engine.api.parsing import BodyLimits, ProtocolError, read_body
 from engine.api.s3_gateway import Gateway
 from engine.api.s3_gateway import install as install_s3_gateway
-from engine.api.validation import TARGET_PREFIX, check_input, known_operations
+from engine.api.validation import check_input, known_operations
 from engine.api.webhooks import install as install_webhooks
 from engine.api.webhooks_api import API_BASE
 from engine.api.webhooks_api import install as install_webhooks_v1
+from engine.api.wire import CBOR, JSON, Wire
 from engine.audit import AUDIT_READ, AuditLog, Outcome
 from engine.auth.access import authorize
 from engine.auth.context import RequestContext, acting_as
@@ -61,57 +64,44 @@ from engine.webhooks import WebhookConfig
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "application/x-amz-json-1.1"
 MAX_EVENTS_PER_READ = 1000
 MAX_AUDIT_PER_READ = 1000
 # Reading the event stream shows every pipeline's state: it needs what GetPipelineState does.
 EVENTS_OPERATION = "GetPipelineState"
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(
-        content=json.dumps(body, separators=(",", ":")),
-        status_code=status,
-        media_type=CONTENT_TYPE,
-    )
-
-
-def _error(code: str, message: str, status: int = 400) -> Response:
-    return _json({"__type": code, "message": message}, status)
-
-
-def _operation(target: str | None) -> str:
-    prefix = f"{TARGET_PREFIX}."
-    if not target or not target.startswith(prefix):
-        raise ProtocolError(
-            "UnknownOperationException", f"missing or foreign X-Amz-Target {target!r}"
-        )
-    name = target[len(prefix) :]
+def _operation(name: str) -> str:
+    """``name`` if botocore's model declares it (whether Conveyor serves it is decided after
+    authorization: a stranger learns nothing from the answer)."""
     if name not in OPERATIONS and name not in known_operations():
         raise ProtocolError("UnknownOperationException", f"operation {name} does not exist")
-    return name  # one the model declares but Conveyor does not serve: refused in _call
+    return name
 
 
 def _refusal(
-    ctx: RequestContext, operation: str, body: dict[str, Any] | None, service: Service
+    ctx: RequestContext,
+    operation: str,
+    body: dict[str, Any] | None,
+    service: Service,
+    wire: Wire = JSON,
 ) -> Response | None:
     """The AccessDenied answer (logged) if ``ctx``'s roles do not allow ``operation``."""
     try:
         authorize(ctx.principal, operation, body, service.store.account)
     except AuthError as exc:
         log_refusal(ctx.request_id, ctx.source_ip, ctx.principal.name, operation, exc)
-        return _error(exc.aws_code, exc.message, exc.status)
+        return wire.error(exc.aws_code, exc.message, exc.status)
     return None
 
 
-def _caller(request: Request, raw: bytes) -> RequestContext | Response:
+def _caller(request: Request, raw: bytes, wire: Wire = JSON) -> RequestContext | Response:
     """Who sent ``request``, or the answer refusing it (403, or 503 without Redis)."""
     try:
         return authenticate(request, raw)
     except AuthError as exc:
-        return _error(exc.aws_code, exc.message, exc.status)
+        return wire.error(exc.aws_code, exc.message, exc.status)
     except ServiceUnavailableError as exc:
-        return _error(exc.aws_code, exc.message, 503)
+        return wire.error(exc.aws_code, exc.message, 503)
 
 
 def _call(
@@ -122,25 +112,35 @@ def _call(
     limits: BodyLimits,
     ctx: RequestContext,
     audit: AuditLog,
+    wire: Wire = JSON,
 ) -> Response:
     """One operation, answered (:func:`_answer`) and then audited (in a worker thread: the
-    service blocks on Redis, and parsing a large body should not hold up the event loop)."""
-    reply = _answer(service, tokens, operation, raw, limits, ctx)
+    service blocks on Redis, and parsing a large body should not hold up the event loop).
+    ``wire`` is the protocol the request came in: only decoding the body and encoding the
+    reply depend on it."""
+    reply = _answer(service, tokens, operation, raw, limits, ctx, wire)
     # ---- audit: one record of what the request did (engine.audit; never raises) ----
     audit.record_call(
         operation,
-        lambda: _body_or_none(raw, limits),
-        Outcome.of_reply(reply.status_code, bytes(reply.body)),
+        lambda: _body_or_none(raw, limits, wire),
+        _outcome(reply, wire),
         ctx,
     )
     return reply
 
 
-def _body_or_none(raw: bytes, limits: BodyLimits) -> dict[str, Any] | None:
+def _body_or_none(raw: bytes, limits: BodyLimits, wire: Wire) -> dict[str, Any] | None:
     try:
-        return parse_body(raw, limits)
+        return wire.parse(raw, limits)
     except ProtocolError:
         return None
+
+
+def _outcome(reply: Response, wire: Wire) -> Outcome:
+    if reply.status_code < 400 or wire is JSON:
+        return Outcome.of_reply(reply.status_code, bytes(reply.body))
+    code, message = wire.error_fields(bytes(reply.body))
+    return Outcome(reply.status_code, code, message)
 
 
 def _answer(
@@ -150,15 +150,17 @@ def _answer(
     raw: bytes,
     limits: BodyLimits,
     ctx: RequestContext,
+    wire: Wire,
 ) -> Response:
     """Authorize, parse, check and run one operation as ``ctx``."""
+    _error = wire.error
     body: dict[str, Any] | None = None
     unparsed: ProtocolError | None = None
     try:
-        body = parse_body(raw, limits)
+        body = wire.parse(raw, limits)
     except ProtocolError as exc:
         unparsed = exc  # answered after authorization: a stranger learns nothing from it
-    denied = _refusal(ctx, operation, body, service)
+    denied = _refusal(ctx, operation, body, service, wire)
     if denied is not None:
         return denied
     if operation not in OPERATIONS:
@@ -175,7 +177,7 @@ def _answer(
         body = tokens.open(operation, body)
         with acting_as(ctx):
             result = OPERATIONS[operation](service, body)
-        return _json(tokens.seal(operation, result))
+        return wire.reply(operation, tokens.seal(operation, result))
     except ServiceUnavailableError as exc:
         return _error(exc.aws_code, exc.message, 503)
     except StoreError as exc:
@@ -222,28 +224,56 @@ def create_app(
     if s3_gateway is not None:  # job workers' artifact credentials (engine.api.s3_gateway)
         install_s3_gateway(app, s3_gateway)
 
-    def serve(request: Request, raw: bytes) -> Response:
-        """Authenticate, then find and run the operation (in a worker thread)."""
+    async def serve(request: Request, wire: Wire, name: Callable[[], str]) -> Response:
+        """One API request in either protocol: ``name`` reads the operation from it. The
+        body is size-checked, then the caller authenticated (in a worker thread), and only
+        then is a malformed or unknown request answered: strangers learn nothing."""
         operation: str | None = None
         unknown: ProtocolError | None = None
         try:
-            operation = _operation(request.headers.get("x-amz-target"))
+            operation = _operation(name())
         except ProtocolError as exc:
-            unknown = exc  # answered once the caller is known: strangers learn nothing
-        ctx = _caller(request, raw)
+            unknown = exc
+        try:
+            raw = await read_body(
+                request.headers.get("content-length"), request.stream(), body_limits
+            )
+        except ProtocolError as exc:
+            reply = wire.error(exc.code, exc.message, exc.status)
+            if exc.status == 413:
+                reply.headers["Connection"] = "close"  # the rest of the body is not read
+            target = request.headers.get("x-amz-target", "") if wire is JSON else request.url.path
+            audit_log.record_refusal(
+                operation=target[:100] or None,
+                outcome=Outcome(exc.status, exc.code, exc.message),
+                request_id=request_id(request),
+                source_ip=request.client.host if request.client else None,
+            )
+            return reply
+        API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
+        return await run_in_threadpool(_authenticated, request, wire, operation, unknown, raw)
+
+    def _authenticated(
+        request: Request,
+        wire: Wire,
+        operation: str | None,
+        unknown: ProtocolError | None,
+        raw: bytes,
+    ) -> Response:
+        ctx = _caller(request, raw, wire)
         if isinstance(ctx, Response):
-            _audit_refusal(request, operation, ctx)
+            _audit_refusal(request, operation, _outcome(ctx, wire))
             return ctx
         if operation is None:
             assert unknown is not None
-            return _error(unknown.code, unknown.message, unknown.status)
-        return _call(service, tokens, operation, raw, body_limits, ctx, audit_log)
+            return wire.error(unknown.code, unknown.message, unknown.status)
+        return _call(service, tokens, operation, raw, body_limits, ctx, audit_log, wire)
 
-    def _audit_refusal(request: Request, operation: str | None, reply: Response) -> None:
+    def _audit_refusal(request: Request, operation: str | None, outcome: Outcome) -> None:
         """Record a request refused before anyone was authenticated (never raises)."""
         audit_log.record_refusal(
             operation=operation or request.headers.get("x-amz-target", "")[:100] or None,
-            outcome=Outcome.of_reply(reply.status_code, bytes(reply.body)),
+            outcome=outcome,
             request_id=request_id(request),
             access_key=claimed_access_key(request),
             source_ip=request.client.host if request.client else None,
@@ -251,22 +281,13 @@ def create_app(
 
     @app.post("/")
     async def codepipeline(request: Request) -> Response:
-        try:
-            raw = await read_body(
-                request.headers.get("content-length"), request.stream(), body_limits
-            )
-        except ProtocolError as exc:
-            reply = _error(exc.code, exc.message, exc.status)
-            if exc.status == 413:
-                reply.headers["Connection"] = "close"  # the rest of the body is not read
-            audit_log.record_refusal(
-                operation=request.headers.get("x-amz-target", "")[:100] or None,
-                outcome=Outcome(exc.status, exc.code, exc.message),
-                source_ip=request.client.host if request.client else None,
-            )
-            return reply
-        API_BASE.set(webhooks.public_url or str(request.base_url))  # webhook urls' base
-        return await run_in_threadpool(serve, request, raw)
+        return await serve(request, JSON, lambda: JSON.operation(request.headers))
+
+    @app.post("/service/{service_name}/operation/{operation}")
+    async def codepipeline_cbor(request: Request, service_name: str, operation: str) -> Response:
+        return await serve(
+            request, CBOR, lambda: CBOR.operation(request.headers, service_name, operation)
+        )
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -318,21 +339,23 @@ def create_app(
         query = {k: v for k, v in query.items() if v is not None}
         ctx = _caller(request, b"")
         if isinstance(ctx, Response):
-            _audit_refusal(request, AUDIT_READ, ctx)
+            _audit_refusal(request, AUDIT_READ, _outcome(ctx, JSON))
             return ctx
         if Role.ADMIN not in ctx.principal.roles:
             message = f"principal '{ctx.principal.name}' may not read the audit log (admin only)"
             audit_log.record_call(
                 AUDIT_READ, lambda: query, Outcome(403, "AccessDeniedException", message), ctx
             )
-            return _error("AccessDeniedException", message, 403)
+            return JSON.error("AccessDeniedException", message, 403)
         try:
             page = audit_log.read(limit=limit, **query)
         except redis.ResponseError as exc:
-            return _error("ValidationException", f"bad stream id: {exc}")
+            return JSON.error("ValidationException", f"bad stream id: {exc}")
         except redis.RedisError as exc:
-            return _error("ServiceUnavailableException", f"Redis: {exc}", 503)
+            return JSON.error("ServiceUnavailableException", f"Redis: {exc}", 503)
         audit_log.record_call(AUDIT_READ, lambda: query, Outcome(200), ctx)
-        return _json({"records": page.records, "cursor": page.cursor, "more": page.more})
+        return JSON.reply(
+            AUDIT_READ, {"records": page.records, "cursor": page.cursor, "more": page.more}
+        )
 
     return app

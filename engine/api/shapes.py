@@ -88,10 +88,12 @@ def _source_revisions(s: ExecutionState) -> list[dict[str, Any]]:
 
 
 def _artifact_revisions(s: ExecutionState) -> list[dict[str, Any]]:
-    """CodePipeline names a revision after the artifact its source action produced."""
+    """CodePipeline names a revision after the artifact its source action produced; its
+    ``created`` is when the source action took the revision."""
     out = []
     for rev in s.source_revisions:
-        decl = _find_action(s.decl, str(rev.get("actionName", "")))
+        action = str(rev.get("actionName", ""))
+        decl = _find_action(s.decl, action)
         name = decl.output_artifacts[0].name if decl and decl.output_artifacts else None
         out.append(
             _prune(
@@ -100,10 +102,38 @@ def _artifact_revisions(s: ExecutionState) -> list[dict[str, Any]]:
                     "revisionId": rev.get("revisionId"),
                     "revisionSummary": rev.get("revisionSummary") or None,
                     "revisionUrl": rev.get("revisionUrl"),
+                    "created": _revision_time(s, action),
                 }
             )
         )
     return out
+
+
+def _revision_time(s: ExecutionState, action: str) -> float | None:
+    """When a source action finished, taking its revision."""
+    for stage in s.stages:
+        act = stage.action(action)
+        if act is not None:
+            return act.last_update_time
+    return None
+
+
+def _current_revision(s: ExecutionState | None, action: str) -> dict[str, Any]:
+    """``ActionState`` members of a source action: the revision the latest execution took
+    (``currentRevision``, with the revision id as its change id) and its ``revisionUrl``."""
+    if s is None:
+        return {}
+    rev = next((r for r in s.source_revisions if r.get("actionName") == action), None)
+    if rev is None or not rev.get("revisionId"):
+        return {}
+    current = _prune(
+        {
+            "revisionId": rev["revisionId"],
+            "revisionChangeId": rev["revisionId"],
+            "created": _revision_time(s, action),
+        }
+    )
+    return _prune({"currentRevision": current, "revisionUrl": rev.get("revisionUrl")})
 
 
 def _rollback_metadata(s: ExecutionState) -> dict[str, Any] | None:
@@ -323,6 +353,7 @@ def _stage_state(
         act = st.action(ad.name) if st else None
         if act is not None and act.status is not None:
             row["latestExecution"] = latest_action_execution(act)
+        row.update(_current_revision(view.execution, ad.name))
         actions.append(row)
     out["actionStates"] = actions
     if st is not None:

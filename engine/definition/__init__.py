@@ -9,9 +9,15 @@ The names callers use are re-exported here, so ``from engine.definition import .
 all most code needs.
 """
 
-from engine.definition.checks import check, validate
+from engine.definition.checks import check, check_shape, validate
 from engine.definition.files import load_file, read_text
-from engine.definition.loading import normalize, parse_document
+from engine.definition.loading import (
+    CFN_PROPERTIES,
+    Template,
+    normalize,
+    parse_document,
+    split_template,
+)
 from engine.definition.model import (
     ActionDeclaration,
     ArtifactRefDecl,
@@ -22,16 +28,20 @@ from engine.definition.model import (
 )
 
 __all__ = [
+    "CFN_PROPERTIES",
     "ActionDeclaration",
     "ArtifactRefDecl",
     "ArtifactStore",
     "PipelineDeclaration",
     "PipelineVariable",
     "StageDeclaration",
+    "Template",
     "check",
+    "check_shape",
     "load_file",
     "normalize",
     "parse_document",
     "read_text",
+    "split_template",
     "validate",
 ]

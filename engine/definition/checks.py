@@ -96,6 +96,24 @@ def validate(
     problem of the first phase is reported at once; rules run only on a well-typed
     declaration, so a definition with type errors reports those first.
     """
+    decl, limits = _shape(raw)
+    problems = _merged(check(decl, registry, region=region), limits)
+    if problems:
+        raise DefinitionError(problems)
+    return decl
+
+
+def check_shape(raw: Mapping[str, Any]) -> PipelineDeclaration:
+    """The first phase of :func:`validate` alone: what a client can judge without the
+    server's registry. The client runs it before sending, so a key botocore's model lacks
+    is refused with its path in Conveyor's words, not as botocore's ParamValidationError."""
+    decl, limits = _shape(raw)
+    if limits:
+        raise DefinitionError(limits)
+    return decl
+
+
+def _shape(raw: Mapping[str, Any]) -> tuple[PipelineDeclaration, list[Problem]]:
     raw = {k: v for k, v in raw.items() if k not in IGNORED_TOP_LEVEL}
     limits, oversized = model_limits(raw)
     if oversized:
@@ -104,10 +122,7 @@ def validate(
         decl = PipelineDeclaration.model_validate(raw)
     except PydanticValidationError as exc:
         raise DefinitionError(_merged(_pydantic_problems(exc), limits)) from None
-    problems = _merged(check(decl, registry, region=region), limits)
-    if problems:
-        raise DefinitionError(problems)
-    return decl
+    return decl, limits
 
 
 # A list or map this much longer than its limit is not judged item by item (a million

@@ -8,13 +8,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from engine import awsmodel
 from engine.errors import DefinitionError, Problem
 
 PIPELINE_RESOURCE_TYPE = "AWS::CodePipeline::Pipeline"
+# Every property of AWS::CodePipeline::Pipeline in CloudFormation's resource reference.
+# Nine are PipelineDeclaration members (ArtifactStores among them, which the checks refuse
+# as not supported yet). The other three have no place in the declaration CreatePipeline
+# takes, so CloudFormation carries them out with calls of its own, and so does Conveyor's
+# client (:class:`Template`, ``engine.client``): DisableInboundStageTransitions,
+# Tags and RestartExecutionOnUpdate. Any other property is refused, naming it.
+CFN_DECLARATION_PROPERTIES = (
+    "ArtifactStore",
+    "ArtifactStores",
+    "ExecutionMode",
+    "Name",
+    "PipelineType",
+    "RoleArn",
+    "Stages",
+    "Triggers",
+    "Variables",
+)
+CFN_TEMPLATE_PROPERTIES = ("DisableInboundStageTransitions", "RestartExecutionOnUpdate", "Tags")
+CFN_PROPERTIES = frozenset(CFN_DECLARATION_PROPERTIES + CFN_TEMPLATE_PROPERTIES)
+# The same three once converted to camelCase, as they sit in a loaded declaration dict.
+TEMPLATE_KEYS = ("disableInboundStageTransitions", "restartExecutionOnUpdate", "tags")
 # A definition is small: its text, and its YAML once aliases are expanded, are held to these.
 MAX_DEFINITION_BYTES = 1024 * 1024
 MAX_YAML_NODES = 100_000
@@ -184,7 +207,15 @@ def normalize(data: Any, *, source: str = "<definition>") -> dict[str, Any]:
     if isinstance(out.get("pipeline"), Mapping):
         out = dict(out["pipeline"])  # aws codepipeline get-pipeline output
     if "Stages" in out or "Name" in out:
-        problems: list[Problem] = []
+        problems = [
+            Problem(
+                f"Properties.{key}",
+                f"not a property of {PIPELINE_RESOURCE_TYPE} that Conveyor knows; its "
+                f"properties are {', '.join(sorted(CFN_PROPERTIES))}",
+            )
+            for key in out
+            if key not in CFN_PROPERTIES
+        ]
         converted = _from_cloudformation(out, "", problems)
         if problems:
             raise DefinitionError(problems)
@@ -299,3 +330,70 @@ def _intrinsic(node: Mapping[str, Any], path: str, problems: list[Problem]) -> A
                 return None  # a part already said why
     problems.append(Problem(path, f"CloudFormation {fn} cannot be resolved outside a stack"))
     return None
+
+
+@dataclass(frozen=True)
+class Template:
+    """A loaded definition: the declaration CreatePipeline takes, and what a CloudFormation
+    template says beside it, which the client carries out with calls of its own."""
+
+    declaration: dict[str, Any]
+    # (stage, reason): DisableStageTransition(Inbound) for each, right after CreatePipeline.
+    disabled_transitions: tuple[tuple[str, str], ...] = ()
+    # CreatePipeline's ``tags`` (TagResource on an update).
+    tags: tuple[dict[str, str], ...] = ()
+    # StartPipelineExecution after an UpdatePipeline.
+    restart_on_update: bool = False
+
+
+def split_template(declaration: Mapping[str, Any]) -> Template:
+    """Take the template-only members out of a loaded declaration, checked as the calls
+    that will carry them out check them, so a bad one fails before anything is created."""
+    decl = {k: v for k, v in declaration.items() if k not in TEMPLATE_KEYS}
+    problems: list[Problem] = []
+    stages = {s.get("name") for s in decl.get("stages") or [] if isinstance(s, Mapping)}
+    transitions: list[tuple[str, str]] = []
+    raw_transitions = declaration.get("disableInboundStageTransitions") or []
+    if not isinstance(raw_transitions, list):
+        raw_transitions = [raw_transitions]
+    found = awsmodel.Findings()
+    disable = awsmodel.shape("DisableStageTransitionInput")
+    for i, item in enumerate(raw_transitions):
+        path = f"DisableInboundStageTransitions[{i}]"
+        if not isinstance(item, Mapping) or set(item) - {"stageName", "reason"}:
+            problems.append(Problem(path, "must be an object of StageName and Reason"))
+            continue
+        for member, key in (("stageName", "StageName"), ("reason", "Reason")):
+            if member not in item:
+                problems.append(Problem(f"{path}.{key}", "required"))
+            else:
+                awsmodel.check(disable.members[member], item[member], f"{path}.{key}", found)
+        name, reason = item.get("stageName"), item.get("reason")
+        if isinstance(name, str) and name not in stages:
+            problems.append(Problem(f"{path}.StageName", f"no stage is named {name!r}"))
+        if isinstance(name, str) and isinstance(reason, str):
+            transitions.append((name, reason))
+    raw_tags = declaration.get("tags") or []
+    if isinstance(raw_tags, list):  # CloudFormation takes `Value: true` for "true"; so do we
+        raw_tags = [
+            {k: _cfn_scalar(v, "Tags", problems) for k, v in t.items()}
+            if isinstance(t, Mapping)
+            else t
+            for t in raw_tags
+        ]
+    awsmodel.check(awsmodel.shape("TagList"), raw_tags, "Tags", found)
+    restart = declaration.get("restartExecutionOnUpdate", False)
+    if restart not in (True, False, "true", "false"):
+        problems.append(Problem("RestartExecutionOnUpdate", "must be true or false"))
+    problems += [
+        Problem(f.path, f.rule if f.value is None else f"{awsmodel.shown(f.value)}: {f.rule}")
+        for f in found.items
+    ]
+    if problems:
+        raise DefinitionError(problems)
+    return Template(
+        declaration=decl,
+        disabled_transitions=tuple(transitions),
+        tags=tuple(dict(t) for t in raw_tags),
+        restart_on_update=restart in (True, "true"),
+    )

@@ -10,7 +10,7 @@ import re
 from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from engine.definition.triggers import PipelineTriggerDeclaration
 from engine.records import Declaration
@@ -130,7 +130,34 @@ class PipelineVariable(_Model):
     description: str | None = None
 
 
+def _uses_v2(data: dict[str, Any]) -> bool:
+    """Whether a declaration uses V2 parameters (AWS: "Including V2 parameters ... in the
+    pipeline JSON when creating or updating a pipeline will result in the pipeline having
+    the V2 type"): variables, triggers, an execution mode other than SUPERSEDED, stage
+    conditions or compute (Commands) actions."""
+    if data.get("variables") or data.get("triggers"):
+        return True
+    if data.get("executionMode") not in (None, "SUPERSEDED"):
+        return True
+    for stage in data.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        if stage.get("beforeEntry") or stage.get("onSuccess") or stage.get("onFailure"):
+            return True
+        for action in stage.get("actions") or []:
+            if not isinstance(action, dict):
+                continue
+            type_id = action.get("actionTypeId")
+            compute = isinstance(type_id, dict) and type_id.get("category") == "Compute"
+            if compute or action.get("commands") is not None:
+                return True
+    return False
+
+
 class PipelineDeclaration(_Model):
+    """``pipelineType`` left out is V1, or V2 when the declaration uses V2 parameters, as
+    CreatePipeline decides it; ``executionMode`` left out is SUPERSEDED."""
+
     name: str
     role_arn: str | None = Field(default=None, alias="roleArn")
     artifact_store: ArtifactStore | None = Field(default=None, alias="artifactStore")
@@ -140,6 +167,14 @@ class PipelineDeclaration(_Model):
     execution_mode: ExecutionMode = Field(default="SUPERSEDED", alias="executionMode")
     variables: list[PipelineVariable] = Field(default_factory=list)
     triggers: list[PipelineTriggerDeclaration] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_pipeline_type(cls, data: Any) -> Any:
+        absent = isinstance(data, dict) and data.get("pipelineType") is None
+        if absent and "pipeline_type" not in data:
+            return {**data, "pipelineType": "V2" if _uses_v2(data) else "V1"}
+        return data
 
     def stage(self, name: str) -> StageDeclaration | None:
         return next((s for s in self.stages if s.name == name), None)

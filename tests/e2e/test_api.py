@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime
@@ -373,9 +375,13 @@ def test_approval_happy_path(api: ApiServer, cp: Any) -> None:
     assert compiled["output"]["outputVariables"] == {"IMAGE": "app:1"}
 
     execution = cp.get_pipeline_execution(pipelineName="demo", pipelineExecutionId=eid)
-    assert execution["pipelineExecution"]["artifactRevisions"] == [
-        {"name": "SourceOut", "revisionId": "v-123", "revisionSummary": "first upload"}
-    ]
+    [revision] = execution["pipelineExecution"]["artifactRevisions"]
+    assert isinstance(revision.pop("created"), datetime)  # when the source action took it
+    assert revision == {
+        "name": "SourceOut",
+        "revisionId": "v-123",
+        "revisionSummary": "first upload",
+    }
 
     approved = cp.put_approval_result(
         pipelineName="demo",
@@ -461,6 +467,41 @@ def test_protocol_errors(api: ApiServer) -> None:
 
     status, _, body = raw(api, "ListPipelines", b"")
     assert (status, body) == (200, {"pipelines": []})
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/x-amz-json-1.1", 200),
+        ("application/x-amz-json-1.1; charset=utf-8", 200),  # parameters are ignored
+        ("Application/X-Amz-Json-1.1", 200),  # media types are case-insensitive
+        ("application/x-amz-json-1.0", 200),  # AWS's JSON services take 1.0 as well
+        ("application/json", 400),
+        ("text/plain", 400),
+        ("application/x-www-form-urlencoded", 400),  # what curl -d sends
+        ("application/cbor", 400),  # CBOR has its own path
+        (None, 400),
+    ],
+)
+def test_json_requests_must_say_they_are_json(
+    api: ApiServer, content_type: str | None, status: int
+) -> None:
+    headers = {"X-Amz-Target": f"{TARGET}ListPipelines", "Content-Length": "2"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    parts = urllib.parse.urlsplit(api.url)  # http.client: urllib would add a Content-Type
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        conn.request("POST", "/", body=b"{}", headers=headers)
+        resp = conn.getresponse()
+        got, reply = resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+    assert got == status, reply
+    if status == 400:
+        assert reply["__type"] == "UnknownOperationException"
+        assert repr(content_type) in reply["message"]
+        assert "application/x-amz-json-1.1" in reply["message"]
 
 
 def test_unexpected_errors_become_internal_failure(

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import cbor2
 import pytest
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from engine.api.parsing import MAX_BODY_BYTES
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer
 from tests.e2e.test_api import code_of, message_of, raw
+from tests.e2e.test_api_cbor import post_cbor
 
 MB = 1024 * 1024
 
@@ -106,6 +108,19 @@ def test_amplification_cases_get_4xx_quickly_and_the_server_stays_small(api: Api
         if code:
             assert reply["__type"] == code
         assert size < 8 * 1024, f"{size} bytes of reply"
+        assert time.monotonic() - started < 5
+        health_within(api, 2)
+    # CBOR's densest cases: a one-byte empty map per stage, and a nesting of one-byte arrays.
+    almost_mb = MAX_BODY_BYTES - 4096
+    cbor_cases = [
+        ("CreatePipeline", cbor2.dumps({"pipeline": {**pipeline, "stages": [{}] * almost_mb}})),
+        ("ListPipelines", b"\xa1\x61a" + b"\x81" * almost_mb + b"\x01"),
+    ]
+    for operation, data in cbor_cases:
+        started = time.monotonic()
+        got, _, reply = post_cbor(api, operation, data)
+        assert 400 <= got < 500, reply
+        assert len(cbor2.dumps(reply)) < 8 * 1024
         assert time.monotonic() - started < 5
         health_within(api, 2)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
@@ -243,13 +258,25 @@ MEMBERS = [
             "GetPipeline",
         ]
     ),
-    body=st.dictionaries(st.sampled_from(MEMBERS) | st.text(max_size=4), json_values, max_size=4)
-    .map(json.dumps)
-    .map(str.encode)
-    | st.binary(max_size=64),
+    protocol=st.sampled_from(["json", "cbor"]),
+    data=st.data(),
 )
-def test_fuzzed_bodies_never_get_5xx(api_server: ApiServer, operation: str, body: bytes) -> None:
-    status, _, reply = raw(api_server, operation, body)
+def test_fuzzed_bodies_never_get_5xx(
+    api_server: ApiServer, operation: str, protocol: str, data: st.DataObject
+) -> None:
+    """JSON bodies to ``POST /``, CBOR bodies (valid CBOR of random values, some with random
+    tags, and random bytes) to the RPC v2 CBOR path: a 4xx AWS error or a 200, never 5xx."""
+    members = st.dictionaries(
+        st.sampled_from(MEMBERS) | st.text(max_size=4), json_values, max_size=4
+    )
+    if protocol == "json":
+        body = data.draw(members.map(json.dumps).map(str.encode) | st.binary(max_size=64))
+        status, _, reply = raw(api_server, operation, body)
+    else:
+        tagged = st.builds(cbor2.CBORTag, st.integers(0, 2**64 - 1), json_values)
+        values = st.dictionaries(st.sampled_from(MEMBERS), json_values | tagged, max_size=4)
+        body = data.draw(values.map(cbor2.dumps) | st.binary(max_size=64))
+        status, _, reply = post_cbor(api_server, operation, body)
     assert status < 500, reply
     if status >= 400:
         assert set(reply) == {"__type", "message"}

@@ -245,6 +245,10 @@ def test_signed_push_to_a_filtered_branch_starts_exactly_one_pinned_execution(
     assert got["trigger"]["triggerType"] == "WebhookV2"
     [artifact] = got["artifactRevisions"]
     assert (artifact["name"], artifact["revisionId"]) == ("Src", commit)
+    assert artifact["revisionUrl"] == f"https://github.com/{WEB}/commit/{commit}"
+    checkout = cp.get_pipeline_state(name="web")["stageStates"][0]["actionStates"][0]
+    assert checkout["currentRevision"]["revisionId"] == commit
+    assert checkout["revisionUrl"] == f"https://github.com/{WEB}/commit/{commit}"
 
     # The source action is pinned to the pushed commit as a COMMIT_ID override, on the
     # branch that holds it, for the git source provider to fetch.
