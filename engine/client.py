@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -448,8 +449,11 @@ class ConveyorClient:
         """GET one of Conveyor's REST extras, signed by the boto3 client's own signer (its
         credentials, region and SigV4), sent by botocore's HTTP session."""
         url = self.endpoint_url.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
+        # A fresh invocation id per call, as botocore sends with every operation: the API
+        # refuses a replayed signature, and two identical GETs in one second sign the same.
         request = AWSRequest(method="GET", url=url)
         self.cp._request_signer.sign("GetAuditLog", request)
+        request.headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
         reply = URLLib3Session().send(request.prepare())
         try:
             body = json.loads(reply.content or b"{}")

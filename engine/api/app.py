@@ -266,7 +266,10 @@ def create_app(
             return ctx
         if operation is None:
             assert unknown is not None
-            return wire.error(unknown.code, unknown.message, unknown.status)
+            reply = wire.error(unknown.code, unknown.message, unknown.status)
+            target = request.headers.get("x-amz-target") or request.url.path
+            audit_log.record_call(target[:100], lambda: None, _outcome(reply, wire), ctx)
+            return reply
         return _call(service, tokens, operation, raw, body_limits, ctx, audit_log, wire)
 
     def _audit_refusal(request: Request, operation: str | None, outcome: Outcome) -> None:

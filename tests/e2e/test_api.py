@@ -489,6 +489,7 @@ def test_json_requests_must_say_they_are_json(
     headers = {"X-Amz-Target": f"{TARGET}ListPipelines", "Content-Length": "2"}
     if content_type is not None:
         headers["Content-Type"] = content_type
+    headers = sign("POST", f"{api.url}/", b"{}", headers)  # as the admin
     parts = urllib.parse.urlsplit(api.url)  # http.client: urllib would add a Content-Type
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
     try:

@@ -83,10 +83,11 @@ def send_raw(
 
 
 def state_digest(r: redis.Redis) -> str:
-    """Everything the API keeps, except the replay guard's own notes."""
+    """Everything the API keeps, except the replay guard's own notes and the audit log
+    (which records refusals: that is its job)."""
     h = hashlib.sha256()
     for key in sorted(r.scan_iter("*")):
-        if key.startswith(b"conveyor:auth:"):
+        if key.startswith((b"conveyor:auth:", b"conveyor:audit", b"conveyor:stats:audit")):
             continue
         h.update(key + b"\0" + (r.dump(key) or b"") + b"\0")
     return h.hexdigest()

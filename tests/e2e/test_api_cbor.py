@@ -23,6 +23,7 @@ import cbor2
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.auth_support import ADMIN, sign
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer
 from tests.e2e.test_api import MISSING, code_of
@@ -61,8 +62,8 @@ def cbor_cp(api: ApiServer, cbor_models: Path) -> Any:
         "codepipeline",
         endpoint_url=api.url,
         region_name="us-east-1",
-        aws_access_key_id="anything",
-        aws_secret_access_key="anything",
+        aws_access_key_id=ADMIN.access_key_id,
+        aws_secret_access_key=ADMIN.secret_access_key,
     )
     assert client.meta.service_model.resolved_protocol == "smithy-rpc-v2-cbor"
     return client
@@ -75,9 +76,10 @@ def post_cbor(
     headers: dict[str, str] | None = None,
     service: str = "CodePipeline_20150709",
 ) -> tuple[int, dict[str, str], Any]:
-    """POST an RPC v2 CBOR request as written; the status, headers and decoded reply."""
+    """POST an RPC v2 CBOR request as written, signed as the admin; the status, headers and
+    decoded reply."""
     url = f"{api.url}/service/{service}/operation/{operation}"
-    sent = CBOR_HEADERS if headers is None else headers
+    sent = sign("POST", url, body, CBOR_HEADERS if headers is None else headers)
     req = urllib.request.Request(url, data=body, headers=sent, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:

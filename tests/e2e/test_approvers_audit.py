@@ -1,9 +1,8 @@
 """Approver lists, separation of duties, who approved, and the audit log, end to end.
 
-The API runs in process over the session's Redis, with an audit file. Who a request is
-comes from one fixture (:func:`act_as`): a small ASGI layer sets the request context the
-way SigV4 authentication does once it lands, and answers with the request id as
-``x-amzn-RequestId``. Signed-client variants replace that layer with real keys.
+The API runs in process over the session's Redis, with an audit file and SigV4 on. Who a
+request is comes from one fixture (:func:`act_as`): each principal has a key in the
+session's principals file, and the test's boto3 client and CLI sign with the chosen one.
 """
 
 from __future__ import annotations
@@ -11,9 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import boto3
 import pytest
 import redis
 import uvicorn
+from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
@@ -34,7 +33,9 @@ from engine.execution import ActionResult
 from engine.messages import ActionCompleted
 from engine.service import Service
 from engine.store import Store
+from tests.auth_support import Principals, TestKey, sign, signed_get
 from tests.e2e.api_support import BUCKET, definition, registry
+from tests.e2e.conftest import signing_authenticator
 from tests.helpers import wait_for
 from workers import devstack
 
@@ -48,8 +49,9 @@ def principal(name: str, *roles: Role) -> Principal:
 
 ADMIN = principal("root", Role.ADMIN)
 ALICE = principal("alice", Role.OPERATOR, Role.APPROVER)
-BOB = principal("bob", Role.APPROVER)
+BOB = principal("bob", Role.OPERATOR, Role.APPROVER)
 CAROL = principal("carol", Role.APPROVER)
+EVERYONE = (ADMIN, ALICE, BOB, CAROL)
 
 
 def arn(name: str) -> str:
@@ -59,40 +61,29 @@ def arn(name: str) -> str:
 # ---------------------------------------------------------------------------- the server
 
 
+class _Switchable(Credentials):  # type: ignore[misc]
+    """Credentials that are whoever :class:`Identity` says now: one boto3 client serves a
+    whole test while the principal changes (botocore freezes credentials per request)."""
+
+    def __init__(self, identity: Identity) -> None:
+        super().__init__("unused", "unused")
+        self.identity = identity
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        key = self.identity.key
+        return ReadOnlyCredentials(key.access_key_id, key.secret_access_key, None)
+
+
 @dataclass
 class Identity:
-    """Who the next requests are; the one place tests choose a principal."""
+    """Who the next requests are signed as; the one place tests choose a principal."""
 
-    ctx: RequestContext = field(default_factory=lambda: RequestContext(ADMIN))
+    keys: dict[str, TestKey]
+    key: TestKey
 
-
-class _ActAs:
-    """ASGI layer standing in for SigV4 authentication: each request is served for
-    ``identity.ctx`` with a fresh request id, returned as ``x-amzn-RequestId``."""
-
-    def __init__(self, app: Any, identity: Identity) -> None:
-        self.app, self.identity = app, identity
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        base = self.identity.ctx
-        request_id = str(uuid.uuid4())
-        ctx = RequestContext(
-            base.principal, request_id, f"AKIA{base.principal.name.upper()}", "127.0.0.1"
-        )
-
-        async def send_with_id(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message["headers"],
-                    (b"x-amzn-requestid", request_id.encode()),
-                ]
-            await send(message)
-
-        with acting_as(ctx):
-            await self.app(scope, receive, send_with_id)
+    def become(self, who: Principal) -> TestKey:
+        self.key = self.keys[who.name]
+        return self.key
 
 
 @dataclass
@@ -106,15 +97,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(
-    redis_service: devstack.Service, tmp_path_factory: pytest.TempPathFactory
+    redis_service: devstack.Service,
+    principals: Principals,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     url = devstack.with_redis_db(redis_service.url, AUDIT_TEST_DB)
     store = Store.from_url(url)
     service = Service(store, registry(), default_bucket=BUCKET, ensure_bucket=None)
     audit_file = tmp_path_factory.mktemp("audit") / "audit.jsonl"
     audit = AuditLog(store.r, store.account, AuditConfig(file=audit_file))
-    identity = Identity()
-    app = _ActAs(create_app(service, audit=audit), identity)
+    keys_by_name = {p.name: principals.add(p.roles, name=p.name) for p in EVERYONE}
+    identity = Identity(keys_by_name, keys_by_name[ADMIN.name])
+    app = create_app(service, audit=audit, authenticator=signing_authenticator(principals, store.r))
     port = devstack.free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, name="conveyor-api-audit", daemon=True)
@@ -128,32 +122,42 @@ def server(
 
 
 @pytest.fixture
-def api(server: Server) -> Server:
+def api(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
     server.redis.flushdb()
     server.audit_file.write_text("")
-    server.identity.ctx = RequestContext(ADMIN)
+    _sign_as(server, ADMIN, monkeypatch)
     return server
 
 
+def _sign_as(server: Server, who: Principal, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = server.identity.become(who)
+    # The CLI builds its own client from boto3's default chain: the environment.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key.secret_access_key)
+
+
 @pytest.fixture
-def act_as(api: Server) -> Callable[[Principal], None]:
-    """``act_as(ALICE)``: the following requests (boto3, the CLI) are alice's."""
+def act_as(api: Server, monkeypatch: pytest.MonkeyPatch) -> Callable[[Principal], None]:
+    """``act_as(ALICE)``: the following requests (boto3, the CLI) are signed with alice's
+    key."""
 
     def choose(who: Principal) -> None:
-        api.identity.ctx = RequestContext(who)
+        _sign_as(api, who, monkeypatch)
 
     return choose
 
 
 @pytest.fixture
 def cp(api: Server) -> Any:
-    return boto3.client(
+    client = boto3.client(
         "codepipeline",
         endpoint_url=api.url,
         region_name="us-east-1",
-        aws_access_key_id="anything",
-        aws_secret_access_key="anything",
+        aws_access_key_id="unused",
+        aws_secret_access_key="unused",
     )
+    client._request_signer._credentials = _Switchable(api.identity)
+    return client
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -383,7 +387,8 @@ def test_audit_records_what_changed_and_what_was_refused_without_secrets(
     assert "separation of duties" in denied["message"]
     assert answered["request_id"] == approved_id
     assert answered["principal_arn"] == arn("bob")
-    assert answered["access_key"] == "AKIABOB" and answered["source_ip"] == "127.0.0.1"
+    bob_key = api.identity.keys["bob"].access_key_id
+    assert answered["access_key"] == bob_key and answered["source_ip"] == "127.0.0.1"
     assert answered["target"] == "audited.Approve.Gate" and answered["pipeline"] == "audited"
     assert answered["params"]["token"].startswith("sha256:")
     assert stream[4]["target"] == "webhook:hook" and stream[4]["pipeline"] == "audited"
@@ -395,31 +400,36 @@ def test_refused_requests_before_any_operation_are_recorded(api: Server) -> None
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(
-        f"{api.url}/",
-        data=b"{}",
-        headers={"X-Amz-Target": "CodePipeline_20150709.NoSuchThing"},
-        method="POST",
-    )
+    target = {"X-Amz-Target": "CodePipeline_20150709.NoSuchThing"}
+    unsigned = urllib.request.Request(f"{api.url}/", data=b"{}", headers=target, method="POST")
     with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(req, timeout=10)
-    [record] = stream_records(api)
-    assert record["outcome"] == "UnknownOperationException"
-    assert record["principal"] is None and record["source_ip"] == "127.0.0.1"
+        urllib.request.urlopen(unsigned, timeout=10)
+    headers = sign("POST", f"{api.url}/", b"{}", target, key=api.identity.key)
+    signed = urllib.request.Request(f"{api.url}/", data=b"{}", headers=headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(signed, timeout=10)
+    stranger, admin = stream_records(api)
+    assert stranger["outcome"] == "MissingAuthenticationTokenException"
+    assert stranger["operation"] == "CodePipeline_20150709.NoSuchThing"
+    assert stranger["principal"] is None and stranger["source_ip"] == "127.0.0.1"
+    assert admin["outcome"] == "UnknownOperationException" and admin["principal"] == "root"
 
 
 def test_only_admins_read_the_audit_log(
     api: Server, cp: Any, act_as: Callable[[Principal], None]
 ) -> None:
-    act_as(BOB)
     import urllib.error
-    import urllib.request
 
-    with pytest.raises(urllib.error.HTTPError) as refused:
+    with pytest.raises(urllib.error.HTTPError) as unsigned:
         urllib.request.urlopen(f"{api.url}/audit", timeout=10)
+    assert unsigned.value.code == 403
+    act_as(BOB)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        signed_get(f"{api.url}/audit", api.identity.key)
     assert refused.value.code == 403
     assert json.loads(refused.value.read())["__type"] == "AccessDeniedException"
-    [record] = stream_records(api)
+    unsigned_record, record = stream_records(api)
+    assert unsigned_record["outcome"] == "MissingAuthenticationTokenException"
     assert (record["operation"], record["principal"]) == ("GET /audit", "bob")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from engine.execution import ArtifactLocation
+from tests.auth_support import ADMIN
 from tests.e2e.api_support import BUCKET, definition
 from tests.e2e.conftest import ApiServer
 from tests.e2e.test_api import complete
@@ -29,8 +30,8 @@ REGION = "us-east-1"
 def cli_credentials() -> dict[str, str]:
     """The environment the CLI signs with: the one place its keys are chosen."""
     return {
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_ACCESS_KEY_ID": ADMIN.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": ADMIN.secret_access_key,
     }
 
 

@@ -14,6 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.auth_support import Principals, codepipeline
 from tests.handlers import sample_job_worker as worker
 from tests.helpers import wait_for
 from tests.stack import Stack, action, put_source, s3_source_stage, start_stack, unique, wait_status
@@ -31,8 +32,6 @@ def stack(spawn: Any, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AWS_ENDPOINT_URL_CODEPIPELINE", running.api_url)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", running.api_url + "/s3")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker")
     return running
 
 
@@ -97,8 +96,19 @@ def _work_until(done: threading.Event, poll: Any) -> None:
             time.sleep(0.2)
 
 
-def test_a_sample_job_worker_completes_a_custom_action_with_a_continuation(stack: Stack) -> None:
-    cp = boto3.client("codepipeline")  # from the environment, as a job worker builds it
+@pytest.fixture
+def job_worker(principals: Principals) -> Callable[[Stack], Any]:
+    """A codepipeline client for a job worker: a principal that may answer jobs and read
+    pipeline state, nothing else (the admin's ``cp`` declares types and pipelines)."""
+    key = principals.add(["job-worker", "viewer"], name="sample-job-worker")
+    return lambda stack: codepipeline(stack.api_url, key)
+
+
+def test_a_sample_job_worker_completes_a_custom_action_with_a_continuation(
+    stack: Stack, job_worker: Callable[[Stack], Any]
+) -> None:
+    cp = boto3.client("codepipeline")  # from the environment: the admin's
+    wcp = job_worker(stack)
     name, src, target = unique("custom"), unique("src"), unique("target")
     s3 = stack.s3()
     put_source(s3, src, {"version.txt": "2.0.1\n", "main.c": "int main() {}\n"})
@@ -122,7 +132,7 @@ def test_a_sample_job_worker_completes_a_custom_action_with_a_continuation(stack
         return outcome
 
     def poll() -> bool:
-        found = worker.poll_once(cp, TYPE, "web", handle)
+        found = worker.poll_once(wcp, TYPE, "web", handle)
         handled.extend(found)
         return bool(found)
 
@@ -215,7 +225,9 @@ def _forbidden(data: dict[str, Any], source_bucket: str) -> dict[str, str]:
     return out
 
 
-def test_competing_workers_never_process_one_job_twice(stack: Stack) -> None:
+def test_competing_workers_never_process_one_job_twice(
+    stack: Stack, job_worker: Callable[[Stack], Any]
+) -> None:
     cp = boto3.client("codepipeline")
     name, src, target = unique("compete"), unique("src"), unique("target")
     s3 = stack.s3()
@@ -231,7 +243,7 @@ def test_competing_workers_never_process_one_job_twice(stack: Stack) -> None:
     done = threading.Event()
 
     def competing(worker_name: str) -> None:
-        client = boto3.client("codepipeline")
+        client = job_worker(stack)
 
         def handle(codepipeline: Any, job: dict[str, Any]) -> str:
             with lock:
@@ -264,8 +276,6 @@ def fast_stack(spawn: Any, settings_env: dict[str, str], monkeypatch: pytest.Mon
     running = start_stack(spawn, settings_env, env={"CONVEYOR_MINUTE_SECONDS": "1"})
     monkeypatch.setenv("AWS_ENDPOINT_URL_CODEPIPELINE", running.api_url)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker")
     return running
 
 
