@@ -139,7 +139,12 @@ class Service:
         a start that is refused (a DeletePipeline raced it) is logged, not reported: the
         CreatePipeline itself succeeded."""
         try:
-            self.start_execution(name, trigger_type=TriggerType.CREATE_PIPELINE)
+            # As on AWS, the trigger's detail is who created the pipeline.
+            self.start_execution(
+                name,
+                trigger_type=TriggerType.CREATE_PIPELINE,
+                trigger_detail=caller_arn(self.store.account),
+            )
         except ConveyorError as exc:
             log.warning(
                 "pipeline %s was created but its first execution did not start: %s", name, exc

@@ -189,13 +189,18 @@ def disable_stage_transition(svc: Service, body: Body) -> Body:
         body["transitionType"],
         enabled=False,
         reason=body["reason"],
+        changed_by=caller_arn(svc.store.account),
     )
     return {}
 
 
 def enable_stage_transition(svc: Service, body: Body) -> Body:
     svc.set_transition(
-        body["pipelineName"], body["stageName"], body["transitionType"], enabled=True
+        body["pipelineName"],
+        body["stageName"],
+        body["transitionType"],
+        enabled=True,
+        changed_by=caller_arn(svc.store.account),
     )
     return {}
 

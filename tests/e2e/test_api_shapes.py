@@ -52,9 +52,12 @@ ECHOED = frozenset({"PipelineDeclaration"})
 
 # Members the model declares on these outputs that Conveyor never returns, and why.
 _PRINCIPAL = (
-    "the principal who made the change: the service records it (answered_by, changed_by) "
-    "once requests are authenticated (SigV4, issue 8's authentication part); until then "
-    "there is no one to name"
+    "AWS names who changed a rule's state; Conveyor's rules change only by the engine's "
+    "own evaluation (an override is recorded on the condition, not the rule)"
+)
+_APPROVER = (
+    "tests/e2e/test_approvers_audit.py::"
+    "test_the_approval_record_and_its_event_carry_the_approvers_arn"
 )
 _NO_EXTERNAL_RULE_RUN = (
     "rules are evaluated by the engine or a Conveyor worker: there is no external "
@@ -62,9 +65,6 @@ _NO_EXTERNAL_RULE_RUN = (
 )
 _NO_RULE_REVISIONS = "rules take no source revisions, so there is no revision to describe"
 NEVER_RETURNED: dict[str, str] = {
-    "ActionExecution.lastUpdatedBy": _PRINCIPAL,
-    "ActionExecutionDetail.updatedBy": _PRINCIPAL,
-    "TransitionState.lastChangedBy": _PRINCIPAL,
     "RuleExecution.lastUpdatedBy": _PRINCIPAL,
     "RuleExecutionDetail.updatedBy": _PRINCIPAL,
     "ActionExecution.logStreamARN": (
@@ -114,6 +114,8 @@ _GIT = (
 )
 _V1 = "tests/e2e/test_api_webhooks_v1.py::"
 COVERED_ELSEWHERE: dict[str, str] = {
+    "ActionExecution.lastUpdatedBy": _APPROVER,
+    "ActionExecutionDetail.updatedBy": _APPROVER,
     "ActionState.revisionUrl": _GIT,
     "ArtifactRevision.revisionUrl": _GIT,
     "SourceRevision.revisionUrl": _GIT,

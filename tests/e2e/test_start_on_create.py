@@ -44,6 +44,8 @@ def test_create_pipeline_starts_an_execution_triggered_by_create_pipeline(
         pipelineName="demo", pipelineExecutionId=summary["pipelineExecutionId"]
     )["pipelineExecution"]
     assert got["trigger"]["triggerType"] == "CreatePipeline"
+    # As on AWS, the detail is who created it: the signed caller's ARN.
+    assert got["trigger"]["triggerDetail"] == "arn:aws:iam::111122223333:user/test-admin"
     assert got["pipelineVersion"] == 1
     # UpdatePipeline starts nothing (AWS starts on create only).
     cp.update_pipeline(pipeline=definition("demo"))
