@@ -123,9 +123,13 @@ def policy_from_tags(tags: Mapping[str, str]) -> ApprovalPolicy:
 
 
 def starter(execution: ExecutionState) -> str | None:
-    """The principal who started an execution: the IAM user in ``triggerDetail`` of a
-    StartPipelineExecution trigger (as AWS records it). None for every other trigger
-    (webhooks, polling, CreatePipeline, rollbacks): no person started those."""
+    """The principal whose signed request started an execution, whatever the trigger
+    (StartPipelineExecution, PutActionRevision, CreatePipeline, RollbackStage): its
+    ``started_by``. None when Conveyor itself started it (webhooks, polling, automated
+    rollbacks): no person did. Records from before ``started_by`` existed fall back to the
+    IAM user in a StartPipelineExecution trigger's ``triggerDetail``, as AWS records it."""
+    if execution.started_by is not None:
+        return principal_name(execution.started_by)
     if execution.trigger_type is not TriggerType.START_PIPELINE_EXECUTION:
         return None
     return principal_name(execution.trigger_detail)

@@ -245,6 +245,10 @@ class ExecutionState(Record):
     last_update_time: float
     trigger_type: TriggerType = TriggerType.START_PIPELINE_EXECUTION
     trigger_detail: str | None = None
+    # The signed principal (IAM-style ARN) whose request started it: StartPipelineExecution,
+    # PutActionRevision, CreatePipeline, RollbackStage. None when Conveyor itself did
+    # (webhooks, polling, automated rollback). Separation of duties reads it.
+    started_by: str | None = None
     variables: dict[str, str] = Field(default_factory=dict)
     stop_mode: StopMode | None = None
     stop_reason: str | None = None
@@ -334,6 +338,7 @@ def new_execution(
     source_revisions: list[dict[str, str]] | None = None,
     client_request_token: str | None = None,
     minute_seconds: float = 60.0,
+    started_by: str | None = None,
 ) -> ExecutionState:
     """A fresh execution of ``definition``, not yet started (``decide`` starts it).
 
@@ -370,6 +375,7 @@ def new_execution(
         last_update_time=now,
         trigger_type=trigger_type,
         trigger_detail=trigger_detail,
+        started_by=started_by,
         variables=resolved,
         stages=stages,
         source_revisions=list(source_revisions or []),

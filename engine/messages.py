@@ -155,6 +155,7 @@ class RollbackRequested(_Event):
     rollback_id: str  # chosen by the caller, so a repeated request is recognised
     trigger_type: TriggerType = TriggerType.MANUAL_ROLLBACK
     trigger_detail: str | None = None
+    started_by: str | None = None  # the signed caller's ARN (separation of duties)
 
     def execution_ids(self) -> tuple[str, ...]:
         return (self.target_execution_id, self.rollback_id)

@@ -227,6 +227,7 @@ class Service:
                 source_revisions=source_revisions,
                 client_request_token=client_request_token,
                 minute_seconds=self.minute_seconds,
+                started_by=caller_arn(self.store.account),
             )
             decision = self.store.apply(name, Started(execution=state))
             rejection = decision.rejection
@@ -296,7 +297,10 @@ class Service:
 
     def rollback_stage(self, name: str, stage: str, target_execution_id: str) -> ExecutionState:
         event = RollbackRequested(
-            target_execution_id=target_execution_id, stage=stage, rollback_id=str(uuid.uuid4())
+            target_execution_id=target_execution_id,
+            stage=stage,
+            rollback_id=str(uuid.uuid4()),
+            started_by=caller_arn(self.store.account),
         )
         return self._resolved(name, self._apply(name, event))
 

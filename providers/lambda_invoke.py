@@ -63,6 +63,9 @@ MAX_REPORT_MARGIN_SECONDS = 5.0
 # Variables of the worker's own environment a handler must not see: Conveyor's settings
 # (Redis and S3 credentials) and the worker's own AWS identity.
 HIDDEN_PREFIXES = ("CONVEYOR_", "AWS_")
+# The access key id handlers sign with when the worker has no handler key: an anonymous API
+# accepts it; a signing one refuses it, naming the setting to set.
+UNSET_HANDLER_KEY = "set-CONVEYOR_API_HANDLER_ACCESS_KEY_ID"
 
 
 class LambdaSettings(BaseSettings):
@@ -364,10 +367,11 @@ def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, 
     identity, plus what a Lambda's boto3 needs to reach Conveyor and the artifact store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(HIDDEN_PREFIXES)}
     # The default credentials are for the codepipeline endpoint only (job results): the
-    # workers' API key. Artifacts are reached with the event's artifactCredentials (scoped
-    # to the job, valid at the S3 gateway AWS_ENDPOINT_URL_S3 names), as on AWS. An
-    # anonymous API takes any signature, so placeholder keys do there.
-    api = inv.api_credentials or ApiCredentials("anonymous", "anonymous")
+    # handlers' API key, job-worker only. Artifacts are reached with the event's
+    # artifactCredentials (scoped to the job, valid at the S3 gateway AWS_ENDPOINT_URL_S3
+    # names), as on AWS. Unset: a key id that says so (an anonymous API accepts any; a
+    # signing one refuses it with UnrecognizedClientException naming the setting).
+    api = inv.api_credentials or ApiCredentials(UNSET_HANDLER_KEY, "unset")
     env.update(
         {
             "AWS_ACCESS_KEY_ID": api.access_key_id,

@@ -271,14 +271,24 @@ def keys_create(principal: str, roles: tuple[str, ...], path: Path | None) -> No
 
 
 @keys_group.command("generate")
-def keys_generate() -> None:
-    """Print a fresh key pair for the workers' identity, as conveyor.env lines, writing
-    nothing (the API accepts it as principal conveyor-workers: operator and job-worker)."""
+@click.option(
+    "--for",
+    "holder",
+    type=click.Choice(["workers", "handlers"]),
+    default="workers",
+    show_default=True,
+    help="workers: principal conveyor-workers (operator, job-worker); handlers: principal "
+    "conveyor-handlers (job-worker only), the key Lambda-style handlers sign with",
+)
+def keys_generate(holder: str) -> None:
+    """Print a fresh key pair for the workers' (or the handlers') identity, as conveyor.env
+    lines, writing nothing."""
     from engine.auth.keys import generate_key_pair
 
     key_id, secret = generate_key_pair()
-    click.echo(f"CONVEYOR_API_ACCESS_KEY_ID={key_id}")
-    click.echo(f"CONVEYOR_API_SECRET_ACCESS_KEY={secret}")
+    prefix = "CONVEYOR_API_HANDLER_" if holder == "handlers" else "CONVEYOR_API_"
+    click.echo(f"{prefix}ACCESS_KEY_ID={key_id}")
+    click.echo(f"{prefix}SECRET_ACCESS_KEY={secret}")
 
 
 @keys_group.command("new-encryption-key")

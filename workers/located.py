@@ -106,10 +106,10 @@ def api_credentials(settings: Settings) -> ApiCredentials | None:
 
 
 def handler_api_credentials(settings: Settings) -> ApiCredentials | None:
-    """The key Lambda-style handlers sign their job results with: their own (job-worker
-    only) if configured, else the workers'."""
-    own = _pair(settings.api_handler_access_key_id, settings.api_handler_secret_access_key)
-    return own or api_credentials(settings)
+    """The key Lambda-style handlers sign their job results with: their own, job-worker
+    only. Never the workers' key (operator too): a handler is pipeline authors' code, and
+    must not start, stop or roll back pipelines. None when unset."""
+    return _pair(settings.api_handler_access_key_id, settings.api_handler_secret_access_key)
 
 
 def _pair(key_id: str | None, secret: SecretStr | None) -> ApiCredentials | None:

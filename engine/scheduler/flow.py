@@ -368,6 +368,7 @@ def start_rollback(
     trigger_type: TriggerType,
     trigger_detail: str,
     like: ExecutionState,
+    started_by: str | None = None,
 ) -> ExecutionState:
     """A ROLLBACK execution: the snapshot's artifacts and variables, that stage alone.
 
@@ -385,6 +386,7 @@ def start_rollback(
         last_update_time=c.now,
         trigger_type=trigger_type,
         trigger_detail=trigger_detail,
+        started_by=started_by,
         variables=dict(snap.variables),
         namespaces={k: dict(v) for k, v in snap.namespaces.items()},
         artifacts=dict(snap.artifacts),

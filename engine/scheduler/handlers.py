@@ -379,7 +379,14 @@ def rollback_requested(c: Ctx, e: RollbackRequested) -> None:
         )
     snap = flow.snapshot(target, c.now)
     flow.start_rollback(
-        c, e.rollback_id, snap, e.stage, e.trigger_type, e.trigger_detail or tid, target
+        c,
+        e.rollback_id,
+        snap,
+        e.stage,
+        e.trigger_type,
+        e.trigger_detail or tid,
+        target,
+        started_by=e.started_by,
     )
 
 

@@ -264,6 +264,47 @@ def test_separation_of_duties_refuses_the_starter_and_accepts_another_approver(
     approve(cp, "sod", token)
 
 
+def test_separation_of_duties_holds_whatever_start_the_starter_used(
+    api: Server, cp: Any, act_as: Callable[[Principal], None]
+) -> None:
+    """An execution started by PutActionRevision, or the first one CreatePipeline starts,
+    was started by whoever signed that request: they cannot approve it either."""
+    create(cp, "sod-revision", {"conveyor:separation-of-duties": "true"})
+    act_as(ALICE)
+    started = cp.put_action_revision(
+        pipelineName="sod-revision",
+        stageName="Source",
+        actionName="Fetch",
+        actionRevision={"revisionId": "v7", "revisionChangeId": "v7", "created": time.time()},
+    )
+    eid = started["pipelineExecutionId"]
+    assert started["newRevision"] and eid
+    token = to_gate(api, "sod-revision", eid)
+    with pytest.raises(ClientError) as refused:
+        approve(cp, "sod-revision", token)
+    assert "separation of duties" in message_of(refused)
+
+    with acting_as(RequestContext(BOB)):
+        api.service.start_on_create = True
+        try:
+            api.service.create_pipeline(definition("sod-created"))
+        finally:
+            api.service.start_on_create = False
+    act_as(ADMIN)
+    cp.tag_resource(
+        resourceArn=api.service.store.account.pipeline_arn("sod-created"),
+        tags=[{"key": "conveyor:separation-of-duties", "value": "true"}],
+    )
+    [first] = cp.list_pipeline_executions(pipelineName="sod-created")["pipelineExecutionSummaries"]
+    token = to_gate(api, "sod-created", first["pipelineExecutionId"])
+    act_as(BOB)
+    with pytest.raises(ClientError) as refused:
+        approve(cp, "sod-created", token)
+    assert "separation of duties" in message_of(refused)
+    act_as(ALICE)
+    approve(cp, "sod-created", token)
+
+
 def test_the_service_judges_the_same_inside_acting_as(api: Server, cp: Any) -> None:
     """Without HTTP: the service reads the principal from the request context."""
     create(cp, "direct", {"conveyor:separation-of-duties": "true"})

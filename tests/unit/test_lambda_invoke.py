@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from providers.base import ActionFailed, ApiCredentials, ArtifactObject, JobOutcome, S3Access
 from providers.job_data import pipeline_context
 from providers.lambda_invoke import (
+    UNSET_HANDLER_KEY,
     Invocation,
     LambdaConfig,
     LambdaSettings,
@@ -179,6 +180,21 @@ def test_the_handler_environment_points_boto3_at_conveyor_and_hides_the_worker(
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["AWS_LAMBDA_FUNCTION_NAME"] == "deploy"
     assert env["PYTHONPATH"] == "/opt/functions"
+
+
+def test_handlers_never_get_the_workers_key() -> None:
+    """Unset, a handler signs with a placeholder whose name says what to set; the workers'
+    operator key is never a handler's."""
+    from engine.settings import Settings
+    from workers.located import handler_api_credentials
+
+    workers_only = Settings(
+        api_access_key_id="AKIAWORKERS0000000", api_secret_access_key="worker-secret"
+    )
+    assert handler_api_credentials(workers_only) is None
+    env = handler_environment(_invocation(), LambdaSettings())
+    assert env["AWS_ACCESS_KEY_ID"] == UNSET_HANDLER_KEY
+    assert "AKIAWORKERS0000000" not in env.values()
 
 
 class _NoJobs:
