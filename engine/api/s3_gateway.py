@@ -8,8 +8,10 @@ token; it may then read (GetObject, HeadObject) only the grant's input objects, 
 (PutObject, the multipart upload calls) only its output objects. Nothing else: no listing,
 no other key, no other bucket; those get S3's ``AccessDenied``. Allowed requests go to the
 real artifact store signed with the store's own keys, which never leave Conveyor; bodies
-stream both ways (an upload is spooled to a temporary file, bounded, so its hash is checked
-before any byte is forwarded).
+stream both ways (an upload is spooled to a temporary file, so its hash is checked before
+any byte is forwarded; at most the artifact size limit per request, and only so many at once).
+Whatever a request gets wrong is a 4xx in S3's error shape; a store that cannot be reached is
+503 ``ServiceUnavailable``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 # Uploads spooled at once; one more is told to slow down, as S3 does, rather than fill the disk.
 MAX_CONCURRENT_UPLOADS = 8
 UPSTREAM_TIMEOUT = urllib3.Timeout(connect=10.0, read=300.0)
-_UNAVAILABLE = "The artifact store is unreachable; please try again."
+_UNAVAILABLE = (
+    "Conveyor's S3 gateway cannot serve this now (the artifact store is unreachable, or an "
+    "upload cannot be spooled); please try again."
+)
 # Uploads smaller than this stay in memory while they are checked.
 SPOOL_MEMORY_BYTES = 1024 * 1024
 UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
@@ -170,9 +175,7 @@ class Gateway:
             )
             return _error(S3Error(code, exc.message), method)
         except (urllib3.exceptions.HTTPError, OSError, ServiceUnavailableError) as exc:
-            log.warning(
-                "S3 gateway: %s %s: the store is unreachable: %s", method, request.url.path, exc
-            )
+            log.warning("S3 gateway: %s %s: unavailable: %r", method, request.url.path, exc)
             return _error(S3Error("ServiceUnavailable", _UNAVAILABLE, 503), method)
         except ValueError as exc:  # what the checks above did not foresee, still the client's
             log.warning("S3 gateway: %s %s: malformed request: %s", method, request.url.path, exc)
@@ -242,10 +245,12 @@ class Gateway:
                 501,
             )
         limit = self.upstream.max_body_bytes
-        for name in ("x-amz-decoded-content-length", "content-length"):
-            declared = received.header(name) or ""
-            if declared.isdigit() and int(declared) > limit:
-                raise _too_large(limit)
+        # Refused unread when the payload's declared length is over the limit (an aws-chunked
+        # body's Content-Length counts its framing too; its decoded length is the payload's).
+        length = "x-amz-decoded-content-length" if claimed == UNSIGNED_TRAILER else "content-length"
+        declared = received.header(length) or ""
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
         digest = hashlib.sha256()
         size = 0

@@ -182,7 +182,13 @@ class Sent:
 
 
 def _put_streaming(
-    server: Server, grant: Grant, path: str, head: bytes, total: int, tail: bytes = b""
+    server: Server,
+    grant: Grant,
+    path: str,
+    head: bytes,
+    total: int,
+    tail: bytes = b"",
+    extra: dict[str, str] | None = None,
 ) -> Sent:
     """PUT an aws-chunked body: ``head``, then ``total`` bytes of data in 1 MiB blocks, then
     ``tail``, from a thread, while this one reads the answer; the growth of this process's
@@ -195,6 +201,7 @@ def _put_streaming(
             "x-amz-content-sha256": UNSIGNED_TRAILER,
             "Content-Encoding": "aws-chunked",
             "Content-Length": str(len(head) + total + len(tail)),
+            **(extra or {}),
         },
     )
     parts = urllib.parse.urlsplit(server.url)
@@ -293,9 +300,18 @@ def test_an_upload_declared_over_the_artifact_limit_is_refused_unread(
     server = gateway()
     grant = _grant(server, bucket, "a")
     s3 = _client(server, grant)
-    assert _code(
-        lambda: s3.put_object(Bucket=bucket, Key="a/out.zip", Body=b"x", ContentLength=LIMIT + 1)
-    ) in ("EntityTooLarge", "400")
+    assert (
+        _code(
+            lambda: s3.put_object(
+                Bucket=bucket, Key="a/out.zip", Body=b"x", ContentLength=LIMIT + 1
+            )
+        )
+        == "EntityTooLarge"
+    )
+    # An aws-chunked body by its decoded length, before a byte of it is read.
+    declared = {"x-amz-decoded-content-length": str(LIMIT + 1)}
+    sent = _put_streaming(server, grant, f"/s3/{bucket}/a/out.zip", b"", 0, extra=declared)
+    assert (sent.status, sent.code) == (400, "EntityTooLarge")
 
 
 def test_uploads_over_the_concurrency_cap_are_told_to_slow_down(
