@@ -29,6 +29,8 @@ from fastapi import FastAPI
 from engine.api.s3_gateway import UNSIGNED_TRAILER, Gateway, Upstream, install
 from engine.settings import Settings
 from engine.store.credentials import CredentialStore, Grant
+from providers._s3 import s3_client
+from providers.base import S3Access
 from tests.helpers import wait_for
 from tests.stack import unique
 from workers import devstack
@@ -91,12 +93,10 @@ def bucket(settings: Settings) -> str:
 
 
 def _store_client(settings: Settings) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key,
-        region_name=settings.s3_region,
+    """The real store, with Conveyor's own keys."""
+    s = settings
+    return s3_client(
+        S3Access(s.s3_endpoint_url, s.s3_access_key_id, s.s3_secret_access_key, s.s3_region)
     )
 
 
