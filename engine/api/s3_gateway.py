@@ -8,13 +8,17 @@ token; it may then read (GetObject, HeadObject) only the grant's input objects, 
 (PutObject, the multipart upload calls) only its output objects. Nothing else: no listing,
 no other key, no other bucket; those get S3's ``AccessDenied``. Allowed requests go to the
 real artifact store signed with the store's own keys, which never leave Conveyor; bodies
-stream both ways (an upload is spooled to a temporary file, bounded, so its hash is checked
-before any byte is forwarded).
+stream both ways (an upload is spooled to a temporary file, so its hash is checked before
+any byte is forwarded; at most the artifact size limit per request, and only so many at once).
+Whatever a request gets wrong is a 4xx in S3's error shape; a store that cannot be reached is
+503 ``ServiceUnavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import hmac
 import logging
 import re
 import tempfile
@@ -35,12 +39,24 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from engine.auth import sigv4
+from engine.errors import ServiceUnavailableError
 from engine.store.credentials import CredentialStore, Grant
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/s3"
 CHUNK = 64 * 1024
+# An aws-chunked chunk's header line: hex size, then extensions such as
+# ``;chunk-signature=<64 hex>``; anything longer is not one.
+MAX_CHUNK_HEADER = 128
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+# Uploads spooled at once; one more is told to slow down, as S3 does, rather than fill the disk.
+MAX_CONCURRENT_UPLOADS = 8
+UPSTREAM_TIMEOUT = urllib3.Timeout(connect=10.0, read=300.0)
+_UNAVAILABLE = (
+    "Conveyor's S3 gateway cannot serve this now (the artifact store is unreachable, or an "
+    "upload cannot be spooled); please try again."
+)
 # Uploads smaller than this stay in memory while they are checked.
 SPOOL_MEMORY_BYTES = 1024 * 1024
 UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
@@ -65,7 +81,8 @@ class Upstream:
     access_key_id: str
     secret_access_key: str
     region: str
-    max_body_bytes: int = 5 * 1024**3
+    # One request's body at most: the artifact size limit (``max_artifact_bytes``).
+    max_body_bytes: int
 
 
 class S3Error(Exception):
@@ -133,9 +150,16 @@ def _allowed(method: str, query: dict[str, str], target: Target, grant: Grant) -
 
 
 class Gateway:
-    def __init__(self, credentials: CredentialStore, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        credentials: CredentialStore,
+        upstream: Upstream,
+        max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS,
+    ) -> None:
         self.credentials, self.upstream = credentials, upstream
-        self.http = urllib3.PoolManager(maxsize=16, retries=False)
+        self.http = urllib3.PoolManager(maxsize=16, retries=False, timeout=UPSTREAM_TIMEOUT)
+        # Bodies being spooled or forwarded; each may take up to max_body_bytes of disk.
+        self.uploads = asyncio.Semaphore(max_concurrent_uploads)
 
     async def handle(self, request: Request) -> Response:
         method = request.method
@@ -150,6 +174,12 @@ class Gateway:
                 else ("SignatureDoesNotMatch")
             )
             return _error(S3Error(code, exc.message), method)
+        except (urllib3.exceptions.HTTPError, OSError, ServiceUnavailableError) as exc:
+            log.warning("S3 gateway: %s %s: unavailable: %r", method, request.url.path, exc)
+            return _error(S3Error("ServiceUnavailable", _UNAVAILABLE, 503), method)
+        except ValueError as exc:  # what the checks above did not foresee, still the client's
+            log.warning("S3 gateway: %s %s: malformed request: %s", method, request.url.path, exc)
+            return _error(S3Error("InvalidRequest", f"malformed request: {exc}", 400), method)
 
     async def _handle(self, request: Request) -> Response:
         raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
@@ -164,9 +194,6 @@ class Gateway:
                 "The AWS Access Key Id you provided does not exist in our records "
                 "(job credentials expire with their job)",
             )
-        token = received.header("x-amz-security-token")
-        if token is None or token != grant.session_token:
-            raise S3Error("InvalidToken", "The provided token is malformed or otherwise invalid.")
         host = received.header("host") or ""
         sigv4.verify(
             received,
@@ -175,6 +202,9 @@ class Gateway:
             host_url=f"{request.url.scheme}://{host}",
             s3=True,
         )
+        token = received.header("x-amz-security-token") or ""
+        if not hmac.compare_digest(token.encode(), grant.session_token.encode()):
+            raise S3Error("InvalidToken", "The provided token is malformed or otherwise invalid.")
         target = _target(raw_path, host, grant)
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         if target is None or not _allowed(request.method, query, target, grant):
@@ -183,19 +213,19 @@ class Gateway:
                 f"these job credentials do not allow {request.method} on {what}: they read "
                 "only the job's input artifacts and write only its output artifacts"
             )
-        body: IO[bytes] | None = None
         if request.method in ("PUT", "POST"):
-            body = await self._spooled(request, received)
-        try:
+            if self.uploads.locked():
+                raise S3Error("SlowDown", "Please reduce your request rate.", 503)
+            async with self.uploads:
+                body = await self._spooled(request, received)
+                with body:
+                    upstream = await run_in_threadpool(
+                        self._forward, request.method, target, raw_query, received, body
+                    )
+        else:
             upstream = await run_in_threadpool(
-                self._forward, request.method, target, raw_query, received, body
+                self._forward, request.method, target, raw_query, received, None
             )
-        except Exception:
-            if body is not None:
-                body.close()
-            raise
-        if body is not None:
-            body.close()
         out_headers = {k: v for k, v in upstream.headers.items() if _RETURNED.match(k.lower())}
         if request.method == "HEAD":
             upstream.release_conn()
@@ -215,17 +245,23 @@ class Gateway:
                 501,
             )
         limit = self.upstream.max_body_bytes
+        # Refused unread when the payload's declared length is over the limit (an aws-chunked
+        # body's Content-Length counts its framing too; its decoded length is the payload's).
+        length = "x-amz-decoded-content-length" if claimed == UNSIGNED_TRAILER else "content-length"
+        declared = received.header(length) or ""
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
         digest = hashlib.sha256()
         size = 0
         try:
             chunks: AsyncIterator[bytes] = request.stream()
             if claimed == UNSIGNED_TRAILER:
-                chunks = _aws_chunked(chunks)
+                chunks = _aws_chunked(chunks, limit)
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
-                    raise S3Error("EntityTooLarge", f"uploads are limited to {limit} bytes", 400)
+                    raise _too_large(limit)
                 digest.update(chunk)
                 spool.write(chunk)
             if re.fullmatch(r"[0-9a-f]{64}", claimed) and digest.hexdigest() != claimed:
@@ -282,23 +318,70 @@ def _stream(response: Any) -> Iterator[bytes]:
         response.release_conn()
 
 
-async def _aws_chunked(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+def _incomplete(message: str) -> S3Error:
+    return S3Error("IncompleteBody", f"malformed aws-chunked body: {message}", 400)
+
+
+def _too_large(limit: int) -> S3Error:
+    return S3Error("EntityTooLarge", f"uploads are limited to {limit} bytes", 400)
+
+
+async def _aws_chunked(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
     """The payload of an ``aws-chunked`` body (``<hex size>\\r\\n<data>\\r\\n`` ... ``0``,
-    then trailers, which are dropped: the gateway checks and signs the payload itself)."""
-    buffer = b""
+    then trailers, which are dropped: the gateway checks and signs the payload itself).
+
+    Data is passed on as it arrives, never gathered into whole chunks: only a chunk's header
+    line (at most :data:`MAX_CHUNK_HEADER` bytes) and its closing CRLF are held. A header that
+    is not one, a chunk not closed by CRLF or a body that ends early is ``IncompleteBody``; a
+    declared size beyond ``limit`` bytes in all is ``EntityTooLarge``, before its data is read.
+    """
+    line = bytearray()  # the header line, or the CRLF closing a chunk's data, so far
+    left = -1  # data bytes of the current chunk still to come; -1: reading a header
+    total = 0
     async for piece in chunks:
-        buffer += piece
-        while True:
-            line, sep, rest = buffer.partition(b"\r\n")
-            if not sep:
-                break
-            size = int(line.split(b";", 1)[0] or b"0", 16)
+        view, at = memoryview(piece), 0
+        while at < len(view):
+            if left > 0:  # data: pass on what this piece holds of it
+                take = min(left, len(view) - at)
+                yield bytes(view[at : at + take])
+                at, left = at + take, left - take
+                continue
+            if left == 0:  # the CRLF after a chunk's data
+                need = 2 - len(line)
+                line += view[at : at + need]
+                at += need
+                if len(line) < 2:
+                    continue
+                if line != b"\r\n":
+                    raise _incomplete("a chunk's data is not followed by CRLF")
+                line.clear()
+                left = -1
+                continue
+            end = bytes(view[at : at + MAX_CHUNK_HEADER + 2]).find(b"\n")
+            if end < 0:
+                line += view[at:]
+                at = len(view)
+            else:
+                line += view[at : at + end + 1]
+                at += end + 1
+            if len(line) > MAX_CHUNK_HEADER + 2:
+                raise _incomplete(f"a chunk header is longer than {MAX_CHUNK_HEADER} bytes")
+            if end < 0:
+                continue
+            if not line.endswith(b"\r\n"):
+                raise _incomplete("a chunk header does not end with CRLF")
+            size_field = bytes(line[:-2]).split(b";", 1)[0]
+            if not _CHUNK_SIZE.fullmatch(size_field):
+                raise _incomplete(f"chunk size {size_field[:20]!r} is not hexadecimal")
+            size = int(size_field, 16)
             if size == 0:
                 return
-            if len(rest) < size + 2:
-                break
-            yield rest[:size]
-            buffer = rest[size + 2 :]
+            total += size
+            if total > limit:
+                raise _too_large(limit)
+            line.clear()
+            left = size
+    raise _incomplete("the body ends before its final zero-length chunk")
 
 
 def install(app: FastAPI, gateway: Gateway) -> None:

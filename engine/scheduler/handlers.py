@@ -8,6 +8,7 @@ compare-and-set, so none of them is check-then-act.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -121,6 +122,11 @@ def action_completed(c: Ctx, e: ActionCompleted) -> None:
     flow.finish_action(c, ex, guards.running_action(ex, e.stage, e.action), e.result)
 
 
+def _same_token(issued: str | None, given: str) -> bool:
+    """In constant time, so how long a refusal takes says nothing about the token."""
+    return issued is not None and hmac.compare_digest(issued.encode(), given.encode())
+
+
 @handles(ApprovalAnswered)
 def approval_answered(c: Ctx, e: ApprovalAnswered) -> None:
     decl = guards.pipeline(c).declaration
@@ -133,7 +139,7 @@ def approval_answered(c: Ctx, e: ApprovalAnswered) -> None:
         raise Rejected(RejectionCode.INVALID, f"action {e.stage}.{e.action} is not an approval")
     ex = c.find(e.execution_id)
     act = ex.action(e.stage, e.action) if ex is not None else None
-    if ex is None or act is None or act.approval_token != e.token:
+    if ex is None or act is None or not _same_token(act.approval_token, e.token):
         raise Rejected(
             RejectionCode.INVALID_APPROVAL_TOKEN,
             f"the token is not valid for {e.stage}.{e.action}",

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.action_types import builtin_record, custom_from_request, type_key
-from engine.api.s3_gateway import Target, _allowed, _aws_chunked
+from engine.api.s3_gateway import S3Error, Target, _allowed, _aws_chunked
 from engine.errors import ValidationError
 from engine.store.credentials import Grant
 from providers import default_registry
@@ -109,8 +109,18 @@ async def _pieces(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
     yield data[start:]
 
 
-async def _decoded(body: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in _aws_chunked(body)])
+async def _decoded(body: AsyncIterator[bytes], limit: int = 10**6) -> bytes:
+    return b"".join([chunk async for chunk in _aws_chunked(body, limit)])
+
+
+def _refusal(wire: bytes, limit: int = 10**6, cuts: list[int] | None = None) -> str | None:
+    """The S3 error code an aws-chunked body is refused with, or None."""
+    try:
+        asyncio.run(_decoded(_pieces(wire, cuts or []), limit))
+    except S3Error as exc:
+        assert exc.status == 400
+        return exc.code
+    return None
 
 
 @given(
@@ -123,6 +133,64 @@ def test_aws_chunked_bodies_decode_to_their_payload_however_they_arrive(
 ) -> None:
     wire = _chunked(payload, sizes)
     assert asyncio.run(_decoded(_pieces(wire, cuts))) == payload
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(0, 300), max_size=6))
+def test_any_aws_chunked_body_decodes_or_is_refused_with_400(wire: bytes, cuts: list[int]) -> None:
+    assert _refusal(wire, limit=100, cuts=cuts) in (None, "IncompleteBody", "EntityTooLarge")
+
+
+@given(st.binary(min_size=1, max_size=300), st.lists(st.integers(1, 64), max_size=8))
+def test_a_payload_over_the_limit_is_refused_before_its_data(
+    payload: bytes, sizes: list[int]
+) -> None:
+    wire = _chunked(payload, sizes)
+    assert _refusal(wire, limit=len(payload) - 1) == "EntityTooLarge"
+    assert _refusal(wire, limit=len(payload)) is None
+
+
+@pytest.mark.parametrize(
+    ("wire", "code"),
+    [
+        (b"FFFFFFFFFF\r\n" + b"x" * 1000, "EntityTooLarge"),  # a huge declared chunk
+        (b"x" * 1000, "IncompleteBody"),  # no CRLF: no header ever ends
+        (b"4;" + b"e" * 200 + b"\r\nabcd\r\n0\r\n\r\n", "IncompleteBody"),  # too long
+        (b"zz\r\nabcd\r\n0\r\n\r\n", "IncompleteBody"),  # not hex
+        (b"0x4\r\nabcd\r\n0\r\n\r\n", "IncompleteBody"),  # int() would take these
+        (b" 4\r\nabcd\r\n0\r\n\r\n", "IncompleteBody"),
+        (b"+4\r\nabcd\r\n0\r\n\r\n", "IncompleteBody"),
+        (b"\r\nabcd\r\n0\r\n\r\n", "IncompleteBody"),  # no size at all
+        (b"4\nabcd\r\n0\r\n\r\n", "IncompleteBody"),  # LF alone
+        (b"4\r\nabcdXY0\r\n\r\n", "IncompleteBody"),  # data not closed by CRLF
+        (b"4\r\nabcd\r\n", "IncompleteBody"),  # ends before the last chunk
+        (b"4\r\nab", "IncompleteBody"),  # ends inside a chunk
+        (b"4;chunk-signature=" + b"a" * 64 + b"\r\nabcd\r\n0\r\n\r\n", None),
+    ],
+)
+def test_malformed_aws_chunked_framing_is_refused_with_400(wire: bytes, code: str | None) -> None:
+    assert _refusal(wire) == code
+    assert _refusal(wire, cuts=list(range(len(wire)))) == code  # byte by byte alike
+
+
+def test_aws_chunked_data_streams_out_before_its_chunk_is_complete() -> None:
+    """A declared chunk's data is passed on piece by piece, never gathered whole."""
+    seen: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"100000\r\n"  # 1 MiB declared
+        for _ in range(4):
+            yield b"x" * 1024
+            seen.append(len(out))
+
+    out: list[bytes] = []
+
+    async def run() -> None:
+        with pytest.raises(S3Error, match="ends before"):
+            async for chunk in _aws_chunked(body(), 10**7):
+                out.append(chunk)
+
+    asyncio.run(run())
+    assert seen == [1, 2, 3, 4] and all(len(c) == 1024 for c in out)
 
 
 GRANT = Grant(
