@@ -266,10 +266,18 @@ def post_declaring(
 
 
 def post_chunked(
-    url: str, headers: dict[str, str], total: int, chunk: int = 256 * 1024
+    url: str,
+    headers: dict[str, str],
+    total: int,
+    chunk: int = 256 * 1024,
+    pause: float = 0.05,
 ) -> tuple[int, dict[str, Any], int]:
     """POST ``total`` bytes with chunked transfer encoding (no length announced), stopping
-    as soon as the server answers; returns the status, the reply and the bytes sent."""
+    as soon as the server answers; returns the status, the reply and the bytes sent.
+
+    After each chunk it waits up to ``pause`` seconds for an answer: without that, loopback
+    socket buffers swallow megabytes at once, and on a loaded machine the whole body is
+    "sent" before the server (which stopped reading at its limit) gets to answer."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
@@ -280,7 +288,7 @@ def post_chunked(
         piece = b"x" * chunk
         try:
             while sent < total:
-                readable, _, _ = select.select([sock], [], [], 0)
+                readable, _, _ = select.select([sock], [], [], pause if sent else 0)
                 if readable:
                     break  # the server answered before the body ended
                 sock.sendall(f"{chunk:x}\r\n".encode() + piece + b"\r\n")
