@@ -56,6 +56,7 @@ from engine.audit import AUDIT_READ, AuditLog, Outcome
 from engine.auth.access import authorize
 from engine.auth.context import RequestContext, acting_as
 from engine.auth.principals import Role
+from engine.auth.replay import EVENTS_READ
 from engine.auth.sigv4 import AuthError
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
@@ -94,10 +95,13 @@ def _refusal(
     return None
 
 
-def _caller(request: Request, raw: bytes, wire: Wire = JSON) -> RequestContext | Response:
-    """Who sent ``request``, or the answer refusing it (403, or 503 without Redis)."""
+def _caller(
+    request: Request, raw: bytes, operation: str | None, wire: Wire = JSON
+) -> RequestContext | Response:
+    """Who sent ``request`` asking for ``operation``, or the answer refusing it (403, or
+    503 without Redis)."""
     try:
-        return authenticate(request, raw)
+        return authenticate(request, raw, operation)
     except AuthError as exc:
         return wire.error(exc.aws_code, exc.message, exc.status)
     except ServiceUnavailableError as exc:
@@ -260,7 +264,7 @@ def create_app(
         unknown: ProtocolError | None,
         raw: bytes,
     ) -> Response:
-        ctx = _caller(request, raw, wire)
+        ctx = _caller(request, raw, operation, wire)
         if isinstance(ctx, Response):
             _audit_refusal(request, operation, _outcome(ctx, wire))
             return ctx
@@ -306,7 +310,7 @@ def create_app(
     ) -> Response:
         """Events after stream id ``after``; pass the last ``id`` back to read on. Signed
         like any API call (a GET with an empty body), by a principal who may read."""
-        ctx = _caller(request, b"")
+        ctx = _caller(request, b"", EVENTS_READ)
         if isinstance(ctx, Response):
             return ctx
         denied = _refusal(ctx, EVENTS_OPERATION, None, service)
@@ -340,7 +344,7 @@ def create_app(
         query = {"after": after, "before": before, "pipeline": pipeline}
         query |= {"principal": principal, "operation": operation}
         query = {k: v for k, v in query.items() if v is not None}
-        ctx = _caller(request, b"")
+        ctx = _caller(request, b"", AUDIT_READ)
         if isinstance(ctx, Response):
             _audit_refusal(request, AUDIT_READ, _outcome(ctx, JSON))
             return ctx

@@ -1,7 +1,7 @@
 """Who is calling, at the HTTP edge: request ids, SigV4 on every request, anonymous mode.
 
 :func:`authenticate` is the one entry point every route that serves CodePipeline calls (or
-reads the event stream) uses: ``ctx = authenticate(request, raw_body)``, in a
+reads the event stream) uses: ``ctx = authenticate(request, raw_body, operation)``, in a
 worker thread (it may read the principals file and writes the signature to Redis), then
 ``with acting_as(ctx): ...``. It raises :class:`~engine.auth.sigv4.AuthError` (``aws_code``,
 ``status``) for a request it refuses, after logging the refusal; the route answers in its
@@ -25,8 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine.auth.context import RequestContext
 from engine.auth.keys import AuthSources, KeyConfigError, KeyRing
 from engine.auth.principals import ANONYMOUS
-from engine.auth.replay import PER_CALL_HEADERS, ReplayGuard, replay_key
-from engine.auth.sigv4 import AuthError, ReceivedRequest, UnrecognizedClientError, verify
+from engine.auth.replay import ReplayGuard, changes_something
+from engine.auth.sigv4 import (
+    AuthError,
+    Authorization,
+    ReceivedRequest,
+    UnrecognizedClientError,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +89,9 @@ def request_id(request: Request) -> str:
 
 @dataclass
 class Authenticator:
-    """``sigv4``: verify the signature against the key ring, refuse replays. ``anonymous``:
-    everyone is :data:`~engine.auth.principals.ANONYMOUS`."""
+    """``sigv4``: verify the signature against the key ring, refuse replays of changes
+    (:mod:`engine.auth.replay`). ``anonymous``: everyone is
+    :data:`~engine.auth.principals.ANONYMOUS`."""
 
     mode: str
     keys: KeyRing | None = None
@@ -112,7 +119,9 @@ class Authenticator:
     def is_anonymous(self) -> bool:
         return self.mode == "anonymous"
 
-    def __call__(self, request: Request, raw_body: bytes) -> RequestContext:
+    def __call__(self, request: Request, raw_body: bytes, operation: str | None) -> RequestContext:
+        """``operation``: what the request asks for (None if it names nothing known), which
+        decides whether a replay of it must be refused."""
         rid = request_id(request)
         ip = request.client.host if request.client else None
         if self.keys is None or self.replay is None:
@@ -128,8 +137,8 @@ class Authenticator:
         host_url = f"{request.url.scheme}://{received.header('host') or ''}"
         try:
             auth = verify(received, self.keys.secrets(), now=self.clock(), host_url=host_url)
-            per_call = tuple(received.header(h) for h in PER_CALL_HEADERS)
-            self.replay.claim(replay_key(auth.signature, per_call))
+            if changes_something(operation) or not _operation_signed(received, auth):
+                self.replay.claim(auth.signature)
             identity = self.keys.lookup(auth.access_key)
             if identity is None:  # removed from the file just now
                 raise UnrecognizedClientError(
@@ -141,11 +150,19 @@ class Authenticator:
         return RequestContext(identity.principal, rid, auth.access_key, ip)
 
 
-def authenticate(request: Request, raw_body: bytes) -> RequestContext:
-    """The caller of ``request`` (whose body is ``raw_body``); AuthError if refused. Call it
-    in a worker thread, from any route of the app :func:`engine.api.create_app` built."""
+def _operation_signed(received: ReceivedRequest, auth: Authorization) -> bool:
+    """Whether the request's operation is in what was signed: the method and path always
+    are; a JSON request's ``X-Amz-Target`` only if listed in SignedHeaders (botocore lists
+    it). Otherwise a captured read could be resent as a change."""
+    return received.header("x-amz-target") is None or "x-amz-target" in auth.signed_headers
+
+
+def authenticate(request: Request, raw_body: bytes, operation: str | None) -> RequestContext:
+    """The caller of ``request`` (whose body is ``raw_body``, asking for ``operation``);
+    AuthError if refused. Call it in a worker thread, from any route of the app
+    :func:`engine.api.create_app` built."""
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator(request, raw_body)
+    return authenticator(request, raw_body, operation)
 
 
 def log_refusal(rid: str, ip: str | None, principal: str | None, what: str, exc: AuthError) -> None:

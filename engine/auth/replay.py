@@ -1,20 +1,29 @@
-"""Replayed requests: a signed request is accepted once.
+"""Replayed requests: a signed request that changes something is accepted once.
 
 A signature covers the request's timestamp, so a captured request is only worth replaying
 while the clock check still passes (:data:`~engine.auth.sigv4.MAX_SKEW_SECONDS` either side
-of now); remembering each accepted request for twice that long refuses every verbatim
-replay.
+of now); remembering each accepted signature for twice that long refuses every replay.
 
-What is remembered is the signature *with* the SDK's per-call headers
-``amz-sdk-invocation-id`` (a fresh uuid per call) and ``amz-sdk-request`` (``attempt=N``).
-botocore adds both after signing, and its timestamps have one-second resolution: two
-identical calls in one second (a polling loop, a CreatePipeline repeated to see it refused)
-carry the same signature and differ only there. Keying on the signature alone would refuse
-ordinary clients; keying on these headers too keeps them apart. The limit, stated plainly:
-where the client did not sign those headers (botocore, the AWS CLI), a replay that also
-changes them is not recognised as one; where it signed them (SDKs that do, or any client
-listing them in ``SignedHeaders``) it is. Against an attacker who can read traffic, TLS is
-the defence; this check, with the five-minute window, bounds what a captured request can do.
+The rule:
+
+- What is remembered is the signature and nothing else. It covers everything the client
+  signed (method, path, query, body, timestamp, every header in ``SignedHeaders``), and only
+  that: a header the client did not sign, such as botocore's per-call
+  ``amz-sdk-invocation-id`` and ``amz-sdk-request``, can be changed by whoever replays the
+  request, so it must not tell two calls apart. (Where a client does sign them, they are
+  in the signature already.)
+- Only operations that change something are checked. botocore's timestamps have one-second
+  resolution, so two identical calls in one second sign identically: for a read
+  (:data:`READ_ONLY`: :data:`~engine.auth.principals.READ_OPERATIONS`, ``GET /events``,
+  ``GET /audit``) that is a polling loop (boto3's waiters poll several times a second) and
+  a replay of it changes nothing, so reads are not checked. A change repeated identically
+  within the same second is refused as a replay; clients that mean it call again a second
+  later (a retry after a throttle or a 5xx does, with botocore's back-off, or re-signs).
+- A JSON request names its operation in ``X-Amz-Target``: only when that header is signed
+  (botocore signs it) is the request known to be a read; otherwise it is checked.
+
+Against an attacker who can read traffic, TLS is the defence; this check, with the
+five-minute window, bounds what a captured request can do: nothing more than it did.
 """
 
 from __future__ import annotations
@@ -24,21 +33,29 @@ import hashlib
 import redis
 
 from engine import keys
+from engine.audit import AUDIT_READ
+from engine.auth.principals import READ_OPERATIONS
 from engine.auth.sigv4 import MAX_SKEW_SECONDS, AuthError
 from engine.store.connection import redis_errors
 
 TTL_SECONDS = int(2 * MAX_SKEW_SECONDS)
-PER_CALL_HEADERS = ("amz-sdk-invocation-id", "amz-sdk-request")
+EVENTS_READ = "GET /events"
+READ_ONLY = READ_OPERATIONS | {EVENTS_READ, AUDIT_READ}
 
 
 class ReplayedSignatureError(AuthError):
     aws_code = "InvalidSignatureException"
 
 
-def replay_key(signature: str, per_call: tuple[str | None, ...]) -> str:
-    """What identifies one signed call: its signature and its SDK per-call headers."""
-    material = "\n".join([signature, *(v or "" for v in per_call)])
-    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+def replay_key(signature: str) -> str:
+    """What identifies one signed call: its signature (see the module's rule)."""
+    return hashlib.sha256(signature.encode("ascii", "surrogateescape")).hexdigest()
+
+
+def changes_something(operation: str | None) -> bool:
+    """Whether a replay of ``operation`` must be refused (an unknown one is treated as a
+    change: nothing says it is not)."""
+    return operation not in READ_ONLY
 
 
 class ReplayGuard:
@@ -46,13 +63,15 @@ class ReplayGuard:
         self.r = r
         self.ttl_seconds = ttl_seconds
 
-    def claim(self, call: str) -> None:
-        """Remember ``call`` (a :func:`replay_key`); ReplayedSignatureError if it was seen
-        before."""
+    def claim(self, signature: str) -> None:
+        """Remember ``signature``; ReplayedSignatureError if it was seen before."""
         with redis_errors("recording a request signature"):
-            first = self.r.set(keys.seen_signature(call), 1, nx=True, ex=self.ttl_seconds)
+            first = self.r.set(
+                keys.seen_signature(replay_key(signature)), 1, nx=True, ex=self.ttl_seconds
+            )
         if not first:
             raise ReplayedSignatureError(
                 "Signature already used: this request was replayed. Sign every request "
-                "anew (AWS SDKs and the AWS CLI do)"
+                "anew (AWS SDKs and the AWS CLI do); an identical change repeated within "
+                "the same second signs the same, so repeat it a second later"
             )

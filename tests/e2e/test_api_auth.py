@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,11 +155,38 @@ def test_a_replayed_request_is_refused(api: ApiServer) -> None:
     assert state_digest(api.redis) == after_first
 
 
-def test_identical_calls_in_one_second_are_not_replays(cp: Any) -> None:
-    """botocore signs the same bytes for the same call within a second; its per-call
-    invocation id keeps them apart, so polling loops and retries work."""
+def test_a_replay_with_a_fresh_unsigned_invocation_id_is_refused(api: ApiServer, cp: Any) -> None:
+    """botocore adds amz-sdk-invocation-id after signing: whoever resends a captured
+    request can change it, so it does not make the request a new one."""
+    cp.create_pipeline(pipeline=definition("replayed"))
+    sent: list[Any] = []
+    cp.meta.events.register("before-send.codepipeline.*", lambda request, **_: sent.append(request))
+    cp.start_pipeline_execution(name="replayed")
+    captured = sent[-1]
+    headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in captured.headers.items()}
+    signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert "amz-sdk-invocation-id" not in signed.split(";")
+    headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
+    after_first = state_digest(api.redis)
+    status, _, body = send_raw(api, headers, captured.body)
+    assert (status, body["__type"]) == (403, "InvalidSignatureException")
+    assert "replayed" in body["message"]
+    assert state_digest(api.redis) == after_first
+    executions = cp.list_pipeline_executions(pipelineName="replayed")
+    assert len(executions["pipelineExecutionSummaries"]) == 1
+
+
+def test_identical_reads_in_one_second_are_not_replays(cp: Any) -> None:
+    """botocore signs the same bytes for the same call within a second; a read's replay
+    changes nothing, so reads are not checked and polling loops (waiters) work."""
+    sent: list[str] = []
+    cp.meta.events.register(
+        "before-send.codepipeline.ListPipelines",
+        lambda request, **_: sent.append(bytes(request.headers["Authorization"])),
+    )
     for _ in range(5):
         assert cp.list_pipelines()["pipelines"] == []
+    assert len(set(sent)) < len(sent)  # some were signed identically (same second)
 
 
 def test_an_unknown_key_is_refused(api: ApiServer) -> None:
@@ -417,6 +445,8 @@ def test_the_aws_cli_signs_with_a_profile(
 
 def test_redis_keeps_replay_notes_briefly(api: ApiServer, cp: Any) -> None:
     cp.list_pipelines()
+    assert not list(api.redis.scan_iter(redis_keys.seen_signature("*")))  # reads: no note
+    cp.create_pipeline(pipeline=definition("noted"))
     notes = list(api.redis.scan_iter(redis_keys.seen_signature("*")))
     assert notes
     assert all(0 < api.redis.ttl(k) <= 600 for k in notes)
