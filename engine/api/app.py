@@ -24,6 +24,7 @@ stream, for dashboards and tests that want to watch without polling every execut
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -217,6 +218,7 @@ def create_app(
     body_limits = limits or BodyLimits()
     tokens = PageTokens(service.store.r)
     auth = authenticator or Authenticator.from_settings(get_settings(), service.store.r)
+    auth = dataclasses.replace(auth, region=service.store.account.region)  # scope's region
     if auth.is_anonymous:
         log.warning(ANONYMOUS_WARNING)
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)

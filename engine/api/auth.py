@@ -22,6 +22,7 @@ import redis
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.arns import SERVICE
 from engine.auth.context import RequestContext
 from engine.auth.keys import AuthSources, KeyConfigError, KeyRing
 from engine.auth.principals import ANONYMOUS
@@ -96,6 +97,7 @@ class Authenticator:
     mode: str
     keys: KeyRing | None = None
     replay: ReplayGuard | None = None
+    region: str | None = None  # the credential scope's region; None: any
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     @classmethod
@@ -136,7 +138,14 @@ class Authenticator:
         # What the client signed: the Host header it sent (a proxy must pass it on).
         host_url = f"{request.url.scheme}://{received.header('host') or ''}"
         try:
-            auth = verify(received, self.keys.secrets(), now=self.clock(), host_url=host_url)
+            auth = verify(
+                received,
+                self.keys.secrets(),
+                now=self.clock(),
+                host_url=host_url,
+                service=SERVICE,  # the credential scope every request must name
+                region=self.region,
+            )
             if changes_something(operation) or not _operation_signed(received, auth):
                 self.replay.claim(auth.signature)
             identity = self.keys.lookup(auth.access_key)

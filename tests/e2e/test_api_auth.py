@@ -22,6 +22,8 @@ from typing import Any
 import click
 import pytest
 import redis
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
@@ -36,6 +38,7 @@ from engine.settings import Settings
 from tests.auth_support import (
     ADMIN,
     HANDLERS,
+    REGION,
     WORKERS,
     Principals,
     TestKey,
@@ -179,7 +182,7 @@ def test_a_replay_with_a_fresh_unsigned_invocation_id_is_refused(api: ApiServer,
 def test_identical_reads_in_one_second_are_not_replays(cp: Any) -> None:
     """botocore signs the same bytes for the same call within a second; a read's replay
     changes nothing, so reads are not checked and polling loops (waiters) work."""
-    sent: list[str] = []
+    sent: list[bytes] = []
     cp.meta.events.register(
         "before-send.codepipeline.ListPipelines",
         lambda request, **_: sent.append(bytes(request.headers["Authorization"])),
@@ -187,6 +190,35 @@ def test_identical_reads_in_one_second_are_not_replays(cp: Any) -> None:
     for _ in range(5):
         assert cp.list_pipelines()["pipelines"] == []
     assert len(set(sent)) < len(sent)  # some were signed identically (same second)
+
+
+def test_a_credential_scoped_to_another_service_or_region_is_refused(api: ApiServer) -> None:
+    """AWS's words: the signature is right, but not for this service or this region."""
+    assert api.service.store.account.region == REGION
+    before = state_digest(api.redis)
+    for service, region, message in [
+        ("s3", REGION, "Credential should be scoped to correct service: 'codepipeline'."),
+        (
+            "codepipeline",
+            "eu-north-1",
+            "Credential should be scoped to a valid region, not 'eu-north-1'.",
+        ),
+    ]:
+        data = json.dumps({"pipeline": definition("scoped")}).encode()
+        request = AWSRequest(
+            method="POST",
+            url=f"{api.url}/",
+            data=data,
+            headers={"Content-Type": JSON, "X-Amz-Target": f"{TARGET}CreatePipeline"},
+        )
+        SigV4Auth(ADMIN.credentials, service, region).add_auth(request)
+        status, _, body = send_raw(api, dict(request.headers.items()), data)
+        assert (status, body["__type"], body["message"]) == (
+            403,
+            "InvalidSignatureException",
+            message,
+        )
+    assert state_digest(api.redis) == before
 
 
 def test_an_unknown_key_is_refused(api: ApiServer) -> None:
