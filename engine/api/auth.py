@@ -11,6 +11,7 @@ as AWS does, and the same id to the request's context.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 from collections.abc import Callable
@@ -50,6 +51,32 @@ NO_KEYS_MESSAGE = (
     "CONVEYOR_AUTH_ADMIN_ACCESS_KEY_ID and CONVEYOR_AUTH_ADMIN_SECRET_ACCESS_KEY). "
     "For local development only, CONVEYOR_AUTH_MODE=anonymous turns authentication off."
 )
+
+
+PUBLIC_ANONYMOUS_MESSAGE = (
+    "CONVEYOR_AUTH_MODE=anonymous turns authentication off, and the API would listen on "
+    "{host!r}, which is not a loopback address: anyone who reaches it could create "
+    "pipelines and run commands on the workers. Bind 127.0.0.1 (--host, CONVEYOR_API_HOST), "
+    "configure keys (CONVEYOR_AUTH_MODE=sigv4), or, if this exposure is meant, set "
+    "CONVEYOR_AUTH_ANONYMOUS_ALLOW_PUBLIC=true."
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) is reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def check_bind(auth_mode: str, host: str, *, allow_public: bool) -> None:
+    """KeyConfigError if the API would serve anonymously on an address others can reach
+    and ``allow_public`` (CONVEYOR_AUTH_ANONYMOUS_ALLOW_PUBLIC) does not say it is meant."""
+    if auth_mode == "anonymous" and not allow_public and not is_loopback(host):
+        raise KeyConfigError(PUBLIC_ANONYMOUS_MESSAGE.format(host=host))
 
 
 class RequestIds:

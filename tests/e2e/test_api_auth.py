@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from engine import keys as redis_keys
-from engine.api.auth import NO_KEYS_MESSAGE, Authenticator
+from engine.api.auth import NO_KEYS_MESSAGE, Authenticator, check_bind
 from engine.api.operations import OPERATIONS
 from engine.arns import DEFAULT_ACCOUNT
 from engine.auth.keys import KeyConfigError
@@ -362,6 +362,51 @@ def test_conveyor_api_refuses_to_start_without_keys(settings_env: dict[str, str]
     assert out.returncode != 0
     assert "no access keys are configured" in out.stderr
     assert "CONVEYOR_AUTH_MODE=anonymous" in out.stderr
+
+
+def test_conveyor_api_refuses_anonymous_on_a_public_address(settings_env: dict[str, str]) -> None:
+    env = {
+        k: v
+        for k, v in {**os.environ, **settings_env}.items()
+        if not k.startswith(("CONVEYOR_AUTH_", "CONVEYOR_API_"))
+    }
+    env["CONVEYOR_AUTH_MODE"] = "anonymous"
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "api", "--host", "0.0.0.0", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "'0.0.0.0', which is not a loopback address" in out.stderr
+    assert "CONVEYOR_AUTH_ANONYMOUS_ALLOW_PUBLIC=true" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "allow_public", "refused"),
+    [
+        ("anonymous", "0.0.0.0", False, True),
+        ("anonymous", "::", False, True),
+        ("anonymous", "10.0.0.5", False, True),
+        ("anonymous", "api.example.com", False, True),
+        ("anonymous", "0.0.0.0", True, False),
+        ("anonymous", "127.0.0.1", False, False),
+        ("anonymous", "127.0.0.53", False, False),
+        ("anonymous", "::1", False, False),
+        ("anonymous", "[::1]", False, False),
+        ("anonymous", "localhost", False, False),
+        ("sigv4", "0.0.0.0", False, False),
+    ],
+)
+def test_anonymous_mode_serves_loopback_only_unless_allowed(
+    mode: str, host: str, allow_public: bool, refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(KeyConfigError, match="not a loopback address"):
+            check_bind(mode, host, allow_public=allow_public)
+    else:
+        check_bind(mode, host, allow_public=allow_public)
 
 
 def test_anonymous_mode_is_explicit_and_says_so(
