@@ -32,7 +32,7 @@ from engine.api.auth import NO_KEYS_MESSAGE, Authenticator, check_bind
 from engine.api.operations import OPERATIONS
 from engine.arns import DEFAULT_ACCOUNT
 from engine.auth.keys import KeyConfigError
-from engine.auth.principals import ROLE_OPERATIONS, Role
+from engine.auth.principals import ROLE_OPERATIONS, Principal, Role
 from engine.awsmodel import service_model
 from engine.settings import Settings
 from tests.auth_support import (
@@ -269,6 +269,60 @@ def _request_for(operation: str) -> dict[str, Any]:
     return body
 
 
+# What each role may call, written out: the test checks the table, not the table itself.
+VIEWER_OPERATIONS = {
+    "GetActionType",
+    "GetPipeline",
+    "GetPipelineExecution",
+    "GetPipelineState",
+    "ListActionExecutions",
+    "ListActionTypes",
+    "ListDeployActionExecutionTargets",
+    "ListPipelineExecutions",
+    "ListPipelines",
+    "ListRuleExecutions",
+    "ListRuleTypes",
+    "ListTagsForResource",
+    "ListWebhooks",
+}
+EXPECTED_ROLE_OPERATIONS = {
+    Role.VIEWER: VIEWER_OPERATIONS,
+    Role.OPERATOR: VIEWER_OPERATIONS
+    | {
+        "StartPipelineExecution",
+        "StopPipelineExecution",
+        "RetryStageExecution",
+        "RollbackStage",
+        "DisableStageTransition",
+        "EnableStageTransition",
+        "OverrideStageCondition",
+        "PutActionRevision",
+    },
+    Role.APPROVER: VIEWER_OPERATIONS | {"PutApprovalResult"},
+    Role.JOB_WORKER: {
+        "PollForJobs",
+        "AcknowledgeJob",
+        "GetJobDetails",
+        "PutJobSuccessResult",
+        "PutJobFailureResult",
+        "PollForThirdPartyJobs",
+        "AcknowledgeThirdPartyJob",
+        "GetThirdPartyJobDetails",
+        "PutThirdPartyJobSuccessResult",
+        "PutThirdPartyJobFailureResult",
+    },
+}
+
+
+def test_the_roles_table_is_what_each_role_is_meant_to_do() -> None:
+    assert {role: set(ops) for role, ops in ROLE_OPERATIONS.items()} == EXPECTED_ROLE_OPERATIONS
+    assert len(ALL_OPERATIONS) == 44
+    assert all(Principal("root", frozenset({Role.ADMIN})).may_call(op) for op in ALL_OPERATIONS)
+    for role, allowed in EXPECTED_ROLE_OPERATIONS.items():
+        principal = Principal(role.value, frozenset({role}))
+        assert {op for op in ALL_OPERATIONS if principal.may_call(op)} == allowed, role
+
+
 @pytest.mark.parametrize("role", [r for r in Role if r is not Role.ADMIN])
 def test_each_role_is_refused_every_operation_above_its_level(
     api: ApiServer, principals: Principals, role: Role
@@ -276,7 +330,7 @@ def test_each_role_is_refused_every_operation_above_its_level(
     key = principals.add([role], name=f"only-{role.value}")
     codepipeline(api.url).create_pipeline(pipeline=definition("p"))
     before = state_digest(api.redis)
-    refused = [op for op in ALL_OPERATIONS if op not in ROLE_OPERATIONS[role]]
+    refused = [op for op in ALL_OPERATIONS if op not in EXPECTED_ROLE_OPERATIONS[role]]
     assert refused, role
     for operation in refused:
         status, _, body = post(api, operation, _request_for(operation), key)
@@ -289,7 +343,7 @@ def test_each_role_is_refused_every_operation_above_its_level(
             expected += f" on resource: {DEFAULT_ACCOUNT.pipeline_arn('p')}"
         assert body["message"] == expected
     assert state_digest(api.redis) == before
-    for operation in sorted(ROLE_OPERATIONS[role]):
+    for operation in sorted(EXPECTED_ROLE_OPERATIONS[role]):
         _, _, body = post(api, operation, _request_for(operation), key)
         assert body.get("__type") != "AccessDeniedException", operation
 
