@@ -251,6 +251,26 @@ def test_every_response_carries_a_request_id(api: ApiServer, cp: Any) -> None:
     assert headers["x-amzn-requestid"] != out["ResponseMetadata"]["RequestId"]
 
 
+def test_a_broken_principals_file_keeps_the_api_serving_the_old_keys(
+    api: ApiServer, principals: Principals, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = principals.add([Role.VIEWER])
+    assert codepipeline(api.url, key).list_pipelines()["pipelines"] == []  # loaded
+    good = principals.path.read_bytes()
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    try:
+        for broken in (bomb, "principals: " + "[" * 100_000):
+            principals.path.write_text(broken)
+            assert codepipeline(api.url, key).list_pipelines()["pipelines"] == []
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("old keys kept" in m and str(principals.path) in m for m in errors)
+    finally:
+        principals.path.write_bytes(good)
+
+
 def test_a_new_key_works_without_a_restart(api: ApiServer, principals: Principals) -> None:
     key = principals.add([Role.VIEWER], name="late-arrival")
     assert codepipeline(api.url, key).list_pipelines()["pipelines"] == []
