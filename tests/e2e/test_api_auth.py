@@ -420,38 +420,32 @@ def test_signing_on_without_keys_refuses_to_start(api: ApiServer) -> None:
     assert "CONVEYOR_AUTH_MODE=anonymous" in NO_KEYS_MESSAGE
 
 
-def test_conveyor_api_refuses_to_start_without_keys(settings_env: dict[str, str]) -> None:
-    env = {
+def conveyor_api(settings_env: dict[str, str], *args: str, **env: str) -> Any:
+    """``conveyor api ARGS`` in a subprocess with no auth or API settings but ``env``;
+    for refusals to start (port 1: nothing is served if it does start)."""
+    clean = {
         k: v
         for k, v in {**os.environ, **settings_env}.items()
         if not k.startswith(("CONVEYOR_AUTH_", "CONVEYOR_API_"))
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "api", "--port", "1"],
-        env=env,
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", "api", "--port", "1", *args],
+        env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_conveyor_api_refuses_to_start_without_keys(settings_env: dict[str, str]) -> None:
+    out = conveyor_api(settings_env)
     assert out.returncode != 0
     assert "no access keys are configured" in out.stderr
     assert "CONVEYOR_AUTH_MODE=anonymous" in out.stderr
 
 
 def test_conveyor_api_refuses_anonymous_on_a_public_address(settings_env: dict[str, str]) -> None:
-    env = {
-        k: v
-        for k, v in {**os.environ, **settings_env}.items()
-        if not k.startswith(("CONVEYOR_AUTH_", "CONVEYOR_API_"))
-    }
-    env["CONVEYOR_AUTH_MODE"] = "anonymous"
-    out = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "api", "--host", "0.0.0.0", "--port", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = conveyor_api(settings_env, "--host", "0.0.0.0", CONVEYOR_AUTH_MODE="anonymous")
     assert out.returncode != 0
     assert "'0.0.0.0', which is not a loopback address" in out.stderr
     assert "CONVEYOR_AUTH_ANONYMOUS_ALLOW_PUBLIC=true" in out.stderr
