@@ -38,6 +38,7 @@ from engine.api.auth import (
     ANONYMOUS_WARNING,
     Authenticator,
     RequestIds,
+    answered,
     authenticate,
     claimed_access_key,
     log_refusal,
@@ -275,8 +276,10 @@ def create_app(
             reply = wire.error(unknown.code, unknown.message, unknown.status)
             target = request.headers.get("x-amz-target") or request.url.path
             audit_log.record_call(target[:100], lambda: None, _outcome(reply, wire), ctx)
-            return reply
-        return _call(service, tokens, operation, raw, body_limits, ctx, audit_log, wire)
+        else:
+            reply = _call(service, tokens, operation, raw, body_limits, ctx, audit_log, wire)
+        answered(request, reply.status_code)  # an error changed nothing: not a replay
+        return reply
 
     def _audit_refusal(request: Request, operation: str | None, outcome: Outcome) -> None:
         """Record a request refused before anyone was authenticated (never raises)."""

@@ -175,6 +175,7 @@ class Authenticator:
             )
             if changes_something(operation) or not _operation_signed(received, auth):
                 self.replay.claim(auth.signature)
+                request.state.replay_claim = auth.signature
             identity = self.keys.lookup(auth.access_key)
             if identity is None:  # removed from the file just now
                 raise UnrecognizedClientError(
@@ -184,6 +185,15 @@ class Authenticator:
             log_refusal(rid, ip, None, request.url.path, exc)
             raise
         return RequestContext(identity.principal, rid, auth.access_key, ip)
+
+
+def answered(request: Request, status: int) -> None:
+    """Tell the replay guard how ``request`` was answered: a change refused with an error
+    changed nothing, so its signature is released (:mod:`engine.auth.replay`)."""
+    signature = getattr(request.state, "replay_claim", None)
+    authenticator: Authenticator = request.app.state.authenticator
+    if status >= 400 and signature is not None and authenticator.replay is not None:
+        authenticator.replay.release(signature)
 
 
 def _operation_signed(received: ReceivedRequest, auth: Authorization) -> bool:

@@ -18,7 +18,12 @@ The rule:
   ``GET /audit``) that is a polling loop (boto3's waiters poll several times a second) and
   a replay of it changes nothing, so reads are not checked. A change repeated identically
   within the same second is refused as a replay; clients that mean it call again a second
-  later (a retry after a throttle or a 5xx does, with botocore's back-off, or re-signs).
+  later.
+- A change that was answered with an error (4xx or 5xx) changed nothing, so its signature is
+  released: the same signed bytes may come again (botocore retries a throttled or failed
+  call at once, signed identically within the second; an invalid request repeated gets its
+  error again, not a replay refusal). A signature is held from the moment it is checked,
+  so two identical requests at once are still one call and one refusal.
 - A JSON request names its operation in ``X-Amz-Target``: only when that header is signed
   (botocore signs it) is the request known to be a read; otherwise it is checked.
 
@@ -29,6 +34,7 @@ five-minute window, bounds what a captured request can do: nothing more than it 
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import redis
 
@@ -37,6 +43,8 @@ from engine.audit import AUDIT_READ
 from engine.auth.principals import READ_OPERATIONS
 from engine.auth.sigv4 import MAX_SKEW_SECONDS, AuthError
 from engine.store.connection import redis_errors
+
+log = logging.getLogger(__name__)
 
 TTL_SECONDS = int(2 * MAX_SKEW_SECONDS)
 EVENTS_READ = "GET /events"
@@ -75,3 +83,11 @@ class ReplayGuard:
                 "anew (AWS SDKs and the AWS CLI do); an identical change repeated within "
                 "the same second signs the same, so repeat it a second later"
             )
+
+    def release(self, signature: str) -> None:
+        """Forget ``signature`` (its call changed nothing). Never raises: at worst a retry
+        is refused as a replay."""
+        try:
+            self.r.delete(keys.seen_signature(replay_key(signature)))
+        except redis.RedisError as exc:
+            log.warning("could not release a request signature: %s", exc)

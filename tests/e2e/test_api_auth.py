@@ -179,6 +179,25 @@ def test_a_replay_with_a_fresh_unsigned_invocation_id_is_refused(api: ApiServer,
     assert len(executions["pipelineExecutionSummaries"]) == 1
 
 
+def test_a_change_refused_with_an_error_may_come_again(api: ApiServer) -> None:
+    """It changed nothing: the same signed bytes (botocore's immediate retry) get their
+    answer, not a replay refusal. Once one succeeds, the next is a replay."""
+    data = json.dumps({"name": "not-yet"}).encode()
+    headers = sign(
+        "POST",
+        f"{api.url}/",
+        data,
+        {"Content-Type": JSON, "X-Amz-Target": f"{TARGET}StartPipelineExecution"},
+    )
+    for _ in range(2):
+        status, _, body = send_raw(api, headers, data)
+        assert (status, body["__type"]) == (400, "PipelineNotFoundException")
+    codepipeline(api.url).create_pipeline(pipeline=definition("not-yet"))
+    assert send_raw(api, headers, data)[0] == 200
+    status, _, body = send_raw(api, headers, data)
+    assert (status, body["__type"]) == (403, "InvalidSignatureException")
+
+
 def test_identical_reads_in_one_second_are_not_replays(cp: Any) -> None:
     """botocore signs the same bytes for the same call within a second; a read's replay
     changes nothing, so reads are not checked and polling loops (waiters) work."""
