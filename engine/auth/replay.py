@@ -16,9 +16,16 @@ The rule:
   resolution, so two identical calls in one second sign identically: for a read
   (:data:`READ_ONLY`: :data:`~engine.auth.principals.READ_OPERATIONS`, ``GET /events``,
   ``GET /audit``) that is a polling loop (boto3's waiters poll several times a second) and
-  a replay of it changes nothing, so reads are not checked. A change repeated identically
-  within the same second is refused as a replay; clients that mean it call again a second
-  later.
+  a replay of it changes nothing, so reads are not checked.
+- A change is refused when its signature comes again more than :data:`SAME_CALL_SECONDS`
+  after it was first seen. Within that, identical bytes are what a client makes by itself
+  (botocore signs them identically only within one second of its clock): a job worker's
+  poll loop, threads sharing one key, a retry after a timeout or a dropped connection (with
+  the same ``clientRequestToken``, which answers it idempotently), a repeated delete; and
+  they cannot be told from a replay, so they are served. A captured request is thus worth
+  replaying for those two seconds only, not the five minutes of the clock check, and most
+  changes repeated at once are idempotent or refused on their own (a second approval, a
+  second result for a job, a name in use).
 - A change that was answered with an error (4xx or 5xx) changed nothing, so its signature is
   released: the same signed bytes may come again (botocore retries a throttled or failed
   call at once, signed identically within the second; an invalid request repeated gets its
@@ -35,6 +42,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections.abc import Callable
 
 import redis
 
@@ -47,6 +56,9 @@ from engine.store.connection import redis_errors
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = int(2 * MAX_SKEW_SECONDS)
+# How long after its first sighting a signature may come again as the same client's own
+# identical call (signed within one second; up to a second more on the way).
+SAME_CALL_SECONDS = 2.0
 EVENTS_READ = "GET /events"
 READ_ONLY = READ_OPERATIONS | {EVENTS_READ, AUDIT_READ}
 
@@ -67,21 +79,36 @@ def changes_something(operation: str | None) -> bool:
 
 
 class ReplayGuard:
-    def __init__(self, r: redis.Redis, ttl_seconds: int = TTL_SECONDS) -> None:
+    def __init__(
+        self,
+        r: redis.Redis,
+        ttl_seconds: int = TTL_SECONDS,
+        same_call_seconds: float = SAME_CALL_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.r = r
         self.ttl_seconds = ttl_seconds
+        self.same_call_seconds = same_call_seconds
+        self.clock = clock
 
     def claim(self, signature: str) -> None:
-        """Remember ``signature``; ReplayedSignatureError if it was seen before."""
+        """Remember ``signature`` and when it was first seen; ReplayedSignatureError if it
+        was seen more than ``same_call_seconds`` ago."""
+        key = keys.seen_signature(replay_key(signature))
+        now = self.clock()
         with redis_errors("recording a request signature"):
-            first = self.r.set(
-                keys.seen_signature(replay_key(signature)), 1, nx=True, ex=self.ttl_seconds
-            )
-        if not first:
+            first = self.r.set(key, repr(now), nx=True, ex=self.ttl_seconds)
+            seen = None if first else self.r.get(key)
+        if first or seen is None:  # new, or released (or expired) just now
+            return
+        try:
+            since = now - float(seen)
+        except ValueError:
+            since = float("inf")
+        if since > self.same_call_seconds:
             raise ReplayedSignatureError(
                 "Signature already used: this request was replayed. Sign every request "
-                "anew (AWS SDKs and the AWS CLI do); an identical change repeated within "
-                "the same second signs the same, so repeat it a second later"
+                "anew (AWS SDKs and the AWS CLI do)"
             )
 
     def release(self, signature: str) -> None:

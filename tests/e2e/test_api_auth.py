@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +34,7 @@ from engine.api.operations import OPERATIONS
 from engine.arns import DEFAULT_ACCOUNT
 from engine.auth.keys import KeyConfigError
 from engine.auth.principals import ROLE_OPERATIONS, Principal, Role
+from engine.auth.replay import SAME_CALL_SECONDS
 from engine.awsmodel import service_model
 from engine.settings import Settings
 from tests.auth_support import (
@@ -152,6 +154,7 @@ def test_a_replayed_request_is_refused(api: ApiServer) -> None:
     first = send_raw(api, headers, data)
     assert first[0] == 200
     after_first = state_digest(api.redis)
+    time.sleep(SAME_CALL_SECONDS + 0.1)  # within it, the same bytes are the client's own
     status, _, body = send_raw(api, headers, data)  # the very same bytes
     assert (status, body["__type"]) == (403, "InvalidSignatureException")
     assert "replayed" in body["message"]
@@ -171,6 +174,7 @@ def test_a_replay_with_a_fresh_unsigned_invocation_id_is_refused(api: ApiServer,
     assert "amz-sdk-invocation-id" not in signed.split(";")
     headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
     after_first = state_digest(api.redis)
+    time.sleep(SAME_CALL_SECONDS + 0.1)  # within it, the same bytes are the client's own
     status, _, body = send_raw(api, headers, captured.body)
     assert (status, body["__type"]) == (403, "InvalidSignatureException")
     assert "replayed" in body["message"]
@@ -194,6 +198,7 @@ def test_a_change_refused_with_an_error_may_come_again(api: ApiServer) -> None:
         assert (status, body["__type"]) == (400, "PipelineNotFoundException")
     codepipeline(api.url).create_pipeline(pipeline=definition("not-yet"))
     assert send_raw(api, headers, data)[0] == 200
+    time.sleep(SAME_CALL_SECONDS + 0.1)
     status, _, body = send_raw(api, headers, data)
     assert (status, body["__type"]) == (403, "InvalidSignatureException")
 
