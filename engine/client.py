@@ -449,8 +449,8 @@ class ConveyorClient:
         """GET one of Conveyor's REST extras, signed by the boto3 client's own signer (its
         credentials, region and SigV4), sent by botocore's HTTP session."""
         url = self.endpoint_url.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
-        # A fresh invocation id per call, as botocore sends with every operation: the API
-        # refuses a replayed signature, and two identical GETs in one second sign the same.
+        # A fresh invocation id per call, as botocore sends with every operation (unsigned:
+        # the API does not check reads for replays, engine.auth.replay).
         request = AWSRequest(method="GET", url=url)
         self.cp._request_signer.sign("GetAuditLog", request)
         request.headers["amz-sdk-invocation-id"] = str(uuid.uuid4())

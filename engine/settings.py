@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # from the principals file (YAML or JSON, mode 0600; reloaded when it changes) or the
     # admin key below. ``anonymous``: no checks at all, for local development only.
     auth_mode: AuthMode = "sigv4"
+    # Anonymous mode serves only a loopback address (127.0.0.1, ::1, localhost): the API
+    # refuses to start on any other unless this says the exposure is meant (a container
+    # whose port is published on the host's loopback only, a private network for a demo).
+    auth_anonymous_allow_public: bool = False
     auth_principals_file: Path | None = None
     # Fernet key that decrypts ``secretAccessKeyEncrypted`` in the principals file (SigV4
     # needs the secret itself, so it cannot be hashed), as a value or a file holding it.

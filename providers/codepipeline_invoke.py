@@ -142,7 +142,10 @@ class PipelineInvoke(Provider):
             raise ActionFailed(
                 "Invoke/CodePipeline needs Conveyor's API: set CONVEYOR_API_URL on the workers"
             )
-        client = _client(job.api_endpoint, job.s3.region, job.api_credentials)
+        # The API accepts only its own region in the credential scope: its ARNs' region.
+        arn = (job.pipeline_arn or "").split(":")
+        region = arn[3] if len(arn) > 3 and arn[3] else job.s3.region
+        client = _client(job.api_endpoint, region, job.api_credentials)
         settings = InvokeSettings()
         execution_id = self._start(client, job, config)
         job.log.write(f"started pipeline '{target}': execution {execution_id}\n")

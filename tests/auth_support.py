@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
@@ -109,6 +110,12 @@ def codepipeline(endpoint_url: str, key: TestKey = ADMIN, **config: Any) -> Any:
         aws_secret_access_key=key.secret_access_key,
         config=Config(**config) if config else None,
     )
+
+
+def next_second() -> None:
+    """Wait for the clock's next second: botocore signs an identical call within one second
+    identically, and the API refuses a change whose signature it has seen (a replay)."""
+    time.sleep(1.01 - time.time() % 1)
 
 
 def sign(

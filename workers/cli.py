@@ -142,7 +142,7 @@ def api(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from engine.api import create_app
-    from engine.api.auth import Authenticator
+    from engine.api.auth import Authenticator, check_bind
     from engine.api.parsing import BodyLimits
     from engine.api.s3_gateway import Gateway, Upstream
     from engine.audit import AuditConfig, AuditLog
@@ -152,6 +152,11 @@ def api(host: str | None, port: int | None) -> None:
 
     _logging("INFO")  # refusals and the anonymous-mode warning, with time and level
     settings = Settings()
+    host = host or settings.api_host
+    try:  # before anything starts: anonymous on a public address is refused
+        check_bind(settings.auth_mode, host, allow_public=settings.auth_anonymous_allow_public)
+    except KeyConfigError as exc:
+        raise click.ClickException(exc.message) from None
     limits = BodyLimits(
         max_body_bytes=settings.api_max_body_bytes,
         max_depth=settings.api_max_json_depth,
@@ -189,7 +194,7 @@ def api(host: str | None, port: int | None) -> None:
             s3_gateway=gateway,
             authenticator=authenticator,
         ),
-        host=host or settings.api_host,
+        host=host,
         port=port or settings.api_port,
         log_level="info",
     )

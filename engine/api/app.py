@@ -24,6 +24,7 @@ stream, for dashboards and tests that want to watch without polling every execut
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ from engine.api.auth import (
     ANONYMOUS_WARNING,
     Authenticator,
     RequestIds,
+    answered,
     authenticate,
     claimed_access_key,
     log_refusal,
@@ -56,6 +58,7 @@ from engine.audit import AUDIT_READ, AuditLog, Outcome
 from engine.auth.access import authorize
 from engine.auth.context import RequestContext, acting_as
 from engine.auth.principals import Role
+from engine.auth.replay import EVENTS_READ
 from engine.auth.sigv4 import AuthError
 from engine.errors import ConveyorError, ServiceUnavailableError, StoreError
 from engine.service import Service
@@ -94,10 +97,13 @@ def _refusal(
     return None
 
 
-def _caller(request: Request, raw: bytes, wire: Wire = JSON) -> RequestContext | Response:
-    """Who sent ``request``, or the answer refusing it (403, or 503 without Redis)."""
+def _caller(
+    request: Request, raw: bytes, operation: str | None, wire: Wire = JSON
+) -> RequestContext | Response:
+    """Who sent ``request`` asking for ``operation``, or the answer refusing it (403, or
+    503 without Redis)."""
     try:
-        return authenticate(request, raw)
+        return authenticate(request, raw, operation)
     except AuthError as exc:
         return wire.error(exc.aws_code, exc.message, exc.status)
     except ServiceUnavailableError as exc:
@@ -213,6 +219,7 @@ def create_app(
     body_limits = limits or BodyLimits()
     tokens = PageTokens(service.store.r)
     auth = authenticator or Authenticator.from_settings(get_settings(), service.store.r)
+    auth = dataclasses.replace(auth, region=service.store.account.region)  # scope's region
     if auth.is_anonymous:
         log.warning(ANONYMOUS_WARNING)
     app = FastAPI(title="Conveyor", docs_url=None, redoc_url=None, openapi_url=None)
@@ -260,7 +267,7 @@ def create_app(
         unknown: ProtocolError | None,
         raw: bytes,
     ) -> Response:
-        ctx = _caller(request, raw, wire)
+        ctx = _caller(request, raw, operation, wire)
         if isinstance(ctx, Response):
             _audit_refusal(request, operation, _outcome(ctx, wire))
             return ctx
@@ -269,8 +276,10 @@ def create_app(
             reply = wire.error(unknown.code, unknown.message, unknown.status)
             target = request.headers.get("x-amz-target") or request.url.path
             audit_log.record_call(target[:100], lambda: None, _outcome(reply, wire), ctx)
-            return reply
-        return _call(service, tokens, operation, raw, body_limits, ctx, audit_log, wire)
+        else:
+            reply = _call(service, tokens, operation, raw, body_limits, ctx, audit_log, wire)
+        answered(request, reply.status_code)  # an error changed nothing: not a replay
+        return reply
 
     def _audit_refusal(request: Request, operation: str | None, outcome: Outcome) -> None:
         """Record a request refused before anyone was authenticated (never raises)."""
@@ -306,7 +315,7 @@ def create_app(
     ) -> Response:
         """Events after stream id ``after``; pass the last ``id`` back to read on. Signed
         like any API call (a GET with an empty body), by a principal who may read."""
-        ctx = _caller(request, b"")
+        ctx = _caller(request, b"", EVENTS_READ)
         if isinstance(ctx, Response):
             return ctx
         denied = _refusal(ctx, EVENTS_OPERATION, None, service)
@@ -340,7 +349,7 @@ def create_app(
         query = {"after": after, "before": before, "pipeline": pipeline}
         query |= {"principal": principal, "operation": operation}
         query = {k: v for k, v in query.items() if v is not None}
-        ctx = _caller(request, b"")
+        ctx = _caller(request, b"", AUDIT_READ)
         if isinstance(ctx, Response):
             _audit_refusal(request, AUDIT_READ, _outcome(ctx, JSON))
             return ctx

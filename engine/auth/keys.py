@@ -15,8 +15,10 @@ The file (``CONVEYOR_AUTH_PRINCIPALS_FILE``, YAML or JSON)::
 SigV4 is an HMAC keyed by the secret, so the server needs the secret itself: it cannot be
 hashed, only encrypted. The file holds secrets either way, so one readable by group or
 others is refused, as ssh refuses such a private key. It is read again when it changes
-(mtime, size or inode), so adding a key needs no restart; a change that does not validate
-is logged and the keys already loaded stay in force.
+(mtime, size or inode), so adding a key needs no restart; a change that does not load
+(invalid, unreadable, an alias bomb) is logged as an ERROR and the keys already loaded stay
+in force, while a file that is deleted takes its keys with it (revoked at once; the
+settings' keys remain; logged as an ERROR). At start, either is an error.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from engine.auth.principals import Principal, Role
+from engine.definition.loading import GuardedLoader
 from engine.errors import ConveyorError
 
 log = logging.getLogger(__name__)
@@ -120,12 +123,20 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_principals(text: str, source: str) -> PrincipalsFile:
-    """The file's text, validated; KeyConfigError naming every problem by its path."""
+    """The file's text, validated; KeyConfigError naming every problem by its path. YAML is
+    read with the definitions' guard (aliases counted expanded, no repeated keys): whatever
+    the file holds, a reload refuses it instead of failing the requests that trigger it."""
     try:
         data: Any = json.loads(text)
+    except RecursionError:
+        raise KeyConfigError(f"{source}: nested too deeply") from None
     except ValueError:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=GuardedLoader)
+        except RecursionError:
+            raise KeyConfigError(f"{source}: nested too deeply") from None
+        except MemoryError:
+            raise KeyConfigError(f"{source}: too large once read") from None
         except yaml.YAMLError as exc:
             raise KeyConfigError(f"{source}: not valid JSON or YAML: {exc}") from None
     if data is None:
@@ -285,12 +296,30 @@ class KeyRing:
         if path is not None and self._file_stamp(path) != self._stamp:
             with self._lock:
                 if self._file_stamp(path) != self._stamp:
-                    try:
-                        self._load()
-                    except KeyConfigError as exc:
-                        self._stamp = self._file_stamp(path)  # report it once per change
-                        log.error("principals file not reloaded, old keys kept: %s", exc.message)
+                    self._reload(path)
         return self._by_key
+
+    def _reload(self, path: Path) -> None:
+        """Read the changed file again. Its keys are revoked if it is gone; a version that
+        does not load is logged and the keys already loaded stay in force (a half-written
+        or mistyped edit must not lock everyone out, nor fail every request)."""
+        try:
+            self._load()
+        except KeyConfigError as exc:
+            self._stamp = self._file_stamp(path)  # report it once per change
+            if self._stamp is None and not path.exists():
+                self._install({i.access_key: i for i in self.sources.static}, None)
+                log.error(
+                    "principals file %s is gone: its keys are revoked, only the settings' "
+                    "keys remain (%d)",
+                    path,
+                    len(self._by_key),
+                )
+            else:
+                log.error("principals file not reloaded, old keys kept: %s", exc.message)
+        except Exception:
+            self._stamp = self._file_stamp(path)
+            log.exception("principals file %s not reloaded, old keys kept", path)
 
     @staticmethod
     def _file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -318,6 +347,9 @@ class KeyRing:
                         )
                     secret = self._secret(key, where)
                     by_key[key.access_key_id] = Identity(principal, key.access_key_id, secret)
+        self._install(by_key, stamp)
+
+    def _install(self, by_key: dict[str, Identity], stamp: tuple[int, int, int] | None) -> None:
         self._by_key = by_key
         self._secrets = {k: i.secret for k, i in by_key.items()}
         self._stamp = stamp

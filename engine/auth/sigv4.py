@@ -223,6 +223,15 @@ def check_payload_hash(request: ReceivedRequest) -> None:
         raise AuthError("x-amz-content-sha256 does not match the request body")
 
 
+def check_scope(auth: Authorization, *, service: str | None, region: str | None) -> None:
+    """Refuse a credential scoped to another service or region, in AWS's words (its JSON
+    services answer InvalidSignatureException, 403). None: that part is not checked."""
+    if service is not None and auth.service != service:
+        raise AuthError(f"Credential should be scoped to correct service: '{service}'.")
+    if region is not None and auth.region != region:
+        raise AuthError(f"Credential should be scoped to a valid region, not '{auth.region}'.")
+
+
 def verify(
     request: ReceivedRequest,
     secret_for: Mapping[str, str],
@@ -230,11 +239,15 @@ def verify(
     now: datetime,
     host_url: str,
     s3: bool = False,
+    service: str | None = None,
+    region: str | None = None,
 ) -> Authorization:
     """The request's :class:`Authorization` if its signature is right, else AuthError.
 
-    ``secret_for`` maps access key ids to secret keys."""
+    ``secret_for`` maps access key ids to secret keys. ``service`` and ``region``, when
+    given, are the only credential scope accepted (:func:`check_scope`)."""
     auth = parse_authorization(request)
+    check_scope(auth, service=service, region=region)
     secret = secret_for.get(auth.access_key)
     if secret is None:
         raise UnrecognizedClientError(

@@ -61,14 +61,15 @@ class _TooLarge(yaml.YAMLError):
     pass
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that understands CloudFormation's short intrinsic tags (``!Ref X``) and,
-    like CloudFormation, rejects a key repeated in one mapping.
+class GuardedLoader(yaml.SafeLoader):
+    """SafeLoader that, like CloudFormation, rejects a key repeated in one mapping, for any
+    YAML Conveyor reads from a user (definitions, the principals file).
 
     Aliases are counted at their expanded size before anything is built: a document that
     would expand past :data:`MAX_YAML_NODES` nodes ("billion laughs": a few hundred bytes
     of nested aliases standing for gigabytes once copied) or that refers to itself is
-    refused, so no later step (conversion, validation, JSON) can be made to copy it."""
+    refused (a ``yaml.YAMLError``), so no later step (conversion, validation, JSON) can be
+    made to copy it. Deep nesting still raises RecursionError: callers turn it into theirs."""
 
     def compose_document(self) -> yaml.Node | None:
         node = super().compose_document()
@@ -88,6 +89,11 @@ class _CfnLoader(yaml.SafeLoader):
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+class _CfnLoader(GuardedLoader):
+    """:class:`GuardedLoader` that understands CloudFormation's short intrinsic tags
+    (``!Ref X``)."""
 
 
 def _cfn_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:

@@ -19,7 +19,7 @@ from engine.api.operations import OPERATIONS
 from engine.api.validation import known_operations
 from engine.execution import ActionResult, ArtifactLocation
 from engine.messages import ActionCompleted
-from tests.auth_support import sign, signed_get
+from tests.auth_support import next_second, sign, signed_get
 from tests.e2e.api_support import BUCKET, definition
 from tests.e2e.conftest import ApiServer
 
@@ -105,8 +105,8 @@ def test_pipeline_lifecycle(cp: Any) -> None:
         cp.get_pipeline(name="demo", version=9)
     assert code_of(exc) == "PipelineVersionNotFoundException"
 
-    with pytest.raises(ClientError) as exc:
-        cp.create_pipeline(pipeline=definition("demo"))
+    with pytest.raises(ClientError) as exc:  # not the first call's bytes: that is a replay
+        cp.create_pipeline(pipeline=definition("demo", approval=False))
     assert code_of(exc) == "PipelineNameInUseException"
 
     cp.delete_pipeline(name="demo")
@@ -114,6 +114,7 @@ def test_pipeline_lifecycle(cp: Any) -> None:
         cp.get_pipeline(name="demo")
     assert code_of(exc) == "PipelineNotFoundException"
     assert cp.list_pipelines()["pipelines"] == []
+    next_second()  # the same DeletePipeline within a second would be a replay
     cp.delete_pipeline(name="demo")  # deleting what is gone succeeds, as on AWS
 
 
@@ -287,8 +288,8 @@ def test_stop_then_duplicate_stop_then_abandon(cp: Any) -> None:
     fetch = stage_states(cp, "demo")["Source"]["actionStates"][0]["latestExecution"]
     assert fetch["status"] == "Abandoned"
 
-    with pytest.raises(ClientError) as exc:
-        cp.stop_pipeline_execution(pipelineName="demo", pipelineExecutionId=eid)
+    with pytest.raises(ClientError) as exc:  # not the earlier stop's bytes: a replay
+        cp.stop_pipeline_execution(pipelineName="demo", pipelineExecutionId=eid, reason="again")
     assert code_of(exc) == "PipelineExecutionNotStoppableException"
 
 

@@ -10,9 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,20 +23,24 @@ from typing import Any
 import click
 import pytest
 import redis
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from engine import keys as redis_keys
-from engine.api.auth import NO_KEYS_MESSAGE, Authenticator
+from engine.api.auth import NO_KEYS_MESSAGE, Authenticator, check_bind
 from engine.api.operations import OPERATIONS
 from engine.arns import DEFAULT_ACCOUNT
 from engine.auth.keys import KeyConfigError
-from engine.auth.principals import ROLE_OPERATIONS, Role
+from engine.auth.principals import ROLE_OPERATIONS, Principal, Role
+from engine.auth.replay import SAME_CALL_SECONDS
 from engine.awsmodel import service_model
 from engine.settings import Settings
 from tests.auth_support import (
     ADMIN,
     HANDLERS,
+    REGION,
     WORKERS,
     Principals,
     TestKey,
@@ -148,17 +154,95 @@ def test_a_replayed_request_is_refused(api: ApiServer) -> None:
     first = send_raw(api, headers, data)
     assert first[0] == 200
     after_first = state_digest(api.redis)
+    time.sleep(SAME_CALL_SECONDS + 0.1)  # within it, the same bytes are the client's own
     status, _, body = send_raw(api, headers, data)  # the very same bytes
     assert (status, body["__type"]) == (403, "InvalidSignatureException")
     assert "replayed" in body["message"]
     assert state_digest(api.redis) == after_first
 
 
-def test_identical_calls_in_one_second_are_not_replays(cp: Any) -> None:
-    """botocore signs the same bytes for the same call within a second; its per-call
-    invocation id keeps them apart, so polling loops and retries work."""
+def test_a_replay_with_a_fresh_unsigned_invocation_id_is_refused(api: ApiServer, cp: Any) -> None:
+    """botocore adds amz-sdk-invocation-id after signing: whoever resends a captured
+    request can change it, so it does not make the request a new one."""
+    cp.create_pipeline(pipeline=definition("replayed"))
+    sent: list[Any] = []
+    cp.meta.events.register("before-send.codepipeline.*", lambda request, **_: sent.append(request))
+    cp.start_pipeline_execution(name="replayed")
+    captured = sent[-1]
+    headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in captured.headers.items()}
+    signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert "amz-sdk-invocation-id" not in signed.split(";")
+    headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
+    after_first = state_digest(api.redis)
+    time.sleep(SAME_CALL_SECONDS + 0.1)  # within it, the same bytes are the client's own
+    status, _, body = send_raw(api, headers, captured.body)
+    assert (status, body["__type"]) == (403, "InvalidSignatureException")
+    assert "replayed" in body["message"]
+    assert state_digest(api.redis) == after_first
+    executions = cp.list_pipeline_executions(pipelineName="replayed")
+    assert len(executions["pipelineExecutionSummaries"]) == 1
+
+
+def test_a_change_refused_with_an_error_may_come_again(api: ApiServer) -> None:
+    """It changed nothing: the same signed bytes (botocore's immediate retry) get their
+    answer, not a replay refusal. Once one succeeds, the next is a replay."""
+    data = json.dumps({"name": "not-yet"}).encode()
+    headers = sign(
+        "POST",
+        f"{api.url}/",
+        data,
+        {"Content-Type": JSON, "X-Amz-Target": f"{TARGET}StartPipelineExecution"},
+    )
+    for _ in range(2):
+        status, _, body = send_raw(api, headers, data)
+        assert (status, body["__type"]) == (400, "PipelineNotFoundException")
+    codepipeline(api.url).create_pipeline(pipeline=definition("not-yet"))
+    assert send_raw(api, headers, data)[0] == 200
+    time.sleep(SAME_CALL_SECONDS + 0.1)
+    status, _, body = send_raw(api, headers, data)
+    assert (status, body["__type"]) == (403, "InvalidSignatureException")
+
+
+def test_identical_reads_in_one_second_are_not_replays(cp: Any) -> None:
+    """botocore signs the same bytes for the same call within a second; a read's replay
+    changes nothing, so reads are not checked and polling loops (waiters) work."""
+    sent: list[bytes] = []
+    cp.meta.events.register(
+        "before-send.codepipeline.ListPipelines",
+        lambda request, **_: sent.append(bytes(request.headers["Authorization"])),
+    )
     for _ in range(5):
         assert cp.list_pipelines()["pipelines"] == []
+    assert len(set(sent)) < len(sent)  # some were signed identically (same second)
+
+
+def test_a_credential_scoped_to_another_service_or_region_is_refused(api: ApiServer) -> None:
+    """AWS's words: the signature is right, but not for this service or this region."""
+    assert api.service.store.account.region == REGION
+    before = state_digest(api.redis)
+    for service, region, message in [
+        ("s3", REGION, "Credential should be scoped to correct service: 'codepipeline'."),
+        (
+            "codepipeline",
+            "eu-north-1",
+            "Credential should be scoped to a valid region, not 'eu-north-1'.",
+        ),
+    ]:
+        data = json.dumps({"pipeline": definition("scoped")}).encode()
+        request = AWSRequest(
+            method="POST",
+            url=f"{api.url}/",
+            data=data,
+            headers={"Content-Type": JSON, "X-Amz-Target": f"{TARGET}CreatePipeline"},
+        )
+        SigV4Auth(ADMIN.credentials, service, region).add_auth(request)
+        status, _, body = send_raw(api, dict(request.headers.items()), data)
+        assert (status, body["__type"], body["message"]) == (
+            403,
+            "InvalidSignatureException",
+            message,
+        )
+    assert state_digest(api.redis) == before
 
 
 def test_an_unknown_key_is_refused(api: ApiServer) -> None:
@@ -191,6 +275,26 @@ def test_every_response_carries_a_request_id(api: ApiServer, cp: Any) -> None:
     assert headers["x-amzn-requestid"] != out["ResponseMetadata"]["RequestId"]
 
 
+def test_a_broken_principals_file_keeps_the_api_serving_the_old_keys(
+    api: ApiServer, principals: Principals, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = principals.add([Role.VIEWER])
+    assert codepipeline(api.url, key).list_pipelines()["pipelines"] == []  # loaded
+    good = principals.path.read_bytes()
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    try:
+        for broken in (bomb, "principals: " + "[" * 100_000):
+            principals.path.write_text(broken)
+            assert codepipeline(api.url, key).list_pipelines()["pipelines"] == []
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("old keys kept" in m and str(principals.path) in m for m in errors)
+    finally:
+        principals.path.write_bytes(good)
+
+
 def test_a_new_key_works_without_a_restart(api: ApiServer, principals: Principals) -> None:
     key = principals.add([Role.VIEWER], name="late-arrival")
     assert codepipeline(api.url, key).list_pipelines()["pipelines"] == []
@@ -209,6 +313,60 @@ def _request_for(operation: str) -> dict[str, Any]:
     return body
 
 
+# What each role may call, written out: the test checks the table, not the table itself.
+VIEWER_OPERATIONS = {
+    "GetActionType",
+    "GetPipeline",
+    "GetPipelineExecution",
+    "GetPipelineState",
+    "ListActionExecutions",
+    "ListActionTypes",
+    "ListDeployActionExecutionTargets",
+    "ListPipelineExecutions",
+    "ListPipelines",
+    "ListRuleExecutions",
+    "ListRuleTypes",
+    "ListTagsForResource",
+    "ListWebhooks",
+}
+EXPECTED_ROLE_OPERATIONS = {
+    Role.VIEWER: VIEWER_OPERATIONS,
+    Role.OPERATOR: VIEWER_OPERATIONS
+    | {
+        "StartPipelineExecution",
+        "StopPipelineExecution",
+        "RetryStageExecution",
+        "RollbackStage",
+        "DisableStageTransition",
+        "EnableStageTransition",
+        "OverrideStageCondition",
+        "PutActionRevision",
+    },
+    Role.APPROVER: VIEWER_OPERATIONS | {"PutApprovalResult"},
+    Role.JOB_WORKER: {
+        "PollForJobs",
+        "AcknowledgeJob",
+        "GetJobDetails",
+        "PutJobSuccessResult",
+        "PutJobFailureResult",
+        "PollForThirdPartyJobs",
+        "AcknowledgeThirdPartyJob",
+        "GetThirdPartyJobDetails",
+        "PutThirdPartyJobSuccessResult",
+        "PutThirdPartyJobFailureResult",
+    },
+}
+
+
+def test_the_roles_table_is_what_each_role_is_meant_to_do() -> None:
+    assert {role: set(ops) for role, ops in ROLE_OPERATIONS.items()} == EXPECTED_ROLE_OPERATIONS
+    assert len(ALL_OPERATIONS) == 44
+    assert all(Principal("root", frozenset({Role.ADMIN})).may_call(op) for op in ALL_OPERATIONS)
+    for role, allowed in EXPECTED_ROLE_OPERATIONS.items():
+        principal = Principal(role.value, frozenset({role}))
+        assert {op for op in ALL_OPERATIONS if principal.may_call(op)} == allowed, role
+
+
 @pytest.mark.parametrize("role", [r for r in Role if r is not Role.ADMIN])
 def test_each_role_is_refused_every_operation_above_its_level(
     api: ApiServer, principals: Principals, role: Role
@@ -216,7 +374,7 @@ def test_each_role_is_refused_every_operation_above_its_level(
     key = principals.add([role], name=f"only-{role.value}")
     codepipeline(api.url).create_pipeline(pipeline=definition("p"))
     before = state_digest(api.redis)
-    refused = [op for op in ALL_OPERATIONS if op not in ROLE_OPERATIONS[role]]
+    refused = [op for op in ALL_OPERATIONS if op not in EXPECTED_ROLE_OPERATIONS[role]]
     assert refused, role
     for operation in refused:
         status, _, body = post(api, operation, _request_for(operation), key)
@@ -229,7 +387,7 @@ def test_each_role_is_refused_every_operation_above_its_level(
             expected += f" on resource: {DEFAULT_ACCOUNT.pipeline_arn('p')}"
         assert body["message"] == expected
     assert state_digest(api.redis) == before
-    for operation in sorted(ROLE_OPERATIONS[role]):
+    for operation in sorted(EXPECTED_ROLE_OPERATIONS[role]):
         _, _, body = post(api, operation, _request_for(operation), key)
         assert body.get("__type") != "AccessDeniedException", operation
 
@@ -286,22 +444,61 @@ def test_signing_on_without_keys_refuses_to_start(api: ApiServer) -> None:
     assert "CONVEYOR_AUTH_MODE=anonymous" in NO_KEYS_MESSAGE
 
 
-def test_conveyor_api_refuses_to_start_without_keys(settings_env: dict[str, str]) -> None:
-    env = {
+def conveyor_api(settings_env: dict[str, str], *args: str, **env: str) -> Any:
+    """``conveyor api ARGS`` in a subprocess with no auth or API settings but ``env``;
+    for refusals to start (port 1: nothing is served if it does start)."""
+    clean = {
         k: v
         for k, v in {**os.environ, **settings_env}.items()
         if not k.startswith(("CONVEYOR_AUTH_", "CONVEYOR_API_"))
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "api", "--port", "1"],
-        env=env,
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", "api", "--port", "1", *args],
+        env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_conveyor_api_refuses_to_start_without_keys(settings_env: dict[str, str]) -> None:
+    out = conveyor_api(settings_env)
     assert out.returncode != 0
     assert "no access keys are configured" in out.stderr
     assert "CONVEYOR_AUTH_MODE=anonymous" in out.stderr
+
+
+def test_conveyor_api_refuses_anonymous_on_a_public_address(settings_env: dict[str, str]) -> None:
+    out = conveyor_api(settings_env, "--host", "0.0.0.0", CONVEYOR_AUTH_MODE="anonymous")
+    assert out.returncode != 0
+    assert "'0.0.0.0', which is not a loopback address" in out.stderr
+    assert "CONVEYOR_AUTH_ANONYMOUS_ALLOW_PUBLIC=true" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "host", "allow_public", "refused"),
+    [
+        ("anonymous", "0.0.0.0", False, True),
+        ("anonymous", "::", False, True),
+        ("anonymous", "10.0.0.5", False, True),
+        ("anonymous", "api.example.com", False, True),
+        ("anonymous", "0.0.0.0", True, False),
+        ("anonymous", "127.0.0.1", False, False),
+        ("anonymous", "127.0.0.53", False, False),
+        ("anonymous", "::1", False, False),
+        ("anonymous", "[::1]", False, False),
+        ("anonymous", "localhost", False, False),
+        ("sigv4", "0.0.0.0", False, False),
+    ],
+)
+def test_anonymous_mode_serves_loopback_only_unless_allowed(
+    mode: str, host: str, allow_public: bool, refused: bool
+) -> None:
+    if refused:
+        with pytest.raises(KeyConfigError, match="not a loopback address"):
+            check_bind(mode, host, allow_public=allow_public)
+    else:
+        check_bind(mode, host, allow_public=allow_public)
 
 
 def test_anonymous_mode_is_explicit_and_says_so(
@@ -417,6 +614,8 @@ def test_the_aws_cli_signs_with_a_profile(
 
 def test_redis_keeps_replay_notes_briefly(api: ApiServer, cp: Any) -> None:
     cp.list_pipelines()
+    assert not list(api.redis.scan_iter(redis_keys.seen_signature("*")))  # reads: no note
+    cp.create_pipeline(pipeline=definition("noted"))
     notes = list(api.redis.scan_iter(redis_keys.seen_signature("*")))
     assert notes
     assert all(0 < api.redis.ttl(k) <= 600 for k in notes)

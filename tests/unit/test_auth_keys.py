@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,70 @@ def test_the_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     # A broken change keeps the keys in force.
     write(tmp_path / "p.json", "principals: [")
     assert ring.secrets()[KEY] == "two-longer"
+
+
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    + "principals: [{name: alice, roles: *i}]\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (ALIAS_BOMB, "expands to more than"),  # 9**9 nodes if expanded
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # JSON
+        ("principals: " + "[" * 100_000, "nested too deeply"),  # YAML
+        ("principals:\n" + "".join(" " * i + "a:\n" for i in range(1, 3000)), "nested too"),
+        ("principals: []\nprincipals: []\n", "duplicate key 'principals'"),
+    ],
+)
+def test_hostile_yaml_is_refused_quickly_naming_the_file(text: str, why: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(KeyConfigError, match=re.escape(why)) as exc:
+        parse_principals(text, "/etc/conveyor/principals.yaml")
+    assert exc.value.message.startswith("/etc/conveyor/principals.yaml: ")
+    assert time.monotonic() - started < 5
+
+
+def test_a_reload_that_fails_keeps_serving_the_old_keys_and_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "p.yaml", one({"secretAccessKey": "kept"}))
+    ring = KeyRing(AuthSources(principals_file=path))
+    for broken in (ALIAS_BOMB, "principals: " + "[" * 100_000):
+        caplog.clear()
+        write(path, broken)
+        assert ring.lookup(KEY) is not None
+        assert ring.secrets()[KEY] == "kept"
+        [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert "old keys kept" in record.getMessage()
+        assert str(path) in record.getMessage()
+
+
+def test_a_deleted_file_revokes_its_keys_and_the_settings_keys_remain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "p.json", one({"secretAccessKey": "s"}))
+    settings = Settings(
+        auth_principals_file=path,
+        auth_admin_access_key_id="AKIAADMIN00000000001",
+        auth_admin_secret_access_key="a",
+    )
+    ring = KeyRing(AuthSources.from_settings(settings))
+    assert set(ring.lookup_all()) == {KEY, "AKIAADMIN00000000001"}
+    path.unlink()
+    assert ring.lookup(KEY) is None
+    assert set(ring.secrets()) == {"AKIAADMIN00000000001"}
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "revoked" in record.getMessage() and str(path) in record.getMessage()
+    # Put back, its keys are back.
+    write(path, one({"secretAccessKey": "s"}))
+    assert ring.lookup(KEY) is not None
 
 
 def test_settings_keys_join_the_file(tmp_path: Path) -> None:

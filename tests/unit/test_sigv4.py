@@ -70,6 +70,29 @@ def test_a_changed_body_header_or_secret_is_refused() -> None:
         _verify(_signed(b"{}", secret="not-the-secret"))
 
 
+def _scoped(service: str | None, region: str | None) -> sigv4.Authorization:
+    return sigv4.verify(
+        _signed(b"{}"), KEYS, now=datetime.now(UTC), host_url=HOST, service=service, region=region
+    )
+
+
+def test_the_credential_scope_is_checked_only_when_asked() -> None:
+    assert _scoped(None, None).service == "codepipeline"  # the S3 gateway's default, for now
+    assert _scoped("codepipeline", "eu-west-1").region == "eu-west-1"
+    with pytest.raises(sigv4.AuthError) as wrong_service:
+        _scoped("s3", None)
+    assert wrong_service.value.aws_code == "InvalidSignatureException"
+    assert wrong_service.value.status == 403
+    assert wrong_service.value.message == "Credential should be scoped to correct service: 's3'."
+    with pytest.raises(sigv4.AuthError) as wrong_region:
+        _scoped("codepipeline", "us-east-1")
+    assert wrong_region.value.aws_code == "InvalidSignatureException"
+    assert (
+        wrong_region.value.message
+        == "Credential should be scoped to a valid region, not 'eu-west-1'."
+    )
+
+
 def test_unsigned_unknown_and_skewed_requests_get_aws_error_names() -> None:
     with pytest.raises(sigv4.MissingAuthenticationError) as missing:
         _verify(ReceivedRequest("POST", "/", "", [("host", "x")], b"{}"))
