@@ -38,6 +38,10 @@ from engine.auth.sigv4 import (
 
 log = logging.getLogger(__name__)
 
+# What SDKs send unsigned to tell calls and their retries apart: a fresh id per call, the
+# attempt number per retry (see engine.auth.replay).
+CALL_ID_HEADERS = ("amz-sdk-invocation-id", "amz-sdk-request")
+
 REQUEST_ID_HEADER = "x-amzn-RequestId"
 ANONYMOUS_WARNING = (
     "AUTHENTICATION IS OFF (CONVEYOR_AUTH_MODE=anonymous): anyone who reaches this API can "
@@ -174,7 +178,8 @@ class Authenticator:
                 region=self.region,
             )
             if changes_something(operation) or not _operation_signed(received, auth):
-                self.replay.claim(auth.signature)
+                call = [received.header(h) or "" for h in CALL_ID_HEADERS]
+                self.replay.claim(auth.signature, "|".join(call) if any(call) else None)
                 request.state.replay_claim = auth.signature
             identity = self.keys.lookup(auth.access_key)
             if identity is None:  # removed from the file just now

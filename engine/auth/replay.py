@@ -26,6 +26,10 @@ The rule:
   replaying for those two seconds only, not the five minutes of the clock check, and most
   changes repeated at once are idempotent or refused on their own (a second approval, a
   second result for a job, a name in use).
+- Within that window the same bytes with the same unsigned per-call headers
+  (``amz-sdk-invocation-id``, fresh for every call, and ``amz-sdk-request``, the attempt
+  number of a retry) are the same attempt sent again: refused at once. A replayer can
+  change those headers, which earns them the window and no more.
 - A change that was answered with an error (4xx or 5xx) changed nothing, so its signature is
   released: the same signed bytes may come again (botocore retries a throttled or failed
   call at once, signed identically within the second; an invalid request repeated gets its
@@ -91,14 +95,30 @@ class ReplayGuard:
         self.same_call_seconds = same_call_seconds
         self.clock = clock
 
-    def claim(self, signature: str) -> None:
+    def claim(self, signature: str, call_id: str | None = None) -> None:
         """Remember ``signature`` and when it was first seen; ReplayedSignatureError if it
-        was seen more than ``same_call_seconds`` ago."""
+        was seen more than ``same_call_seconds`` ago, or within that with the same
+        ``call_id`` (the unsigned per-call id SDKs send, ``amz-sdk-invocation-id``): the
+        client's own identical calls carry different ids, so the very same bytes again
+        are a replay at any time. Whoever replays can change that id, which is why a
+        different id earns only the short window, never more."""
         key = keys.seen_signature(replay_key(signature))
         now = self.clock()
         with redis_errors("recording a request signature"):
             first = self.r.set(key, repr(now), nx=True, ex=self.ttl_seconds)
             seen = None if first else self.r.get(key)
+            repeated_call = False
+            if call_id:
+                calls = f"{key}:calls"
+                pipe = self.r.pipeline(transaction=True)
+                pipe.sadd(calls, call_id[:128])
+                pipe.expire(calls, self.ttl_seconds)
+                repeated_call = pipe.execute()[0] == 0
+        if repeated_call and not first:
+            raise ReplayedSignatureError(
+                "Signature already used: this request was replayed (the same call, sent "
+                "again). Sign every request anew (AWS SDKs and the AWS CLI do)"
+            )
         if first or seen is None:  # new, or released (or expired) just now
             return
         try:
@@ -115,6 +135,7 @@ class ReplayGuard:
         """Forget ``signature`` (its call changed nothing). Never raises: at worst a retry
         is refused as a replay."""
         try:
-            self.r.delete(keys.seen_signature(replay_key(signature)))
+            key = keys.seen_signature(replay_key(signature))
+            self.r.delete(key, f"{key}:calls")
         except redis.RedisError as exc:
             log.warning("could not release a request signature: %s", exc)

@@ -97,3 +97,21 @@ def test_a_change_seen_again_is_refused_after_the_same_call_window(
     guard.release(signature)
     guard.claim(signature)
     assert 0 < redis_client.ttl(keys.seen_signature(replay_key(signature))) <= TTL_SECONDS
+
+
+def test_the_same_attempt_again_is_a_replay_even_within_the_same_call_window(
+    redis_client: redis.Redis,
+) -> None:
+    """A verbatim resend (the same unsigned per-call headers) is refused at once; the
+    client's own identical call or its retry (other per-call headers) is served within the
+    window; a released signature forgets the calls it saw."""
+    now = [1000.0]
+    guard = ReplayGuard(redis_client, clock=lambda: now[0])
+    signature = uuid.uuid4().hex * 2
+    guard.claim(signature, "call-1|attempt=1")
+    guard.claim(signature, "call-2|attempt=1")  # the same call made again by the client
+    guard.claim(signature, "call-1|attempt=2")  # a retry
+    with pytest.raises(ReplayedSignatureError, match="same call"):
+        guard.claim(signature, "call-1|attempt=1")
+    guard.release(signature)
+    guard.claim(signature, "call-1|attempt=1")
