@@ -376,8 +376,8 @@ def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, 
         {
             "AWS_ACCESS_KEY_ID": api.access_key_id,
             "AWS_SECRET_ACCESS_KEY": api.secret_access_key,
-            "AWS_REGION": inv.s3.region,
-            "AWS_DEFAULT_REGION": inv.s3.region,
+            "AWS_REGION": api_region(inv),
+            "AWS_DEFAULT_REGION": api_region(inv),
             "AWS_ENDPOINT_URL_S3": gateway_url(inv.s3_gateway, inv.api_endpoint),
             "AWS_LAMBDA_FUNCTION_NAME": _bare_name(inv.function_name),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -392,6 +392,13 @@ def handler_environment(inv: Invocation, settings: LambdaSettings) -> dict[str, 
     else:
         env.pop("PYTHONPATH", None)
     return env
+
+
+def api_region(inv: Invocation) -> str:
+    """The region handlers sign with: the API's (its pipeline ARNs'), which it requires in
+    the credential scope; the S3 gateway does not check the region."""
+    arn = str(inv.pipeline_context.get("pipelineArn") or "").split(":")
+    return arn[3] if len(arn) > 3 and arn[3] else inv.s3.region
 
 
 def gateway_url(configured: str | None, api_endpoint: str | None) -> str:
@@ -418,7 +425,7 @@ def _call(
         "function_name": _bare_name(inv.function_name),
         "request_id": request_id,
         "deadline": give_up,
-        "region": inv.s3.region,
+        "region": api_region(inv),
         "account_id": inv.account_id,
     }
     _line(log, f"START RequestId: {request_id} Version: $LATEST")

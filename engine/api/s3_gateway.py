@@ -201,6 +201,7 @@ class Gateway:
             now=datetime.now(UTC),
             host_url=f"{request.url.scheme}://{host}",
             s3=True,
+            service="s3",  # a credential scoped to another service is refused, as on AWS
         )
         token = received.header("x-amz-security-token") or ""
         if not hmac.compare_digest(token.encode(), grant.session_token.encode()):
