@@ -93,15 +93,12 @@ DEPLOY_TIMED: list[Timed] = [
     ("workers.runner", "execute", "run the action: input, provider, outputs, log (`execute`)",
      1),
     ("tempfile", "mkdtemp", "make the scratch directory (`mkdtemp`)", 2),
-    ("workers.artifacts", "ArtifactStore.download_to_dir", "download the input artifact "
-     "(`download_to_dir`)", 2),
-    ("tempfile", "mkdtemp", "make a scratch directory for the zip (`mkdtemp`)", 3),
-    ("workers.artifacts", "ArtifactStore.fetch", "GET the zip to a file (`fetch`: one GET, "
+    ("workers.artifacts", "ArtifactStore.download_verified", "download the input artifact "
+     "as stored, checked against its recorded SHA-256 (`download_verified`)", 2),
+    ("workers.artifacts", "ArtifactStore.fetch", "GET the object to a file (`fetch`: one GET, "
      "hashed while streaming)", 3),
-    ("workers.artifacts", "sha256_file", "SHA-256 of the zip, read back from disk "
-     "(`sha256_file`)", 3),
-    ("workers.artifacts", "extract_zip", "extract (`extract_zip`)", 3),
-    ("shutil", "rmtree", "remove the zip's scratch directory (`shutil.rmtree`)", 3),
+    ("workers.artifacts", "ArtifactStore.unpack", "extract it, for actions that read files "
+     "(`unpack`; an S3 deploy without Extract takes the bytes as they are)", 2),
     ("providers.s3_deploy", "S3Deploy.run", "S3 deploy provider (`S3Deploy.run`)", 2),
     ("providers.s3_deploy", "s3_client", "boto3 client (`s3_client`, cached per process)", 3),
     ("", "", "HEAD the target bucket", 3),
