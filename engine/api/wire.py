@@ -24,6 +24,7 @@ cannot read as JSON never reaches an operation. A CBOR request may leave Content
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from functools import cache
 from typing import Any, ClassVar
 
@@ -49,17 +50,17 @@ def media_type(headers: Headers) -> str | None:
     return value.split(";", 1)[0].strip().lower() if value is not None else None
 
 
-class Wire:
+class Wire(ABC):
     """One protocol's body codec and reply shape."""
 
     name: ClassVar[str]
     media_type: ClassVar[str]
 
-    def parse(self, raw: bytes, limits: BodyLimits) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def parse(self, raw: bytes, limits: BodyLimits) -> dict[str, Any]: ...
 
-    def encode(self, operation: str, body: dict[str, Any]) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, operation: str, body: dict[str, Any]) -> bytes: ...
 
     def error_type(self, code: str) -> str:
         return code
@@ -75,12 +76,12 @@ class Wire:
             self._encode_error({"__type": self.error_type(code), "message": message}), status
         )
 
-    def _encode_error(self, body: dict[str, Any]) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def _encode_error(self, body: dict[str, Any]) -> bytes: ...
 
+    @abstractmethod
     def error_fields(self, content: bytes) -> tuple[str, str]:
         """The error name and message of an error reply this protocol encoded."""
-        raise NotImplementedError
 
     def _response(self, content: bytes, status: int) -> Response:
         return Response(
@@ -118,6 +119,15 @@ class JsonWire(Wire):
 
     def _encode_error(self, body: dict[str, Any]) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
+
+    def error_fields(self, content: bytes) -> tuple[str, str]:
+        try:
+            parsed = json.loads(content)
+        except (ValueError, RecursionError):
+            parsed = {}
+        if not isinstance(parsed, dict):
+            parsed = {}
+        return str(parsed.get("__type") or "Error"), str(parsed.get("message", ""))
 
 
 class CborWire(Wire):
