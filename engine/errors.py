@@ -263,3 +263,9 @@ class InvalidWebhookAuthenticationParametersError(ConveyorError):
 
 class ActionExecutionNotFoundError(NotFoundError):
     aws_code = "ActionExecutionNotFoundException"
+
+
+class InvalidEventPatternError(ValidationError):
+    """An EventBridge event pattern EventBridge itself would refuse."""
+
+    aws_code = "InvalidEventPatternException"
