@@ -120,9 +120,11 @@ def _leaf_values(value: Any) -> list[Any]:
 
 def _field_matches(f: _Field, value: Any) -> bool:
     if f.nested is not None:
-        if isinstance(value, list):
-            return any(f.nested.matches(v) for v in value)
-        return f.nested.matches(value)
+        # EventBridge flattens events to leaf paths: under a missing or scalar field no
+        # nested path exists, so only ``exists: false`` can match there.
+        items = value if isinstance(value, list) else [value]
+        objects = [v for v in items if isinstance(v, Mapping)] or [{}]
+        return any(f.nested.matches(v) for v in objects)
     values = _leaf_values(value)
     if f.exists is not None and not values:
         return not f.exists

@@ -455,3 +455,25 @@ def test_numeric_equals_matches_int_and_float_alike(bound: int, value: int) -> N
     pattern = compile_pattern({"n": [{"numeric": ["=", bound]}]})
     assert pattern.matches({"n": value}) is (value == bound)
     assert pattern.matches({"n": float(value)}) is (value == bound)
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ({}, True),
+        ({"detail": "scalar"}, True),
+        ({"detail": {}}, True),
+        ({"detail": {"a": 1}}, False),
+    ],
+)
+def test_exists_false_under_a_missing_parent(event: dict[str, Any], expected: bool) -> None:
+    # Not an example in the guide: EventBridge matches on flattened leaf paths, so
+    # ``detail.a`` is absent whenever ``detail`` is missing or not an object.
+    assert compile_pattern({"detail": {"a": [{"exists": False}]}}).matches(event) is expected
+
+
+def test_nested_pattern_matches_any_object_in_an_array() -> None:
+    # CP "Arrays in EventBridge event patterns": an array of objects matches when one does.
+    event = {"detail": {"items": [{"k": "a"}, {"k": "b"}]}}
+    assert compile_pattern({"detail": {"items": {"k": ["b"]}}}).matches(event)
+    assert not compile_pattern({"detail": {"items": {"k": ["c"]}}}).matches(event)
