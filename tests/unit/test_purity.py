@@ -52,6 +52,7 @@ PURE = [
     ENGINE / "ids.py",
     ENGINE / "variables.py",
     ENGINE / "records.py",
+    ENGINE / "event_patterns.py",
 ]
 FORBIDDEN_MODULES = {
     "asyncio",
