@@ -25,10 +25,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, cast
+from typing import Any
 
 from engine.errors import InvalidEventPatternError
 
@@ -371,21 +371,20 @@ def _anything_but(operand: Any, path: str) -> Leaf:
             inner_list = inner if isinstance(inner, list) else [inner]
             if not inner_list:
                 raise _bad(here, "must not be an empty array")
-            rxs = [_wildcard(w, f"{here}[{i}]") for i, w in enumerate(inner_list)]
+            rxs = [
+                _wildcard(w, f"{here}[{i}]" if isinstance(inner, list) else here)
+                for i, w in enumerate(inner_list)
+            ]
             return lambda v: isinstance(v, str) and not any(r.fullmatch(v) for r in rxs)
         raise _bad(path, f"does not take operator {json.dumps(op)}")
     values = operand if isinstance(operand, list) else [operand]
     if not values:
         raise _bad(path, "must not be an empty array")
-    kinds = {
-        "string" if isinstance(x, str) else "number"
-        for x in values
-        if _num(x) is not None or isinstance(x, str)
-    }
     for i, x in enumerate(values):
         if not isinstance(x, str) and _num(x) is None:
             where = f"{path}[{i}]" if isinstance(operand, list) else path
             raise _bad(where, f"takes strings or numbers, not {json.dumps(x)}")
+    kinds = {isinstance(x, str) for x in values}
     if len(kinds) > 1:
         raise _bad(path, "must list only strings or only numbers")
     return lambda v: not any(_same(x, v) for x in values)
@@ -397,5 +396,5 @@ def _strings(op: str, inner: Any, path: str) -> list[str]:
         raise _bad(path, "must not be an empty array")
     return [
         _string(op, x, f"{path}[{i}]" if isinstance(inner, list) else path)
-        for i, x in enumerate(cast(Sequence[Any], items))
+        for i, x in enumerate(items)
     ]
