@@ -477,3 +477,15 @@ def test_nested_pattern_matches_any_object_in_an_array() -> None:
     event = {"detail": {"items": [{"k": "a"}, {"k": "b"}]}}
     assert compile_pattern({"detail": {"items": {"k": ["b"]}}}).matches(event)
     assert not compile_pattern({"detail": {"items": {"k": ["c"]}}}).matches(event)
+
+
+@pytest.mark.parametrize(("pattern", "event", "expected"), CASES)
+def test_motos_matcher_agrees_on_the_documented_cases(
+    pattern: dict[str, Any], event: dict[str, Any], expected: bool
+) -> None:
+    # An independent implementation (moto's EventBridge pattern matcher, in process) reads
+    # the same documented examples the same way.
+    from moto.events.models import EventPattern
+
+    moto_event: Any = event
+    assert EventPattern.load(json.dumps(pattern)).matches_event(moto_event) is expected
