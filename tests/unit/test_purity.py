@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from engine import cron, rules
+from engine import awsmodel, cron, rules
 from engine.definition import validate
 from engine.execution import ActionResult, ArtifactLocation, ExecutionState, new_execution
 from engine.messages import (
@@ -132,6 +132,9 @@ class ImpureCall(AssertionError):
 def rigged(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every clock, random source, network and file open raises while the test runs."""
     cron.load_zone("Europe/Berlin")  # time zone files are read (and cached) up front
+    # botocore's model is one file read once per process (engine.awsmodel caches it); read
+    # it here, so this test does not depend on an earlier test having loaded it.
+    awsmodel.service_model()
 
     def trap(name: str) -> Any:
         def called(*args: object, **kwargs: object) -> object:
