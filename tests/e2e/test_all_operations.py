@@ -22,7 +22,9 @@ from engine.execution import ActionResult
 from engine.messages import ActionCompleted
 from tests.e2e.api_support import definition
 from tests.e2e.conftest import ApiServer
-from workers.jobs import JobQueue, RedisJobChannel
+
+# Jobs queued the way the job-worker provider queues one for its action.
+from tests.e2e.test_api_custom_actions import _queue
 
 CUSTOM = {"category": "Build", "owner": "Custom", "provider": "AllOps", "version": "1"}
 THIRD = {"category": "Deploy", "owner": "ThirdParty", "provider": "AllOpsPartner", "version": "1"}
@@ -66,19 +68,6 @@ def complete(api: ApiServer, name: str, eid: str, stage: str, action: str) -> No
         result=ActionResult(succeeded=True),
     )
     api.service.store.apply(name, event)
-
-
-def queue_job(api: ApiServer, key: str, project: str) -> tuple[RedisJobChannel, str]:
-    """A job queued the way the job-worker provider queues one for its action."""
-    channel = RedisJobChannel(
-        api.service.store.jobs,
-        {"executionId": "e", "stage": "S", "name": "A", "attempt": 1},
-        time.time() + 60,
-        credentials=api.service.store.credentials,
-        queue=JobQueue(key, project),
-    )
-    data = {"actionTypeId": CUSTOM, "actionConfiguration": {"configuration": {"Project": project}}}
-    return channel, channel.create(data)
 
 
 def test_every_operation_in_the_model_answers_through_boto3(
@@ -218,7 +207,7 @@ def test_every_operation_in_the_model_answers_through_boto3(
     assert CUSTOM in listed and THIRD in listed
 
     # ---- job workers
-    channel, job_id = queue_job(api, "Custom/Build/AllOps/1", "web")
+    channel, job_id = _queue(api, "web", "Custom/Build/AllOps/1")
     [job] = cp.poll_for_jobs(actionTypeId=CUSTOM, queryParam={"Project": "web"})["jobs"]
     assert job["id"] == job_id
     assert cp.acknowledge_job(jobId=job_id, nonce=job["nonce"])["status"] == "InProgress"
@@ -226,7 +215,7 @@ def test_every_operation_in_the_model_answers_through_boto3(
     cp.put_job_success_result(jobId=job_id, outputVariables={"built": "yes"})
     outcome = channel.wait(job_id, time.time() + 5, threading.Event())
     assert outcome is not None
-    _, second = queue_job(api, "Custom/Build/AllOps/1", "web")
+    _, second = _queue(api, "web", "Custom/Build/AllOps/1")
     # Not the first poll's bytes: an identical change within a second is a replay.
     poll = {"actionTypeId": CUSTOM, "queryParam": {"Project": "web"}, "maxBatchSize": 1}
     [job] = cp.poll_for_jobs(**poll)["jobs"]
@@ -236,7 +225,7 @@ def test_every_operation_in_the_model_answers_through_boto3(
     )
 
     for finish in ("success", "failure"):
-        _, third_id = queue_job(api, "ThirdParty/Deploy/AllOpsPartner/1", "")
+        _, third_id = _queue(api, "", "ThirdParty/Deploy/AllOpsPartner/1")
         batch = 1 if finish == "success" else 2  # not the same bytes twice: a replay
         [tjob] = cp.poll_for_third_party_jobs(actionTypeId=THIRD, maxBatchSize=batch)["jobs"]
         token = tjob["clientId"]
